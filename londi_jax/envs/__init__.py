@@ -1,0 +1,1 @@
+"""londi_jax.envs"""
