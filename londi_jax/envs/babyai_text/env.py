@@ -1,0 +1,168 @@
+"""BabyAI-Text environments on Farama minigrid 3.2.0.
+
+Two faces of the same thing:
+
+* ``BabyAITextWrapper``: a ``gymnasium.Wrapper`` around a BabyAI level that adds the fork's
+  ``info["descriptions"]`` on reset and step (Gymnasium 5-tuple API, integer actions).
+* ``BabyAITextEnv``: the project's ``TextEnv`` (``londi_jax.envs.base``): string actions,
+  ``TextReset`` / ``TextStep``, and GLAM's prompt kept up to date in ``info["prompt"]``.
+
+Rewards and step limits are minigrid's BabyAI ones, which match the original: reward
+``1 - 0.9 * step_count / max_steps`` on success (episode terminates), 0 otherwise; on reaching
+``max_steps`` (64 for goto/pickup, 128 for putnext, sequences and open) the episode is
+truncated with reward 0.
+
+Seeding follows Gymnasium: ``reset(seed=s)`` reseeds, ``reset()`` continues the stream. The
+``seed`` given to ``make_babyai_text`` is used by the first ``reset()`` that gets no seed, and
+also draws the task kind of a Mixed level (see ``levels``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import gymnasium as gym
+
+from londi_jax.envs.base import TextReset, TextStep
+from londi_jax.envs.babyai_text.levels import instr_kind, make_level
+from londi_jax.envs.babyai_text.prompt import ACTIONS, GlamHistory
+from londi_jax.envs.babyai_text.text import describe
+from londi_jax.utils.errors import LondiError
+
+ACTION_INDEX: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
+
+
+class InvalidActionError(LondiError, ValueError):
+    """An action string that is not one of the six BabyAI-Text actions."""
+
+    def __init__(self, action: object):
+        super().__init__(
+            f"invalid BabyAI-Text action {action!r}; valid actions: {', '.join(ACTIONS)}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Swallow minigrid's "Sampling rejected: ..." prints during level generation."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def task_kind(env: Any) -> str:
+    """The task kind of the env's current mission (GLAM levels carry their own)."""
+    base = env.unwrapped
+    return getattr(base, "kind", None) or instr_kind(base.instrs)
+
+
+class BabyAITextWrapper(gym.Wrapper):
+    """Adds ``descriptions`` (the text observation), ``mission`` and ``task_kind`` to ``info``.
+
+    The observation is minigrid's unchanged (``image``, ``direction``, ``mission``); the
+    ``success`` flag (terminated with a positive reward) is added on step.
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        with _quiet():
+            obs, info = self.env.reset(seed=seed, options=options)
+        info = dict(info)
+        info.update(descriptions=describe(obs["image"]), mission=obs["mission"], task_kind=task_kind(self.env))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info)
+        info.update(
+            descriptions=describe(obs["image"]),
+            mission=obs["mission"],
+            task_kind=task_kind(self.env),
+            success=bool(terminated and reward > 0),
+        )
+        return obs, reward, terminated, truncated, info
+
+
+def _join(descriptions: list[str]) -> str:
+    return ", ".join(descriptions)
+
+
+class BabyAITextEnv:
+    """BabyAI-Text as a ``TextEnv``: six action strings, sentences, GLAM prompt in ``info``.
+
+    ``observation`` is the sentences joined by ``", "``; ``info`` carries ``descriptions``
+    (the sentence list), ``mission``, ``success``, ``task_kind``, ``prompt`` (GLAM's prompt
+    for the current step, history of 3 observations / 2 actions), ``step_count``,
+    ``max_steps`` and ``level``.
+    """
+
+    actions: tuple[str, ...] = ACTIONS
+
+    def __init__(self, level: str, seed: int | None = None, **level_kwargs: Any):
+        self.level = level
+        self._pending_seed = seed
+        self.gym_env = BabyAITextWrapper(make_level(level, seed=seed, **level_kwargs))
+        self.history = GlamHistory()
+        self._mission = ""
+        self._done = True
+
+    # minigrid's env (for the bot, rendering and inspection)
+    @property
+    def unwrapped(self):
+        return self.gym_env.unwrapped
+
+    def _info(self, info: dict[str, Any]) -> dict[str, Any]:
+        base = self.unwrapped
+        info["prompt"] = self.history.prompt(self._mission)
+        info["step_count"] = base.step_count
+        info["max_steps"] = base.max_steps
+        info["level"] = self.level
+        return info
+
+    def reset(self, seed: int | None = None) -> TextReset:
+        """Start an episode; ``seed`` reseeds (else the constructor's seed once, then the stream)."""
+        if seed is None:
+            seed, self._pending_seed = self._pending_seed, None
+        else:
+            self._pending_seed = None
+        obs, info = self.gym_env.reset(seed=seed)
+        self._mission = obs["mission"]
+        self._done = False
+        self.history.reset(info["descriptions"])
+        info["success"] = False
+        return TextReset(
+            observation=_join(info["descriptions"]),
+            mission=self._mission,
+            valid_actions=list(ACTIONS),
+            info=self._info(info),
+        )
+
+    def step(self, action: str) -> TextStep:
+        """Apply one of the six action strings."""
+        idx = ACTION_INDEX.get(action) if isinstance(action, str) else None
+        if idx is None:
+            raise InvalidActionError(action)
+        if self._done:
+            raise LondiError("BabyAI-Text episode is over (or never started): call reset() before step()")
+        obs, reward, terminated, truncated, info = self.gym_env.step(idx)
+        self._done = terminated or truncated
+        self.history.push(action, info["descriptions"])
+        return TextStep(
+            observation=_join(info["descriptions"]),
+            reward=float(reward),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            info=self._info(info),
+        )
+
+    def valid_actions(self) -> list[str]:
+        return list(ACTIONS)
+
+    def close(self) -> None:
+        self.gym_env.close()
+
+
+def make_babyai_text(level: str = "BabyAI-MixedTrainLocal-v0", seed: int | None = None, **kwargs: Any) -> BabyAITextEnv:
+    """A BabyAI-Text ``TextEnv`` for ``level`` (see ``known_levels()``; short names like
+    ``GoToLocal`` work). Extra keyword arguments go to the level (e.g. ``kind="open"`` for
+    the Mixed levels, ``max_steps=``). Unknown levels raise ``UnknownNameError``."""
+    return BabyAITextEnv(level, seed=seed, **kwargs)

@@ -1,0 +1,321 @@
+"""BabyAI levels for BabyAI-Text: minigrid's registered ones plus GLAM's Mixed and sequence levels.
+
+GLAM (``babyai-text/babyai_text/levels``) adds levels that minigrid 3.2.0 does not ship. They
+are rebuilt here on ``minigrid.envs.babyai.core.levelgen.LevelGen`` following the original's
+construction (room layout, distractor counts, per-kind rejection sampling, excluded colour-noun
+phrases, locked-door colours). Differences from the original, on purpose:
+
+* **Task kind**: the original ``Level_MixedTrainLocal.__init__`` draws the kind once per
+  instance from an *unseeded* RNG, so ``seed`` never controls it. Here the kind is a
+  constructor argument (``kind=``); when omitted it is drawn once per instance from
+  ``numpy.random.default_rng(kind_seed)`` (``make_babyai_text`` passes its ``seed``), so the
+  same seed gives the same kind. The instance keeps its kind for life, as in the original
+  (the grid width depends on it: two rooms for ``open``).
+* **Grid regeneration**: the fork's ``_regen_grid`` clears the grid in place; here
+  ``RoomGrid._gen_grid`` rebuilds it, which draws the same random numbers (door positions).
+* **add_locked_room**: minigrid's has no colour argument; ``_add_locked_room`` re-implements
+  the fork's colour-aware version.
+* **PickUpSeqPickUpLocal**: GLAM's result files name it but the public code has no
+  definition. It is reconstructed as the sequence levels are built, with two Pickups
+  (``pick up A, then pick up B`` / ``pick up B after you pick up A``, 50/50).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+import numpy as np
+from minigrid.core.roomgrid import RoomGrid
+from minigrid.envs.babyai.core.levelgen import LevelGen
+from minigrid.envs.babyai.core.verifier import (
+    ActionInstr,
+    AfterInstr,
+    AndInstr,
+    BeforeInstr,
+    GoToInstr,
+    ObjDesc,
+    OpenInstr,
+    PickupInstr,
+    PutNextInstr,
+)
+
+from londi_jax.utils.errors import UnknownNameError
+
+# Task kinds, named as in the original's ``action_kinds``.
+GOTO, PICKUP, OPEN, PUTNEXT, PICKUP_SEQ_GOTO = "goto", "pickup", "open", "putnext", "pick up seq go to"
+PICKUP_THEN_GOTO, GOTO_AFTER_PICKUP = "pick up then go to", "go to after pick up"
+PICKUP_SEQ_PICKUP = "pick up seq pick up"
+MIXED_KINDS: tuple[str, ...] = (GOTO, PICKUP, OPEN, PUTNEXT, PICKUP_SEQ_GOTO)  # original order
+GLAM_KINDS: tuple[str, ...] = (*MIXED_KINDS, PICKUP_THEN_GOTO, GOTO_AFTER_PICKUP, PICKUP_SEQ_PICKUP)
+
+# Held-out colour-noun pairs: train levels reject them, MixedTestLocal rejects every other pair.
+TRAIN_EXCLUDED: tuple[str, ...] = ("yellow box", "red key", "red door", "green ball", "grey door")
+TEST_EXCLUDED: tuple[str, ...] = (
+    "yellow key", "yellow ball", "yellow door",
+    "red box", "red ball",
+    "green box", "green key", "green door",
+    "grey box", "grey key", "grey ball",
+    "blue box", "blue key", "blue ball", "blue door",
+    "purple box", "purple key", "purple ball", "purple door",
+)  # fmt: skip
+TRAIN_DOOR_COLORS = ("yellow", "green", "blue", "purple")  # red and grey held out
+TEST_DOOR_COLORS = ("red", "grey")
+
+
+class GlamLevel(LevelGen):
+    """One GLAM BabyAI-Text level of a fixed task kind (see module doc).
+
+    kind: one of ``GLAM_KINDS``.
+    excluded: mission substrings that make the generator resample (the phrase filter).
+    door_colors: colours of the locked door for ``open``.
+    name_open_color: ``"half"`` (train: the door colour is named with probability 1/2)
+        or ``"always"`` (test).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        excluded: tuple[str, ...] = TRAIN_EXCLUDED,
+        door_colors: tuple[str, ...] = TRAIN_DOOR_COLORS,
+        name_open_color: str = "half",
+        room_size: int = 8,
+        num_dists: int = 8,
+        max_steps: int | None = None,
+        **kwargs,
+    ):
+        if kind not in GLAM_KINDS:
+            raise UnknownNameError("task kind", kind, GLAM_KINDS)
+        self.kind = kind
+        self.excluded = tuple(excluded)
+        self.door_colors = tuple(door_colors)
+        self.name_open_color = name_open_color
+        super().__init__(
+            room_size=room_size,
+            num_rows=1,
+            num_cols=2 if kind == OPEN else 1,
+            num_dists=num_dists,
+            action_kinds=[kind],
+            instr_kinds=["action", "seq1"],
+            locations=False,
+            unblocking=False,
+            implicit_unlock=False,
+            max_steps=max_steps,
+            **kwargs,
+        )
+
+    # -- construction -------------------------------------------------------------------
+    def _regen_grid(self) -> None:
+        RoomGrid._gen_grid(self, self.width, self.height)
+
+    def _add_locked_room(self, color: str) -> None:
+        """minigrid's ``add_locked_room`` with the door colour chosen by the caller."""
+        while True:
+            i, j = self._rand_int(0, self.num_cols), self._rand_int(0, self.num_rows)
+            door_idx = self._rand_int(0, 4)
+            self.locked_room = self.get_room(i, j)
+            if self.locked_room.neighbors[door_idx] is None:  # no locked door in an outer wall
+                continue
+            door, _ = self.add_door(i, j, door_idx, color=color, locked=True)
+            break
+        while True:  # the key goes in any other room
+            i, j = self._rand_int(0, self.num_cols), self._rand_int(0, self.num_rows)
+            if self.get_room(i, j) is self.locked_room:
+                continue
+            self.add_object(i, j, "key", door.color)
+            break
+
+    def _mission_excluded(self) -> bool:
+        surface = self.instrs.surface(self)
+        return any(s in surface for s in self.excluded)
+
+    def _distinct_second(self, objs, first):
+        """Draw the second object; it must differ from ``first``'s description unless that
+        description matches at least two objects (the original's rule)."""
+        second = self._rand_elem(objs)
+        if (first.type, first.color) == (second.type, second.color):
+            matches, _ = ObjDesc(first.type, first.color).find_matching_objs(self)
+            if len(matches) < 2:
+                while (first.type, first.color) == (second.type, second.color):
+                    second = self._rand_elem(objs)
+        return second
+
+    def _gen_open(self):
+        self._regen_grid()
+        color = self._rand_elem(list(self.door_colors))
+        self._add_locked_room(color)
+        self.connect_all()
+        for j in range(self.num_rows):
+            for i in range(self.num_cols):
+                if self.get_room(i, j) is not self.locked_room:
+                    self.add_distractors(i, j, num_distractors=self.num_dists, all_unique=False)
+        while True:  # objects first, then the agent, never in the locked room
+            self.place_agent()
+            if self.room_from_pos(*self.agent_pos) is not self.locked_room:
+                break
+        reachable = self.check_objs_reachable(raise_exc=False)
+        named = self._rand_elem([None, color]) if self.name_open_color == "half" else color
+        return OpenInstr(ObjDesc("door", named)), reachable
+
+    def _gen_single_room(self, n_objs: int):
+        self._regen_grid()
+        self.place_agent()
+        objs = self.add_distractors(num_distractors=n_objs, all_unique=False)
+        return objs, self.check_objs_reachable(raise_exc=False)
+
+    def _gen_one(self):
+        kind = self.kind
+        if kind == OPEN:
+            return self._gen_open()
+        if kind in (GOTO, PICKUP):
+            objs, reachable = self._gen_single_room(self.num_dists + 1)
+            obj = self._rand_elem(objs)
+            cls = GoToInstr if kind == GOTO else PickupInstr
+            return cls(ObjDesc(obj.type, obj.color)), reachable
+        # Two-object kinds: 10 objects in one room.
+        objs, reachable = self._gen_single_room(self.num_dists + 2)
+        a = self._rand_elem(objs)
+        b = self._distinct_second(objs, a)
+        da, db = ObjDesc(a.type, a.color), ObjDesc(b.type, b.color)
+        if kind == PUTNEXT:
+            return PutNextInstr(da, db), reachable
+        second = PickupInstr(db) if kind == PICKUP_SEQ_PICKUP else GoToInstr(db)
+        if kind in (PICKUP_SEQ_GOTO, PICKUP_SEQ_PICKUP):
+            order = self._rand_elem(["Before", "After"])
+        else:
+            order = "Before" if kind == PICKUP_THEN_GOTO else "After"
+        if order == "Before":
+            return BeforeInstr(PickupInstr(da), second), reachable
+        return AfterInstr(second, PickupInstr(da)), reachable
+
+    def gen_mission(self) -> None:
+        """Resample layout + instruction until all objects are reachable and the mission
+        contains no excluded phrase (the original's per-kind ``while`` loops)."""
+        self.locked_room = None
+        while True:
+            self.instrs, reachable = self._gen_one()
+            if reachable and not self._mission_excluded():
+                return
+
+
+def _kind_from_seed(kind: str | None, kind_seed: int | None, kinds: tuple[str, ...]) -> str:
+    if kind is not None:
+        return kind
+    # Seeded replacement for the original's unseeded per-instance draw.
+    return kinds[int(np.random.default_rng(kind_seed).integers(len(kinds)))]
+
+
+class MixedTrainLocal(GlamLevel):
+    """GLAM's training level: one of the five Mixed kinds, held-out phrases rejected."""
+
+    def __init__(self, kind: str | None = None, kind_seed: int | None = None, **kwargs):
+        kind = _kind_from_seed(kind, kind_seed, MIXED_KINDS)
+        if kind not in MIXED_KINDS:
+            raise UnknownNameError("Mixed task kind", kind, MIXED_KINDS)
+        super().__init__(kind, TRAIN_EXCLUDED, TRAIN_DOOR_COLORS, "half", **kwargs)
+
+
+class MixedTestLocal(GlamLevel):
+    """GLAM's test level: the five Mixed kinds, only held-out colour-noun pairs, red/grey doors."""
+
+    def __init__(self, kind: str | None = None, kind_seed: int | None = None, **kwargs):
+        kind = _kind_from_seed(kind, kind_seed, MIXED_KINDS)
+        if kind not in MIXED_KINDS:
+            raise UnknownNameError("Mixed task kind", kind, MIXED_KINDS)
+        super().__init__(kind, TEST_EXCLUDED, TEST_DOOR_COLORS, "always", **kwargs)
+
+
+def _fixed_kind_level(kind: str):
+    """Factory for the sequence levels (train phrase filter, one 8x8 room, 10 objects)."""
+
+    def make(**kwargs) -> GlamLevel:
+        kwargs.pop("kind_seed", None)
+        return GlamLevel(kind, TRAIN_EXCLUDED, TRAIN_DOOR_COLORS, "half", **kwargs)
+
+    return make
+
+
+GLAM_LEVELS: dict[str, object] = {
+    "BabyAI-MixedTrainLocal-v0": MixedTrainLocal,
+    "BabyAI-MixedTestLocal-v0": MixedTestLocal,
+    "BabyAI-PickUpSeqGoToLocal-v0": _fixed_kind_level(PICKUP_SEQ_GOTO),
+    "BabyAI-PickUpThenGoToLocal-v0": _fixed_kind_level(PICKUP_THEN_GOTO),
+    "BabyAI-GoToAfterPickUpLocal-v0": _fixed_kind_level(GOTO_AFTER_PICKUP),
+    "BabyAI-PickUpSeqPickUpLocal-v0": _fixed_kind_level(PICKUP_SEQ_PICKUP),
+}
+MIXED_LEVELS = ("BabyAI-MixedTrainLocal-v0", "BabyAI-MixedTestLocal-v0")
+
+# The single-room ("local") levels minigrid registers, used by the experiments.
+LOCAL_LEVELS: tuple[str, ...] = (
+    "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-PutNextLocal-v0", "BabyAI-OpenDoor-v0",
+    "BabyAI-Open-v0", "BabyAI-UnlockLocal-v0",
+)  # fmt: skip
+
+
+def register_gym_levels() -> None:
+    """Register the GLAM levels with Gymnasium (``gym.make("BabyAI-MixedTrainLocal-v0")``)."""
+    for name, factory in GLAM_LEVELS.items():
+        if name not in gym.registry:
+            gym.register(id=name, entry_point=factory)
+
+
+@functools.cache
+def minigrid_levels() -> tuple[str, ...]:
+    """Every ``BabyAI-*`` level that minigrid registers with Gymnasium."""
+    import minigrid  # noqa: F401  (registers the envs)
+
+    return tuple(k for k in gym.registry if k.startswith("BabyAI-") and k not in GLAM_LEVELS)
+
+
+def known_levels() -> tuple[str, ...]:
+    """All level names ``make_babyai_text`` accepts (GLAM levels first)."""
+    return (*GLAM_LEVELS, *minigrid_levels())
+
+
+def resolve_level(level: str) -> str:
+    """Canonical id of a level; accepts ``GoToLocal`` for ``BabyAI-GoToLocal-v0``."""
+    known = known_levels()
+    if level in known:
+        return level
+    guess = level if level.startswith("BabyAI-") else f"BabyAI-{level}"
+    if not guess.rsplit("-", 1)[-1].startswith("v"):
+        guess += "-v0"
+    if guess in known:
+        return guess
+    raise UnknownNameError("level", level, known, hint="see `londi-jax env levels`")
+
+
+def make_level(level: str, seed: int | None = None, **kwargs):
+    """Build the raw minigrid env (no wrappers) for a level name; GLAM levels get ``kind_seed``."""
+    name = resolve_level(level)
+    if name in GLAM_LEVELS:
+        if name in MIXED_LEVELS:
+            kwargs.setdefault("kind_seed", seed)
+        return GLAM_LEVELS[name](**kwargs)
+    spec = gym.spec(name)
+    creator = gym.envs.registration.load_env_creator(spec.entry_point)
+    return creator(**{**spec.kwargs, **kwargs})
+
+
+def instr_kind(instr) -> str:
+    """Task kind of a BabyAI instruction, in the original's vocabulary when it has a name."""
+    if isinstance(instr, GoToInstr):
+        return GOTO
+    if isinstance(instr, PickupInstr):
+        return PICKUP
+    if isinstance(instr, OpenInstr):
+        return OPEN
+    if isinstance(instr, PutNextInstr):
+        return PUTNEXT
+    if isinstance(instr, (BeforeInstr, AfterInstr)):
+        first, then = (instr.instr_a, instr.instr_b) if isinstance(instr, BeforeInstr) else (instr.instr_b, instr.instr_a)
+        if isinstance(first, PickupInstr) and isinstance(then, GoToInstr):
+            return PICKUP_SEQ_GOTO
+        if isinstance(first, PickupInstr) and isinstance(then, PickupInstr):
+            return PICKUP_SEQ_PICKUP
+        return "seq"
+    if isinstance(instr, AndInstr):
+        return "and"
+    if isinstance(instr, ActionInstr):
+        return type(instr).__name__.removesuffix("Instr").lower()
+    return "other"
