@@ -1,0 +1,228 @@
+"""Read a llama.cpp GGUF file as a Hugging Face-style checkpoint: config dict, tensors, tokenizer.
+
+``read_gguf(path)`` gives a :class:`GGUFCheckpoint` whose ``config`` is a transformers
+``config.json``-style dict, whose ``tensors`` is a lazy mapping from Hugging Face tensor names to
+float32 numpy arrays in PyTorch layout (dequantized one tensor at a time, on access, so memory stays
+about one copy of the weights), and whose ``tokenizer()`` builds the fast tokenizer.
+
+llama.cpp stores the q/k projections of ``llama`` models with the rows of every head reordered for
+its interleaved rotary layout; :func:`unpermute_rotary_rows` undoes that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from londi_jax.utils.errors import LondiError
+
+
+class GGUFError(LondiError):
+    """A GGUF file that cannot be read or converted (missing, corrupt, unsupported)."""
+
+
+# Per-layer tensor names: GGUF suffix -> Hugging Face suffix (llama/mistral and qwen2 share them).
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+# GGUF architectures we convert -> (transformers model_type, architectures entry, q/k rows permuted?)
+SUPPORTED_ARCHITECTURES = {
+    "llama": ("llama", "LlamaForCausalLM", True),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
+}
+
+
+def permute_rotary_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's reordering of q/k rows: in each head, row ``half*d/2 + i`` moves to ``2*i + half``.
+
+    Hugging Face Llama rotates dimension ``i`` with ``i + d/2`` (rotate-half); llama.cpp rotates
+    adjacent pairs ``(2i, 2i+1)``. Works on weights ``(n_heads*d, in)`` and biases ``(n_heads*d,)``.
+    """
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_rotary_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Inverse of :func:`permute_rotary_rows`: row ``2*i + half`` of each head goes back to ``half*d/2 + i``."""
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _field_value(field: Any) -> Any:
+    try:
+        return field.contents()
+    except Exception as err:  # corrupt value table
+        raise GGUFError(f"cannot decode GGUF metadata key {field.name!r}: {err}") from err
+
+
+def _open_reader(path: str):
+    import gguf
+
+    if not os.path.exists(path):
+        raise GGUFError(f"GGUF file not found: {path}. Pass an existing .gguf file, a model directory or a registered name.")
+    if os.path.isdir(path):
+        raise GGUFError(f"{path} is a directory, not a .gguf file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    try:
+        return gguf.GGUFReader(path, "r")
+    except Exception as err:  # truncated / corrupt files fail deep inside numpy memmaps
+        raise GGUFError(f"cannot read GGUF file {path} (truncated or corrupt?): {type(err).__name__}: {err}") from err
+
+
+class GGUFTensors(Mapping[str, np.ndarray]):
+    """Lazy mapping: Hugging Face tensor name -> float32 numpy array, dequantized when accessed."""
+
+    def __init__(self, reader: Any, arch: str, n_heads: int, n_kv_heads: int, n_layers: int):
+        self._reader, self._arch = reader, arch
+        self._heads = {"q": n_heads, "k": n_kv_heads}
+        self._permuted = SUPPORTED_ARCHITECTURES[arch][2]
+        self._by_name: dict[str, Any] = {}
+        unknown = []
+        for t in reader.tensors:
+            hf = _hf_name(t.name, n_layers)
+            if hf is None:
+                unknown.append(t.name)
+            else:
+                self._by_name[hf] = t
+        if unknown:
+            raise GGUFError(f"GGUF {arch} tensors with no Hugging Face counterpart: {', '.join(unknown[:8])}"
+                            + (" ..." if len(unknown) > 8 else "") + " (e.g. rope_freqs: rope scaling is not supported)")
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from gguf.quants import dequantize
+
+        t = self._by_name[name]
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists dims fastest-first
+        try:
+            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        except NotImplementedError as err:
+            raise GGUFError(f"tensor {t.name}: {err}; re-export the GGUF as F16/Q8_0/Q4_K etc.") from err
+        except (ValueError, IndexError) as err:
+            raise GGUFError(f"tensor {t.name} has corrupt data (truncated file?): {err}") from err
+        if self._permuted:
+            for key, heads in self._heads.items():
+                if f"self_attn.{key}_proj." in name:
+                    w = unpermute_rotary_rows(w, heads)
+        return w
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def quant_types(self) -> dict[str, str]:
+        """Tensor name -> GGUF storage type (``Q4_1``, ``F32``, ...)."""
+        return {k: t.tensor_type.name for k, t in self._by_name.items()}
+
+    def n_params(self) -> int:
+        return int(sum(int(np.prod(t.shape)) for t in self._by_name.values()))
+
+
+def _hf_name(gguf_name: str, n_layers: int) -> str | None:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < n_layers:
+        suffix = _LAYER_NAMES.get(parts[2])
+        if suffix is not None:
+            return f"model.layers.{parts[1]}.{suffix}"
+    return None
+
+
+@dataclass
+class GGUFCheckpoint:
+    """What a GGUF file holds, in Hugging Face terms."""
+
+    path: str
+    architecture: str
+    config: dict[str, Any]
+    tensors: GGUFTensors
+    metadata: dict[str, Any]
+
+    def tokenizer(self):
+        """The file's tokenizer as ``transformers.PreTrainedTokenizerFast``."""
+        from londi_jax.lm.tokenizer import build_tokenizer
+
+        return build_tokenizer(self.metadata)
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
+    """Open a GGUF file: metadata -> transformers-style config, lazy HF-named tensors, tokenizer metadata."""
+    path = os.fspath(path)
+    reader = _open_reader(path)
+    meta = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise GGUFError(
+            f"GGUF architecture {arch!r} in {path} is not supported; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+        )
+    model_type, hf_arch, _ = SUPPORTED_ARCHITECTURES[arch]
+
+    def need(key: str) -> Any:
+        full = f"{arch}.{key}"
+        if full not in meta:
+            raise GGUFError(f"GGUF file {path} lacks the metadata key {full!r}")
+        return meta[full]
+
+    n_layers, hidden, n_heads = int(need("block_count")), int(need("embedding_length")), int(need("attention.head_count"))
+    n_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_heads))
+    tensors = GGUFTensors(reader, arch, n_heads, n_kv, n_layers)
+    if "model.embed_tokens.weight" not in tensors:
+        raise GGUFError(f"GGUF file {path} has no token_embd.weight tensor")
+    embed_rows = int(tensors._by_name["model.embed_tokens.weight"].shape[1])
+    vocab = int(meta.get(f"{arch}.vocab_size", embed_rows))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // n_heads))
+    theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    config: dict[str, Any] = {
+        "model_type": model_type,
+        "architectures": [hf_arch],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv,
+        "head_dim": head_dim,
+        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 2048)),
+        "rms_norm_eps": float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "hidden_act": "silu",
+        "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensors,
+        "mlp_bias": False,
+        # llama.cpp drops output.weight when the LM head shares the embedding matrix.
+        "tie_word_embeddings": "lm_head.weight" not in tensors,
+        "torch_dtype": "float32",
+    }
+    for key, hf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
+        if f"tokenizer.ggml.{key}" in meta:
+            config[hf_key] = int(meta[f"tokenizer.ggml.{key}"])
+    if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
+        raise GGUFError(f"GGUF rope scaling {meta[f'{arch}.rope.scaling.type']!r} is not supported")
+    if model_type == "qwen2":
+        config["use_sliding_window"] = False
+    return GGUFCheckpoint(path=path, architecture=arch, config=config, tensors=tensors, metadata=meta)
