@@ -1,7 +1,173 @@
-"""Subcommands of this area for the ``londi-jax`` command."""
+"""``londi-jax env ...``: inspect text environments and write expert demonstrations.
+
+* ``env show --env babyai-text --level L --seed S [--kind K] [--json]``: mission, sentences, GLAM prompt.
+* ``env show --env scienceworld --task 1-1 --variation 0 [--split train] [--json]``.
+* ``env levels [--json]``: the BabyAI-Text levels.
+* ``env demos --env babyai-text --level L --episodes N --seed S --out DIR [--overwrite]``.
+* ``env demos --env scienceworld --tasks ... --split train --max-variations N --out DIR [--overwrite]``.
+
+Environment modules are imported inside the handlers so that ``londi-jax --help`` stays fast.
+"""
+
+from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from londi_jax.utils.errors import LondiError
+from londi_jax.utils.output import add_json_flag, emit
+
+ENVS = ("babyai-text", "scienceworld")
+DEFAULT_LEVEL = "BabyAI-MixedTrainLocal-v0"
+
+
+def _scienceworld():
+    """The ScienceWorld module (owned by the ScienceWorld area), with a clear error if absent."""
+    import importlib
+
+    try:
+        scienceworld = importlib.import_module("londi_jax.envs.scienceworld")
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("londi_jax.envs.scienceworld"):
+            raise LondiError("ScienceWorld support (londi_jax.envs.scienceworld) is not available in this checkout") from err
+        raise
+    return scienceworld
+
+
+# -- show ------------------------------------------------------------------------------------
+def babyai_show(level: str, seed: int = 0, kind: str | None = None) -> dict[str, Any]:
+    """The first observation of a BabyAI-Text episode as a JSON-able dict."""
+    from londi_jax.envs.babyai_text import make_babyai_text
+
+    kwargs = {} if kind is None else {"kind": kind}
+    env = make_babyai_text(level, seed=seed, **kwargs)
+    try:
+        first = env.reset(seed=seed)
+    finally:
+        env.close()
+    info = first.info
+    return {
+        "env": "babyai-text",
+        "level": info["level"],
+        "seed": seed,
+        "task_kind": info["task_kind"],
+        "mission": first.mission,
+        "descriptions": info["descriptions"],
+        "observation": first.observation,
+        "prompt": info["prompt"],
+        "valid_actions": first.valid_actions,
+        "max_steps": info["max_steps"],
+    }
+
+
+def _render_babyai(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['level']}  seed {r['seed']}  kind: {r['task_kind']}  max steps: {r['max_steps']}",
+        f"Mission: {r['mission']}",
+        "Observation:",
+        *(f"  - {s}" for s in r["descriptions"]),
+        "Actions: " + ", ".join(r["valid_actions"]),
+        "GLAM prompt:",
+        r["prompt"],
+    ]
+    return "\n".join(lines)
+
+
+def _render_sw(r: dict[str, Any]) -> str:
+    lines = [f"ScienceWorld task {r.get('task')} variation {r.get('variation', '?')} ({r.get('split', '?')})"]
+    lines += [f"Task: {r.get('task_description', '')}", "Observation:", str(r.get("observation", ""))]
+    lines.append(f"Valid actions: {r.get('num_valid_actions')}")
+    return "\n".join(lines)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    if args.env == "scienceworld":
+        if args.level is not None or args.kind is not None:
+            raise LondiError("--level/--kind are BabyAI-Text options; ScienceWorld takes --task/--variation/--split")
+        sw_show = _scienceworld().show
+        result = sw_show(task=args.task, variation=args.variation, split=args.split)
+        emit(result, args.json, _render_sw)
+        return 0
+    result = babyai_show(args.level or DEFAULT_LEVEL, seed=args.seed, kind=args.kind)
+    emit(result, args.json, _render_babyai)
+    return 0
+
+
+# -- levels ----------------------------------------------------------------------------------
+def _cmd_levels(args: argparse.Namespace) -> int:
+    from londi_jax.envs.babyai_text.levels import GLAM_LEVELS, LOCAL_LEVELS, MIXED_KINDS, known_levels
+
+    rows = []
+    for name in known_levels():
+        source = "glam" if name in GLAM_LEVELS else "minigrid"
+        rows.append({"name": name, "source": source, "local": source == "glam" or name in LOCAL_LEVELS or "Local" in name})
+    result = {"env": "babyai-text", "levels": rows, "mixed_kinds": list(MIXED_KINDS)}
+
+    def render(r: dict[str, Any]) -> str:
+        out = ["GLAM levels (Mixed kinds: " + ", ".join(r["mixed_kinds"]) + "):"]
+        out += [f"  {x['name']}" for x in r["levels"] if x["source"] == "glam"]
+        out.append("minigrid BabyAI levels (* = single room / local):")
+        out += [f"  {'*' if x['local'] else ' '} {x['name']}" for x in r["levels"] if x["source"] == "minigrid"]
+        return "\n".join(out)
+
+    emit(result, args.json, render)
+    return 0
+
+
+# -- demos -----------------------------------------------------------------------------------
+def _cmd_demos(args: argparse.Namespace) -> int:
+    if args.env == "scienceworld":
+        tasks = args.tasks or ([args.task] if args.task else None)
+        meta = _scienceworld().write_demos(args.out, tasks, args.split, args.max_variations, args.overwrite)
+    else:
+        from londi_jax.envs.babyai_text.demos import write_demos
+
+        meta = write_demos(args.out, args.level or DEFAULT_LEVEL, args.episodes, seed=args.seed, overwrite=args.overwrite)
+    result = {"out": str(args.out), **(meta if isinstance(meta, dict) else {"result": meta})}
+    result.pop("doc", None)
+
+    def render(r: dict[str, Any]) -> str:
+        if "n_success" in r:
+            return (
+                f"wrote {r['episodes_written']} episodes of {r['level']} to {r['out']} "
+                f"(bot success {r['n_success']}/{r['episodes_written']})"
+            )
+        return f"wrote ScienceWorld demos to {r['out']}"
+
+    emit(result, args.json, render)
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to ``londi-jax``."""
+    """Add ``env show``, ``env levels`` and ``env demos`` to ``londi-jax``."""
+    env = subparsers.add_parser("env", help="text environments: show, levels, expert demos")
+    sub = env.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
+
+    show = sub.add_parser("show", help="print an environment's first observation (and GLAM prompt)")
+    show.add_argument("--env", choices=ENVS, default="babyai-text")
+    show.add_argument("--level", default=None, help=f"BabyAI level (default {DEFAULT_LEVEL}; see `env levels`)")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--kind", default=None, help="Mixed levels only: force the task kind")
+    show.add_argument("--task", default="1-1", help="ScienceWorld task id")
+    show.add_argument("--variation", type=int, default=0, help="ScienceWorld variation")
+    show.add_argument("--split", default="train", help="ScienceWorld split")
+    add_json_flag(show)
+    show.set_defaults(func=_cmd_show)
+
+    levels = sub.add_parser("levels", help="list the BabyAI-Text levels")
+    add_json_flag(levels)
+    levels.set_defaults(func=_cmd_levels)
+
+    demos = sub.add_parser("demos", help="write expert trajectories (JSONL + meta.json)")
+    demos.add_argument("--env", choices=ENVS, default="babyai-text")
+    demos.add_argument("--out", required=True, help="output directory")
+    demos.add_argument("--overwrite", action="store_true", help="replace demos already in --out")
+    demos.add_argument("--level", default=None, help=f"BabyAI level (default {DEFAULT_LEVEL})")
+    demos.add_argument("--episodes", type=int, default=100, help="BabyAI: number of episodes")
+    demos.add_argument("--seed", type=int, default=0, help="BabyAI: seed of episode 0 (episode k uses seed+k)")
+    demos.add_argument("--tasks", nargs="+", default=None, help="ScienceWorld task ids")
+    demos.add_argument("--task", default=None, help="ScienceWorld: a single task id")
+    demos.add_argument("--split", default="train", help="ScienceWorld split")
+    demos.add_argument("--max-variations", type=int, default=None, help="ScienceWorld: variations per task")
+    add_json_flag(demos)
+    demos.set_defaults(func=_cmd_demos)

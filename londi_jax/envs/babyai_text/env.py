@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 
 from londi_jax.envs.base import TextReset, TextStep
-from londi_jax.envs.babyai_text.levels import instr_kind, make_level
+from londi_jax.envs.babyai_text.levels import instr_kind, make_level, resolve_level
 from londi_jax.envs.babyai_text.prompt import ACTIONS, GlamHistory
 from londi_jax.envs.babyai_text.text import describe
 from londi_jax.utils.errors import LondiError
@@ -98,7 +98,7 @@ class BabyAITextEnv:
     actions: tuple[str, ...] = ACTIONS
 
     def __init__(self, level: str, seed: int | None = None, **level_kwargs: Any):
-        self.level = level
+        self.level = resolve_level(level)
         self._pending_seed = seed
         self.gym_env = BabyAITextWrapper(make_level(level, seed=seed, **level_kwargs))
         self.history = GlamHistory()

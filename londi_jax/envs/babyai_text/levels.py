@@ -40,7 +40,7 @@ from minigrid.envs.babyai.core.verifier import (
     PutNextInstr,
 )
 
-from londi_jax.utils.errors import UnknownNameError
+from londi_jax.utils.errors import LondiError, UnknownNameError
 
 # Task kinds, named as in the original's ``action_kinds``.
 GOTO, PICKUP, OPEN, PUTNEXT, PICKUP_SEQ_GOTO = "goto", "pickup", "open", "putnext", "pick up seq go to"
@@ -288,6 +288,8 @@ def resolve_level(level: str) -> str:
 def make_level(level: str, seed: int | None = None, **kwargs):
     """Build the raw minigrid env (no wrappers) for a level name; GLAM levels get ``kind_seed``."""
     name = resolve_level(level)
+    if "kind" in kwargs and name not in MIXED_LEVELS:
+        raise LondiError(f"kind= only applies to the Mixed levels ({', '.join(MIXED_LEVELS)}), not {name}")
     if name in GLAM_LEVELS:
         if name in MIXED_LEVELS:
             kwargs.setdefault("kind_seed", seed)
