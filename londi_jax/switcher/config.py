@@ -1,0 +1,155 @@
+"""Static switcher configuration vs traced hyper-parameters.
+
+``SwitcherConfig`` holds everything that fixes shapes or program structure (network sizes,
+buffer size, number of envs, learner kind, budget on/off); changing it recompiles.
+``HParams`` holds only numbers that are *traced*: they can be vmapped over in a sweep and
+changed between calls without recompiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from londi_jax.utils.errors import LondiError, UnknownNameError
+
+LEARNERS = ("dqn", "pqn")
+TARGET_UPDATES = ("hard", "polyak")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+class ConfigError(LondiError):
+    """An invalid switcher configuration or hyper-parameter value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitcherConfig:
+    """Static (hashable) switcher configuration; safe as a ``jax.jit`` static argument.
+
+    obs_dim: size of the caller's feature vector (without the budget feature).
+    hidden: widths of the MLP hidden layers.
+    layer_norm: LayerNorm after each hidden Dense (PQN wants it on).
+    learner: ``"dqn"`` (Double DQN + replay + target net) or ``"pqn"`` (buffer-free Q(lambda)).
+    use_budget: LONDI-B; appends b/n to the features and masks g=1 when b=0.
+    num_envs: environments stepping in lockstep.
+    num_updates: updates of one full ``train`` call (also the epsilon-schedule horizon).
+    buffer_size / batch_size / learning_starts / updates_per_step: DQN replay settings
+        (``learning_starts`` counts transitions in the buffer).
+    target_update: ``"hard"`` (copy every ``HParams.target_period`` updates) or ``"polyak"``.
+    rollout_len / num_epochs / num_minibatches: PQN rollout T and passes over it.
+    optimizer: optax optimizer name, wrapped by ``optax.inject_hyperparams``.
+    """
+
+    obs_dim: int
+    hidden: tuple[int, ...] = (64, 64)
+    layer_norm: bool = False
+    learner: Literal["dqn", "pqn"] = "dqn"
+    use_budget: bool = False
+    num_envs: int = 16
+    num_updates: int = 2000
+    # DQN
+    buffer_size: int = 10_000
+    batch_size: int = 128
+    learning_starts: int = 256
+    updates_per_step: int = 1
+    target_update: Literal["hard", "polyak"] = "hard"
+    # PQN
+    rollout_len: int = 8
+    num_epochs: int = 2
+    num_minibatches: int = 2
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+
+    def __post_init__(self) -> None:
+        if self.learner not in LEARNERS:
+            raise UnknownNameError("learner", self.learner, LEARNERS)
+        if self.target_update not in TARGET_UPDATES:
+            raise UnknownNameError("target update", self.target_update, TARGET_UPDATES)
+        if self.optimizer not in OPTIMIZERS:
+            raise UnknownNameError("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("obs_dim", "num_envs", "num_updates", "buffer_size", "batch_size",
+                     "updates_per_step", "rollout_len", "num_epochs", "num_minibatches"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"SwitcherConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learner == "dqn" and self.batch_size > self.buffer_size:
+            raise ConfigError(
+                f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}; "
+                "raise buffer_size or lower batch_size")
+        if self.learner == "pqn" and (self.rollout_len * self.num_envs) % self.num_minibatches:
+            raise ConfigError(
+                f"rollout_len*num_envs = {self.rollout_len * self.num_envs} is not divisible by "
+                f"num_minibatches = {self.num_minibatches}; pick a divisor")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the Q-network input: features plus b/n under LONDI-B."""
+        return self.obs_dim + (1 if self.use_budget else 0)
+
+
+class HParams(struct.PyTreeNode):
+    """Traced hyper-parameters (every leaf is a jnp scalar; vmap over any of them).
+
+    c: cost per DEEPTHINK call (switch reward r - c*g).
+    budget: LONDI-B per-episode cap n on DEEPTHINK calls (ignored unless ``use_budget``).
+    lr: learning rate (lives in optimizer state via ``optax.inject_hyperparams``).
+    gamma, lam: discount and PQN lambda.
+    eps_start, eps_end, eps_decay_frac: linear epsilon schedule over
+        ``eps_decay_frac * config.num_updates`` updates.
+    target_period: DQN hard target copy every this many updates; tau: Polyak rate.
+    max_grad_norm: global-norm gradient clipping.
+    """
+
+    c: jax.Array
+    budget: jax.Array
+    lr: jax.Array
+    gamma: jax.Array
+    lam: jax.Array
+    eps_start: jax.Array
+    eps_end: jax.Array
+    eps_decay_frac: jax.Array
+    target_period: jax.Array
+    tau: jax.Array
+    max_grad_norm: jax.Array
+
+    @classmethod
+    def create(cls, **overrides: float) -> "HParams":
+        """Defaults overridden by keyword; unknown names raise with the known list."""
+        values = dict(DEFAULT_HPARAMS)
+        for k, v in overrides.items():
+            if k not in values:
+                raise UnknownNameError("hyper-parameter", k, values)
+            values[k] = v
+        return cls(**{k: jnp.asarray(v, dtype=_HPARAM_DTYPES.get(k, jnp.float32))
+                      for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain-Python view (scalars only; for stacked HParams use ``jax.tree.map``)."""
+        return {f.name: getattr(self, f.name).item() for f in dataclasses.fields(self)}
+
+
+DEFAULT_HPARAMS: dict[str, float] = {
+    "c": 0.1,
+    "budget": 3,
+    "lr": 1e-3,
+    "gamma": 0.95,
+    "lam": 0.7,
+    "eps_start": 1.0,
+    "eps_end": 0.05,
+    "eps_decay_frac": 0.5,
+    "target_period": 100,
+    "tau": 1.0,
+    "max_grad_norm": 10.0,
+}
+_HPARAM_DTYPES = {"budget": jnp.int32, "target_period": jnp.int32}
+HPARAM_NAMES: tuple[str, ...] = tuple(DEFAULT_HPARAMS)
+
+
+def epsilon(hparams: HParams, step: jax.Array, num_updates: int) -> jax.Array:
+    """Linear epsilon schedule from ``eps_start`` to ``eps_end`` (traced step)."""
+    horizon = jnp.maximum(hparams.eps_decay_frac * num_updates, 1.0)
+    frac = jnp.clip(step / horizon, 0.0, 1.0)
+    return hparams.eps_start + frac * (hparams.eps_end - hparams.eps_start)

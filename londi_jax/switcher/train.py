@@ -1,0 +1,244 @@
+"""Training on JAX environments: ``make_train(config, env, env_params) -> Trainer``.
+
+The whole training state (learner params / target / optimizer state, replay buffer, env states,
+budgets, episode accumulators, rng, update counter) is ONE pytree, ``TrainState``. Training is
+a ``lax.scan`` over updates and can run in chunks::
+
+    trainer = make_train(config, env, env_params)
+    out = jax.jit(trainer.train)(rng, hparams)                      # everything at once
+    ts = trainer.init_train_state(rng, hparams)                     # ... or in chunks
+    chunk = jax.jit(trainer.train_chunk, static_argnums=2, donate_argnums=0)
+    ts, metrics = chunk(ts, hparams, 500)
+
+``jax.jit(jax.vmap(trainer.train))(rngs, stacked_hparams)`` trains many switchers in one program.
+One DQN update = one lockstep env step of all ``num_envs`` + ``updates_per_step`` gradient steps
+(after ``learning_starts`` transitions); one PQN update = a ``rollout_len``-step rollout + the
+Q(lambda) update. The env must be gymnax-like: ``reset(key, params) -> (obs, state)`` and
+``step(key, state, g, params) -> (obs, state, reward, terminated, truncated, info)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from londi_jax.switcher import budget as budget_lib
+from londi_jax.switcher import dqn, pqn, replay
+from londi_jax.switcher.config import HParams, SwitcherConfig, epsilon
+from londi_jax.switcher.core import Transition, act, greedy
+from londi_jax.switcher.network import graphdef
+from londi_jax.utils.errors import LondiError
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything that evolves during training (one pytree: checkpoint / vmap it whole)."""
+
+    learner: Any            # dqn.DQNState or pqn.PQNState
+    buffer: Any             # replay.ReplayState (DQN) or None (PQN)
+    env_state: Any          # batched env state, leading dim num_envs
+    obs: jax.Array          # [N, obs_dim] raw env observations
+    budget: jax.Array       # [N] remaining DEEPTHINK calls this episode (LONDI-B)
+    ep_return: jax.Array    # [N] env return of the running episodes
+    ep_calls: jax.Array     # [N] DEEPTHINK calls in the running episodes
+    ep_len: jax.Array       # [N] steps in the running episodes
+    rng: jax.Array
+    update: jax.Array       # updates done so far (drives the epsilon schedule)
+
+
+def _where_tree(mask: jax.Array, a: Any, b: Any) -> Any:
+    def pick(x, y):
+        m = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+        return jnp.where(m, x, y)
+    return jax.tree.map(pick, a, b)
+
+
+class Trainer:
+    """Pure training functions bound to a static config and an env (see module docstring)."""
+
+    def __init__(self, config: SwitcherConfig, env: Any, env_params: Any):
+        if getattr(env, "obs_dim", config.obs_dim) != config.obs_dim:
+            raise LondiError(f"SwitcherConfig.obs_dim = {config.obs_dim} but the env's obs_dim "
+                             f"is {env.obs_dim}; build the config with obs_dim={env.obs_dim}")
+        self.config, self.env, self.env_params = config, env, env_params
+        self.learner = dqn if config.learner == "dqn" else pqn
+        self.gdef = graphdef(config)
+
+    # ---- state -------------------------------------------------------------------------
+    def _reset_envs(self, key: jax.Array):
+        keys = jax.random.split(key, self.config.num_envs)
+        return jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.env_params)
+
+    def _example_transition(self) -> Transition:
+        d = self.config.input_dim
+        z = jnp.zeros((d,), jnp.float32)
+        f = jnp.zeros((), bool)
+        return Transition(obs=z, g=jnp.zeros((), jnp.int32), reward=jnp.zeros((), jnp.float32),
+                          next_obs=z, terminated=f, truncated=f, next_can_call=f)
+
+    def init_train_state(self, rng: jax.Array, hparams: HParams) -> TrainState:
+        """Fresh train state (pure; vmappable over ``rng`` and ``hparams``)."""
+        k_net, k_env, rng = jax.random.split(rng, 3)
+        learner = self.learner.init(self.config, hparams, k_net)
+        buffer = (replay.init(self._example_transition(), self.config.buffer_size)
+                  if self.config.learner == "dqn" else None)
+        obs, env_state = self._reset_envs(k_env)
+        n = self.config.num_envs
+        zeros_f, zeros_i = jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32)
+        return TrainState(learner=learner, buffer=buffer, env_state=env_state, obs=obs,
+                          budget=budget_lib.reset(hparams.budget, (n,)), ep_return=zeros_f,
+                          ep_calls=zeros_i, ep_len=zeros_i, rng=rng,
+                          update=jnp.zeros((), jnp.int32))
+
+    # ---- one lockstep env step --------------------------------------------------------
+    def _env_step(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
+        cfg = self.config
+        k_act, k_step, k_reset = jax.random.split(key, 3)
+        feats = budget_lib.features(ts.obs, ts.budget, hparams.budget, cfg.use_budget)
+        can = budget_lib.can_call(ts.budget, cfg.use_budget)
+        g = act(self.gdef, ts.learner.params, feats, can, eps, k_act)
+        step = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))
+        obs2, env_state2, reward, term, trunc, _ = step(
+            jax.random.split(k_step, cfg.num_envs), ts.env_state, g, self.env_params)
+        b2 = budget_lib.spend(ts.budget, g) if cfg.use_budget else ts.budget
+        tr = Transition(obs=feats, g=g, reward=reward,
+                        next_obs=budget_lib.features(obs2, b2, hparams.budget, cfg.use_budget),
+                        terminated=term, truncated=trunc,
+                        next_can_call=budget_lib.can_call(b2, cfg.use_budget))
+        done = term | trunc
+        reset_obs, reset_state = self._reset_envs(k_reset)
+        ep_return, ep_calls, ep_len = ts.ep_return + reward, ts.ep_calls + g, ts.ep_len + 1
+        stats = {  # sums over the episodes that ended at this step
+            "episodes": jnp.sum(done),
+            "return_sum": jnp.sum(jnp.where(done, ep_return, 0.0)),
+            "calls_sum": jnp.sum(jnp.where(done, ep_calls, 0)),
+            "len_sum": jnp.sum(jnp.where(done, ep_len, 0)),
+            "violations": jnp.sum(done & (ep_calls > hparams.budget)) if cfg.use_budget
+            else jnp.zeros((), jnp.int32),
+        }
+        ts = ts.replace(
+            obs=jnp.where(done[:, None], reset_obs, obs2),
+            env_state=_where_tree(done, reset_state, env_state2),
+            budget=budget_lib.reset_where(b2, done, hparams.budget),
+            ep_return=jnp.where(done, 0.0, ep_return), ep_calls=jnp.where(done, 0, ep_calls),
+            ep_len=jnp.where(done, 0, ep_len))
+        return ts, tr, stats
+
+    # ---- one update ------------------------------------------------------------------
+    def _dqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
+        cfg = self.config
+        k_env, k_learn = jax.random.split(key)
+        ts, tr, stats = self._env_step(ts, hparams, eps, k_env)
+        buffer = replay.add(ts.buffer, tr)
+
+        def learn(learner):
+            def one(learner, k):
+                batch = replay.sample(buffer, k, cfg.batch_size)
+                return dqn.update(cfg, hparams, learner, batch)
+            learner, m = jax.lax.scan(one, learner, jax.random.split(k_learn, cfg.updates_per_step))
+            return learner, jax.tree.map(jnp.mean, m)
+
+        def skip(learner):
+            z = jnp.zeros((), jnp.float32)
+            return learner, {"loss": z, "td_abs": z, "grad_norm": z}
+
+        ready = buffer.size >= max(cfg.learning_starts, cfg.batch_size)
+        learner, m = jax.lax.cond(ready, learn, skip, ts.learner)
+        return ts.replace(learner=learner, buffer=buffer), {**m, **stats}
+
+    def _pqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
+        k_env, k_learn = jax.random.split(key)
+
+        def step(ts, k):
+            ts, tr, stats = self._env_step(ts, hparams, eps, k)
+            return ts, (tr, stats)
+
+        ts, (rollout, stats) = jax.lax.scan(
+            step, ts, jax.random.split(k_env, self.config.rollout_len))
+        learner, m = pqn.update(self.config, hparams, ts.learner, rollout, k_learn)
+        return ts.replace(learner=learner), {**m, **jax.tree.map(jnp.sum, stats)}
+
+    def train_chunk(self, ts: TrainState, hparams: HParams,
+                    num_updates: int) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Run ``num_updates`` (static) updates; metrics are stacked ``[num_updates]``."""
+        body = self._dqn_update if self.config.learner == "dqn" else self._pqn_update
+
+        def one(ts, _):
+            rng, key = jax.random.split(ts.rng)
+            eps = epsilon(hparams, ts.update, self.config.num_updates)
+            ts, m = body(ts.replace(rng=rng), hparams, eps, key)
+            return ts.replace(update=ts.update + 1), {**m, "epsilon": eps}
+
+        return jax.lax.scan(one, ts, None, length=num_updates)
+
+    def train(self, rng: jax.Array, hparams: HParams) -> dict[str, Any]:
+        """``config.num_updates`` updates from scratch: ``{"train_state", "metrics"}``."""
+        ts = self.init_train_state(rng, hparams)
+        ts, metrics = self.train_chunk(ts, hparams, self.config.num_updates)
+        return {"train_state": ts, "metrics": metrics}
+
+    __call__ = train
+
+    # ---- greedy evaluation -----------------------------------------------------------
+    def evaluate(self, params: Any, hparams: HParams, rng: jax.Array, num_episodes: int,
+                 max_steps: int, env_params: Any = None) -> dict[str, jax.Array]:
+        """Greedy switch on ``num_episodes`` parallel episodes of at most ``max_steps`` steps.
+
+        Returns per-episode arrays: ``disc_return`` (discounted switch return, the objective),
+        ``env_return``, ``calls``, ``success`` (env reward > 0 seen), ``violation``
+        (calls > budget under LONDI-B), ``finished``.
+        """
+        cfg = self.config
+        env_params = self.env_params if env_params is None else env_params
+        k_reset, k_run = jax.random.split(rng)
+        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(
+            jax.random.split(k_reset, num_episodes), env_params)
+        carry0 = {
+            "obs": obs, "env_state": env_state,
+            "b": budget_lib.reset(hparams.budget, (num_episodes,)),
+            "alive": jnp.ones((num_episodes,), bool), "disc": jnp.ones((num_episodes,)),
+            "disc_return": jnp.zeros((num_episodes,)), "env_return": jnp.zeros((num_episodes,)),
+            "calls": jnp.zeros((num_episodes,), jnp.int32),
+        }
+
+        def step(c, k):
+            feats = budget_lib.features(c["obs"], c["b"], hparams.budget, cfg.use_budget)
+            g = greedy(self.gdef, params, feats, budget_lib.can_call(c["b"], cfg.use_budget))
+            obs2, st2, r, term, trunc, _ = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(k, num_episodes), c["env_state"], g, env_params)
+            alive = c["alive"]
+            sw = jnp.where(alive, r - hparams.c * g, 0.0)
+            new = {
+                "obs": obs2, "env_state": st2,
+                "b": budget_lib.spend(c["b"], g) if cfg.use_budget else c["b"],
+                "alive": alive & ~(term | trunc),
+                "disc": c["disc"] * hparams.gamma,
+                "disc_return": c["disc_return"] + c["disc"] * sw,
+                "env_return": c["env_return"] + jnp.where(alive, r, 0.0),
+                "calls": c["calls"] + jnp.where(alive, g, 0),
+            }
+            return new, None
+
+        c, _ = jax.lax.scan(step, carry0, jax.random.split(k_run, max_steps))
+        violation = (c["calls"] > hparams.budget) if cfg.use_budget else jnp.zeros_like(c["alive"])
+        return {"disc_return": c["disc_return"], "env_return": c["env_return"],
+                "calls": c["calls"], "success": c["env_return"] > 0, "violation": violation,
+                "finished": ~c["alive"]}
+
+
+def make_train(config: SwitcherConfig, env: Any, env_params: Any) -> Trainer:
+    """Bind static config and env; the returned ``Trainer`` is callable as ``train(rng, hparams)``."""
+    return Trainer(config, env, env_params)
+
+
+def init_train_state(trainer: Trainer, rng: jax.Array, hparams: HParams) -> TrainState:
+    """Functional alias of ``trainer.init_train_state``."""
+    return trainer.init_train_state(rng, hparams)
+
+
+def train_chunk(trainer: Trainer, ts: TrainState, hparams: HParams,
+                num_updates: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Functional alias of ``trainer.train_chunk``."""
+    return trainer.train_chunk(ts, hparams, num_updates)
