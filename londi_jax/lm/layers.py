@@ -1,0 +1,285 @@
+"""Shared building blocks for decoder-only LMs (Flax NNX): norms, RoPE, attention with a KV cache,
+the generic pre-norm decoder layer and the causal-LM trunk both families reuse.
+
+Layout conventions (all families):
+* linear kernels are ``(in, out)`` (PyTorch ``weight.T``); heads are laid out ``head * head_dim + d``
+  along the projection's output axis, exactly as in Hugging Face checkpoints;
+* RoPE uses the Hugging Face "rotate_half" convention (first half / second half of the rotated
+  dimensions form the pairs), applied to the first ``rotary_dim`` dimensions of each head;
+* the KV cache is a pytree ``KVCache(k=(per layer (B, S, KV, D)), v=(...))``;
+* attention masks are boolean, True = may attend. Masked logits use the most negative finite
+  float instead of -inf, so fully padded rows (batch padding) stay finite instead of NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from londi_jax.lm.config import ModelConfig
+
+NEG_INF = float(np.finfo(np.float32).min)
+
+
+def jnp_dtype(name: str) -> jnp.dtype:
+    """'float32' / 'bfloat16' -> jnp dtype."""
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The MLP nonlinearity named by a transformers ``hidden_act``."""
+    if name == "silu":
+        return jax.nn.silu
+    if name == "gelu":  # PyTorch/transformers "gelu" is the exact (erf) form
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(name)  # ModelConfig validates names first
+
+
+# ---------------------------------------------------------------------------------------- norms
+def make_norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """RMSNorm for the Llama family, LayerNorm (with bias) for GPT-NeoX."""
+    dt = jnp_dtype(config.dtype)
+    if config.family == "gpt_neox":
+        # exact variance (not E[x^2]-E[x]^2) to match PyTorch to fp32 tolerance
+        return nnx.LayerNorm(config.hidden_size, epsilon=config.norm_eps, use_fast_variance=False,
+                             dtype=dt, param_dtype=dt, rngs=rngs)
+    return nnx.RMSNorm(config.hidden_size, epsilon=config.norm_eps, use_fast_variance=False,
+                       dtype=dt, param_dtype=dt, rngs=rngs)
+
+
+# ---------------------------------------------------------------------------------------- RoPE
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies (rotary_dim // 2,) float32, incl. Llama-3 / linear scaling.
+
+    Computed like transformers (float32 powers) so positions match the PyTorch reference.
+    """
+    dim = config.rotary_dim
+    inv = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv = inv.astype(np.float32)
+    rs = config.rope_scaling
+    if rs is None:
+        return inv
+    rtype = rs.get("rope_type", rs.get("type"))
+    factor = float(rs["factor"])
+    if rtype == "linear":
+        return (inv / factor).astype(np.float32)
+    # llama3: low frequencies slowed by `factor`, high kept, a smooth ramp in between
+    low_ff, high_ff = float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old_ctx = float(rs["original_max_position_embeddings"])
+    low_wl, high_wl = old_ctx / low_ff, old_ctx / high_ff
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wl, inv / factor, inv)
+    smooth = (old_ctx / wavelen - low_ff) / (high_ff - low_ff)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate the first ``2 * len(inv_freq)`` dims of ``x (..., T, heads, D)`` by ``positions (..., T)``."""
+    rd = 2 * inv_freq.shape[0]
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (..., T, rd/2)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[..., None, :]  # (..., T, 1, rd)
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    xr = x[..., :rd].astype(jnp.float32)
+    half = rd // 2
+    rotated = jnp.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)
+    out = (xr * cos + rotated * sin).astype(x.dtype)
+    if rd == x.shape[-1]:
+        return out
+    return jnp.concatenate([out, x[..., rd:]], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------- attention
+class KVCache(NamedTuple):
+    """Per-layer key/value buffers, each ``(B, S, num_kv_heads, head_dim)``."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def init_cache(config: ModelConfig, batch: int, size: int, dtype: str | None = None) -> KVCache:
+    """A zeroed KV cache for ``batch`` rows and ``size`` slots."""
+    dt = jnp_dtype(dtype or config.dtype)
+    shape = (batch, size, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, dt) for _ in range(config.num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, dt) for _ in range(config.num_layers)))
+
+
+def grouped_attention(
+    q: jax.Array,
+    shared: tuple[jax.Array, jax.Array, jax.Array] | None,
+    own: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Softmax attention of ``q (B, K, T, N, G, D)`` over up to two key blocks, jointly normalised.
+
+    ``shared = (k, v, mask)``: keys ``(B, S, N, D)`` shared by all K query groups (a prompt's KV
+    cache), mask broadcastable to ``(B, K, T, S)``. ``own = (k, v, mask)``: keys ``(B, K, T2, N, D)``
+    private to each group (a candidate's own tokens), mask ``(B, K, T, T2)``. GQA: N kv heads, each
+    serving G query heads, without repeating K/V. Returns ``(B, K, T, N, G, D)``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores, masks = [], []
+    if shared is not None:
+        k, _, m = shared
+        scores.append(jnp.einsum("bktngd,bsnd->bkngts", q, k, preferred_element_type=jnp.float32))
+        masks.append(m)
+    if own is not None:
+        k, _, m = own
+        scores.append(jnp.einsum("bktngd,bksnd->bkngts", q, k, preferred_element_type=jnp.float32))
+        masks.append(m)
+    sizes = [s.shape[-1] for s in scores]
+    s = jnp.concatenate(scores, axis=-1) * scale
+    mask = jnp.concatenate(
+        [jnp.broadcast_to(m, (*s.shape[:2], m.shape[-2], m.shape[-1])) if m.ndim == 4 else m for m in masks],
+        axis=-1,
+    )  # (B, K, T, S_total)
+    s = jnp.where(mask[:, :, None, None], s, NEG_INF)
+    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+    out = jnp.zeros(q.shape, jnp.float32)
+    start = 0
+    if shared is not None:
+        _, v, _ = shared
+        out += jnp.einsum("bkngts,bsnd->bktngd", p[..., start:start + sizes[0]], v,
+                          preferred_element_type=jnp.float32)
+        start += sizes[0]
+    if own is not None:
+        _, v, _ = own
+        out += jnp.einsum("bkngts,bksnd->bktngd", p[..., start:], v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head / grouped-query self-attention with RoPE (full or partial) and optional biases."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        dt = jnp_dtype(config.dtype)
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.inv_freq = nnx.static(tuple(float(f) for f in rope_inv_freq(c)))
+        lin = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dt, param_dtype=dt, rngs=rngs)  # noqa: E731
+        self.q_proj = lin(c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias)
+        self.k_proj = lin(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias)
+        self.v_proj = lin(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias)
+        self.o_proj = lin(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
+
+    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        lead = x.shape[:-1]
+        n, g, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        inv = np.asarray(self.inv_freq, np.float32)
+        q = apply_rope(self.q_proj(x).reshape(*lead, n * g, d), positions, inv).reshape(*lead, n, g, d)
+        k = apply_rope(self.k_proj(x).reshape(*lead, n, d), positions, inv)
+        v = self.v_proj(x).reshape(*lead, n, d)
+        return q, k, v
+
+    def _out(self, o: jax.Array) -> jax.Array:
+        return self.o_proj(o.reshape(*o.shape[:-3], self.num_heads * self.head_dim))
+
+    def cached(self, x: jax.Array, positions: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+               index: jax.Array, mask: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """``x (B, T, H)`` written into the cache at slot ``index``, then attending the cache
+        under ``mask (B, T, S)``. Returns the output and the updated ``(k_cache, v_cache)``."""
+        q, k, v = self._qkv(x, positions)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        o = grouped_attention(q[:, None], (k_cache, v_cache, mask[:, None]))[:, 0]
+        return self._out(o), (k_cache, v_cache)
+
+    def with_prefix(self, x: jax.Array, positions: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
+                    prefix_mask: jax.Array, own_mask: jax.Array) -> tuple[jax.Array, None]:
+        """``x (B, K, L, H)``: K continuations per row attending the row's shared prefix cache
+        ``(B, P, N, D)`` (``prefix_mask (B, P)``) plus themselves (``own_mask (B, K, L, L)``)."""
+        q, k, v = self._qkv(x, positions)
+        o = grouped_attention(q, (prefix_k, prefix_v, prefix_mask[:, None, None, :]), (k, v, own_mask))
+        return self._out(o), None
+
+
+# ---------------------------------------------------------------------------------------- layers
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: sequential (Llama) or parallel (GPT-NeoX) residual around attention + MLP."""
+
+    def __init__(self, config: ModelConfig, mlp: nnx.Module, rngs: nnx.Rngs):
+        self.parallel_residual = config.parallel_residual
+        self.attn_norm = make_norm(config, rngs)
+        self.attn = Attention(config, rngs)
+        self.mlp_norm = make_norm(config, rngs)
+        self.mlp = mlp
+
+    def __call__(self, x: jax.Array, attend: Callable[[Attention, jax.Array], tuple[jax.Array, object]]):
+        """``attend(attn_module, normed_x) -> (out, aux)`` picks the attention mode (cache / prefix)."""
+        a, aux = attend(self.attn, self.attn_norm(x))
+        if self.parallel_residual:
+            return x + a + self.mlp(self.mlp_norm(x)), aux
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), aux
+
+
+class CausalLM(nnx.Module):
+    """Embedding, a stack of decoder layers, final norm and LM head (optionally tied).
+
+    Families differ only in the MLP and norm they plug in (see llama.py, gpt_neox.py). Two
+    forward modes, both pure functions of the module's arrays:
+    ``forward_cached`` (prefill / decode against a KV cache) and ``forward_with_prefix``
+    (K continuations per row sharing one prompt cache).
+    """
+
+    def __init__(self, config: ModelConfig, make_mlp: Callable[[ModelConfig, nnx.Rngs], nnx.Module],
+                 rngs: nnx.Rngs):
+        dt = jnp_dtype(config.dtype)
+        self.config = nnx.static(config)
+        self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dt, param_dtype=dt, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, make_mlp(config, rngs), rngs)
+                                for _ in range(config.num_layers)])
+        self.final_norm = make_norm(config, rngs)
+        self.lm_head = None if config.tie_embeddings else nnx.Linear(
+            config.hidden_size, config.vocab_size, use_bias=False, dtype=dt, param_dtype=dt, rngs=rngs)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden ``(..., H)`` -> float32 logits ``(..., V)``."""
+        out = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def forward_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
+                       key_valid: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Run ``tokens (B, T)`` at ``positions (B, T)``, writing their K/V at cache slot ``index``.
+
+        ``key_valid (B, S)`` marks cache slots holding real tokens (after this write); query t may
+        attend slot s iff ``key_valid[b, s]`` and ``s <= index + t``. Returns the final-normed
+        hidden states ``(B, T, H)`` and the new cache.
+        """
+        slots = jnp.arange(key_valid.shape[1])
+        causal = slots[None, None, :] <= (index + jnp.arange(tokens.shape[1]))[None, :, None]
+        mask = causal & key_valid[:, None, :]
+        x = self.embed(tokens)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, lambda attn, h, i=i: attn.cached(h, positions, cache.k[i], cache.v[i], index, mask))
+            ks.append(k)
+            vs.append(v)
+        return self.final_norm(x), KVCache(tuple(ks), tuple(vs))
+
+    def forward_with_prefix(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
+                            prefix: KVCache, prefix_valid: jax.Array) -> jax.Array:
+        """``tokens (B, K, L)`` continuing each row's prefix cache; returns hidden ``(B, K, L, H)``.
+
+        Every continuation sees the (unpadded) prefix and its own earlier valid tokens; the prefix
+        K/V is read once per row, never copied K times.
+        """
+        L = tokens.shape[-1]
+        causal = jnp.tril(jnp.ones((L, L), bool))
+        own_mask = causal[None, None] & valid[:, :, None, :]
+        x = self.embed(tokens)
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, lambda attn, h, i=i: attn.with_prefix(h, positions, prefix.k[i], prefix.v[i],
+                                                                  prefix_valid, own_mask))
+        return self.final_norm(x)
