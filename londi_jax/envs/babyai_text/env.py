@@ -63,11 +63,16 @@ class BabyAITextWrapper(gym.Wrapper):
     ``success`` flag (terminated with a positive reward) is added on step.
     """
 
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._kind: str | None = None
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         with _quiet():
             obs, info = self.env.reset(seed=seed, options=options)
+        self._kind = task_kind(self.env)  # fixed for the episode: computed once
         info = dict(info)
-        info.update(descriptions=describe(obs["image"]), mission=obs["mission"], task_kind=task_kind(self.env))
+        info.update(descriptions=describe(obs["image"]), mission=obs["mission"], task_kind=self._kind)
         return obs, info
 
     def step(self, action):
@@ -76,7 +81,7 @@ class BabyAITextWrapper(gym.Wrapper):
         info.update(
             descriptions=describe(obs["image"]),
             mission=obs["mission"],
-            task_kind=task_kind(self.env),
+            task_kind=self._kind,
             success=bool(terminated and reward > 0),
         )
         return obs, reward, terminated, truncated, info
