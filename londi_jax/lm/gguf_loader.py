@@ -115,7 +115,7 @@ class GGUFTensors(Mapping[str, np.ndarray]):
         from gguf.quants import dequantize
 
         t = self._by_name[name]
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists dims fastest-first
+        shape = self.get_shape(name)  # GGUF lists dims fastest-first
         try:
             w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         except NotImplementedError as err:
@@ -127,6 +127,10 @@ class GGUFTensors(Mapping[str, np.ndarray]):
                 if f"self_attn.{key}_proj." in name:
                     w = unpermute_rotary_rows(w, heads)
         return w
+
+    def get_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a tensor without dequantizing it."""
+        return tuple(int(s) for s in reversed(self._by_name[name].shape.tolist()))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_name)
