@@ -29,6 +29,14 @@ def test_seeded_kind_draw_covers_every_kind_and_is_reproducible():
     assert all(_reset("MixedTrainLocal", s)[1].info["task_kind"] == k for s, k in list(kinds.items())[:5])
 
 
+def test_unseeded_mixed_env_takes_its_kind_from_the_first_reset_seed():
+    for seed in range(8):
+        late = make_babyai_text("MixedTrainLocal")
+        first = late.reset(seed=seed)
+        early = _reset("MixedTrainLocal", seed)[1]
+        assert (first.info["task_kind"], first.mission, first.observation) == (early.info["task_kind"], early.mission, early.observation)
+
+
 @pytest.mark.parametrize("level", ["MixedTrainLocal", "MixedTestLocal"])
 @pytest.mark.parametrize("kind", MIXED_KINDS)
 def test_mixed_kind_layout_and_instruction(level, kind):

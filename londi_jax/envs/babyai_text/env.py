@@ -14,7 +14,9 @@ truncated with reward 0.
 
 Seeding follows Gymnasium: ``reset(seed=s)`` reseeds, ``reset()`` continues the stream. The
 ``seed`` given to ``make_babyai_text`` is used by the first ``reset()`` that gets no seed, and
-also draws the task kind of a Mixed level (see ``levels``).
+also draws the task kind of a Mixed level (see ``levels``). A Mixed level made with neither
+``seed`` nor ``kind`` is built on its first ``reset(seed=s)`` and draws its kind from ``s``
+(with no seed at all the kind is random, as in the original).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import gymnasium as gym
 
 from londi_jax.envs.base import TextReset, TextStep
-from londi_jax.envs.babyai_text.levels import instr_kind, make_level, resolve_level
+from londi_jax.envs.babyai_text.levels import MIXED_LEVELS, instr_kind, make_level, resolve_level
 from londi_jax.envs.babyai_text.prompt import ACTIONS, GlamHistory
 from londi_jax.envs.babyai_text.text import describe
 from londi_jax.utils.errors import LondiError
@@ -105,14 +107,24 @@ class BabyAITextEnv:
     def __init__(self, level: str, seed: int | None = None, **level_kwargs: Any):
         self.level = resolve_level(level)
         self._pending_seed = seed
-        self.gym_env = BabyAITextWrapper(make_level(level, seed=seed, **level_kwargs))
+        self._level_kwargs = level_kwargs
+        self.gym_env: BabyAITextWrapper | None = None
+        # A Mixed level with neither ``seed`` nor ``kind`` draws its kind from the seed of its
+        # first reset (so batched runners that only seed resets stay reproducible).
+        if not (self.level in MIXED_LEVELS and seed is None and "kind" not in level_kwargs):
+            self._build(seed)
         self.history = GlamHistory()
         self._mission = ""
         self._done = True
 
+    def _build(self, seed: int | None) -> None:
+        self.gym_env = BabyAITextWrapper(make_level(self.level, seed=seed, **self._level_kwargs))
+
     # minigrid's env (for the bot, rendering and inspection)
     @property
     def unwrapped(self):
+        if self.gym_env is None:
+            raise LondiError(f"{self.level}: the level is built on the first reset(); call reset() first")
         return self.gym_env.unwrapped
 
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +141,8 @@ class BabyAITextEnv:
             seed, self._pending_seed = self._pending_seed, None
         else:
             self._pending_seed = None
+        if self.gym_env is None:
+            self._build(seed)
         obs, info = self.gym_env.reset(seed=seed)
         self._mission = obs["mission"]
         self._done = False
@@ -163,7 +177,8 @@ class BabyAITextEnv:
         return list(ACTIONS)
 
     def close(self) -> None:
-        self.gym_env.close()
+        if self.gym_env is not None:
+            self.gym_env.close()
 
 
 def make_babyai_text(level: str = "BabyAI-MixedTrainLocal-v0", seed: int | None = None, **kwargs: Any) -> BabyAITextEnv:
