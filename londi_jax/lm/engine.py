@@ -1,0 +1,482 @@
+"""``LanguageModel``: the object API (tokenize, bucket, batch) over pure jitted programs.
+
+The model is ``nnx.split`` once into ``(graphdef, state)``; each program is a plain ``jax.jit`` of a
+function of ``state`` and arrays (the graphdef is closed over), so there is no per-call NNX graph
+walk. Programs:
+
+* ``score``: each prompt is prefilled ONCE (left padded); its KV cache is shared by all K
+  candidates, which run as a ``(B, K, L)`` block attending to the prompt cache plus causally to
+  themselves (no K copies of the prompt). The first candidate token is scored from the prompt's
+  last logits. Prompt embeddings come from the same prefill.
+* ``generate``: prefill + the whole decode loop inside one ``lax.while_loop`` over a preallocated
+  cache (left padding, per-row done mask), greedy or sampling (temperature, top-k, top-p).
+* ``embed``: prefill only; mean of the final-normed hidden states over real prompt tokens.
+* ``logits``: full-sequence logits (token-level access for trainers and tests).
+
+Shapes are bucketed (batch, prompt length, candidate count/length and new-token cap rounded up to
+powers of two) so new lengths inside a bucket reuse the compiled program; values such as
+``max_new_tokens``, temperature, top-k and top-p are traced arguments and never recompile.
+
+Tokenization: prompts use ``encode(prompt, add_special_tokens=True)`` (BOS if the tokenizer adds
+one); each candidate is tokenized on its own, as given, with ``add_special_tokens=False``, and the
+scored sequence is ``prompt_ids + candidate_ids``. Pass the candidate with the separator you want
+(e.g. ``" go forward"``). This is exactly what a full-sequence forward over the concatenated ids
+computes (tests check that).
+
+Stop strings: before decoding, the engine marks every vocabulary token whose text contains a stop
+string; generating such a token (or EOS) ends the row on device. Stop strings that only appear
+across token boundaries are found on the host afterwards and the text is truncated there.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from londi_jax.lm.config import ModelConfig
+from londi_jax.lm.interface import (
+    CallCost,
+    ContextLengthError,
+    CostReport,
+    GenerateResult,
+    LMInputError,
+    ScoreResult,
+)
+from londi_jax.lm.layers import CausalLM, KVCache, init_cache
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """Round ``n`` up to a power of two, at least ``minimum``."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+    """Left-padded rows: position of each real token among the real tokens (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def prefill(model: CausalLM, tokens: jax.Array, valid: jax.Array, cache_size: int
+            ) -> tuple[jax.Array, KVCache, jax.Array]:
+    """Run left-padded prompts ``(B, P)`` into a fresh cache of ``cache_size`` slots.
+
+    Returns final-normed hidden ``(B, P, H)``, the cache and the slot-validity mask ``(B, cache_size)``.
+    """
+    B, P = tokens.shape
+    key_valid = jnp.zeros((B, cache_size), bool).at[:, :P].set(valid)
+    cache = init_cache(model.config, B, cache_size)
+    hidden, cache = model.forward_cached(tokens, positions_from_valid(valid), cache, jnp.int32(0), key_valid)
+    return hidden, cache, key_valid
+
+
+def mean_pool(hidden: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean of ``hidden (B, T, H)`` over valid positions, float32 ``(B, H)``."""
+    w = valid.astype(jnp.float32)[..., None]
+    return (hidden.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log softmax(logits)[target] without materialising the full log-softmax."""
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                 top_p: jax.Array) -> jax.Array:
+    """Sample from ``logits (B, V)`` at ``temperature`` restricted to the top-k tokens and then to the
+    smallest set whose probability reaches ``top_p`` (top_k=V, top_p=1 disable them)."""
+    V = logits.shape[-1]
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    desc = -jnp.sort(-scaled, axis=-1)
+    k = jnp.clip(top_k, 1, V)
+    kth = jnp.take_along_axis(desc, jnp.broadcast_to(k - 1, (logits.shape[0], 1)), axis=-1)
+    desc = jnp.where(jnp.arange(V) < k, desc, -jnp.inf)
+    probs = jax.nn.softmax(desc, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the most likely token
+    cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where((scaled < kth) | (scaled < cutoff), -jnp.inf, scaled)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+
+class LanguageModel:
+    """A loaded LM with ``score`` / ``generate`` / ``embed`` / ``cost`` (see ``interface.LM``).
+
+    ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked).
+    ``trace_counts`` counts how often each program was traced (i.e. compiled).
+    """
+
+    def __init__(self, config: ModelConfig, model: CausalLM, tokenizer: Any = None, name: str = "lm",
+                 batch_size: int = 16):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.graphdef, self.state = nnx.split(model)
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+        self._score_jit = jax.jit(self._score_impl)
+        self._generate_jit = jax.jit(self._generate_impl, static_argnames=("new_cap", "sample"))
+        self._embed_jit = jax.jit(self._embed_impl)
+        self._logits_jit = jax.jit(self._logits_impl)
+        self._token_texts: list[str] | None = None
+        self._stop_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._calls: list[CallCost] = []
+        self._last_context = 0.0
+        leaves = jax.tree.leaves(self.state)
+        self.num_params = int(sum(x.size for x in leaves))
+        emb = config.vocab_size * config.hidden_size
+        self.num_nonembedding_params = self.num_params - emb * (1 if config.tie_embeddings else 2)
+
+    @classmethod
+    def from_hf_directory(cls, path: str, dtype: str = "float32") -> LanguageModel:
+        """Load a local Hugging Face model directory (see ``hf_loader.load_hf_directory``)."""
+        from londi_jax.lm.hf_loader import load_hf_directory
+
+        return load_hf_directory(path, dtype=dtype)
+
+    @property
+    def model(self) -> CausalLM:
+        """The NNX module (merged view of the current state)."""
+        return nnx.merge(self.graphdef, self.state)
+
+    # ------------------------------------------------------------------ pure programs
+    def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid):
+        self.trace_counts["score"] += 1
+        model = nnx.merge(self.graphdef, state)
+        hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
+        last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
+        plen = p_valid.sum(-1).astype(jnp.int32)
+        c_pos = plen[:, None, None] + jnp.arange(c_tok.shape[-1], dtype=jnp.int32)
+        c_hidden = model.forward_with_prefix(c_tok, c_pos, c_valid, cache, p_valid)
+        first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
+        rest = token_logprobs(model.logits(c_hidden[:, :, :-1]), c_tok[:, :, 1:])  # (B, K, L-1)
+        lp = jnp.concatenate([first[..., None], rest], axis=-1)
+        return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid)
+
+    def _embed_impl(self, state, p_tok, p_valid):
+        self.trace_counts["embed"] += 1
+        model = nnx.merge(self.graphdef, state)
+        hidden, _, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
+        return mean_pool(hidden, p_valid)
+
+    def _logits_impl(self, state, tok, valid):
+        self.trace_counts["logits"] += 1
+        model = nnx.merge(self.graphdef, state)
+        hidden, _, _ = prefill(model, tok, valid, tok.shape[1])
+        return model.logits(hidden)
+
+    def _generate_impl(self, state, p_tok, p_valid, max_new, temperature, top_k, top_p, key, stop_mask,
+                       *, new_cap: int, sample: bool):
+        self.trace_counts["generate"] += 1
+        model = nnx.merge(self.graphdef, state)
+        B, P = p_tok.shape
+        hidden, cache, key_valid = prefill(model, p_tok, p_valid, P + new_cap)
+        logits = model.logits(hidden[:, -1])
+        plen = p_valid.sum(-1).astype(jnp.int32)
+        out = jnp.zeros((B, new_cap), jnp.int32)
+        done = ~p_valid.any(-1)  # batch-padding rows start finished
+        n_gen = jnp.zeros((B,), jnp.int32)
+
+        def cond(c):
+            step, *_, done, _, _ = c
+            return (step < max_new) & ~jnp.all(done)
+
+        def body(c):
+            step, cache, key_valid, logits, out, done, n_gen, key = c
+            key, sub = jax.random.split(key)
+            tok = sample_token(logits, sub, temperature, top_k, top_p) if sample else \
+                jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            tok = jnp.where(done, 0, tok)
+            out = out.at[:, step].set(tok)
+            n_gen = jnp.where(done, n_gen, step + 1)
+            done = done | stop_mask[tok]
+            slot = P + step
+            key_valid = key_valid.at[:, slot].set(True)
+            h, cache = model.forward_cached(tok[:, None], (plen + step)[:, None], cache, slot, key_valid)
+            return step + 1, cache, key_valid, model.logits(h[:, 0]), out, done, n_gen, key
+
+        carry = (jnp.int32(0), cache, key_valid, logits, out, done, n_gen, key)
+        _, _, _, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, carry)
+        return out, n_gen
+
+    # ------------------------------------------------------------------ host helpers
+    def _tok(self) -> Any:
+        if self.tokenizer is None:
+            raise LMInputError(f"model {self.name!r} has no tokenizer; use the token-level API "
+                               f"(score_tokens / generate_tokens / embed_tokens)")
+        return self.tokenizer
+
+    def _encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        if isinstance(prompts, str):
+            raise LMInputError("prompts must be a sequence of strings, not one string; wrap it in a list")
+        return [list(self._tok().encode(p, add_special_tokens=True)) for p in prompts]
+
+    def _check_prompts(self, ids: Sequence[Sequence[int]], extra: Sequence[int] | int = 0, what: str = "") -> None:
+        limit = self.config.context_window
+        for i, p in enumerate(ids):
+            if len(p) == 0:
+                raise LMInputError(f"prompt {i} is empty (0 tokens); give at least one token of context")
+            bad = [t for t in p if not 0 <= int(t) < self.config.vocab_size]
+            if bad:
+                raise LMInputError(f"prompt {i} has token ids outside [0, {self.config.vocab_size}): {bad[:5]}")
+            n_extra = extra if isinstance(extra, int) else extra[i]
+            if len(p) + n_extra > limit:
+                raise ContextLengthError(
+                    f"prompt {i} has {len(p)} tokens{what.format(n=n_extra)}: {len(p) + n_extra} > the context "
+                    f"window of {limit} tokens of model {self.name!r}; shorten the prompt"
+                    + (" or lower max_new_tokens" if "new" in what else "")
+                )
+
+    @staticmethod
+    def _left_pad(rows: Sequence[Sequence[int]], batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        tok = np.zeros((batch, length), np.int32)
+        valid = np.zeros((batch, length), bool)
+        for i, r in enumerate(rows):
+            if len(r):
+                tok[i, length - len(r):] = r
+                valid[i, length - len(r):] = True
+        return tok, valid
+
+    def _chunks(self, n: int, lengths: Sequence[int], desc: str) -> Any:
+        """Index chunks of at most ``batch_size``, similar lengths together (less padding)."""
+        order = sorted(range(n), key=lambda i: lengths[i])
+        chunks = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        return tqdm(chunks, desc=desc, disable=len(chunks) < 4, leave=False)
+
+    def _record(self, kind: str, t0: float, traces_before: int, prompt_tokens: int, scored: int,
+                generated: int, spans: list[tuple[float, float]]) -> None:
+        flops = sum(f for f, _ in spans)
+        n_tok = prompt_tokens + scored + generated
+        self._last_context = sum(c for _, c in spans) / max(n_tok, 1)
+        self._calls.append(CallCost(kind, time.perf_counter() - t0, sum(self.trace_counts.values()) > traces_before,
+                                    prompt_tokens, scored, generated, float(flops)))
+
+    # ------------------------------------------------------------------ FLOPs
+    def _flops(self, context: float, logits: bool = False) -> float:
+        """Forward FLOPs of one token attending ``context`` keys (formula in ``CostReport``)."""
+        c = self.config
+        per = 2.0 * self.num_nonembedding_params + 4.0 * c.num_layers * context * c.num_heads * c.head_dim
+        return per + (2.0 * c.vocab_size * c.hidden_size if logits else 0.0)
+
+    def _span(self, n_prev: int, m: int, n_logits: int) -> tuple[float, float]:
+        """(FLOPs, summed attention context) of ``m`` tokens following ``n_prev`` cached ones, with
+        logits computed for ``n_logits`` of them. Token j (0-based) attends ``n_prev + j + 1`` keys."""
+        ctx = m * n_prev + m * (m + 1) / 2.0
+        c = self.config
+        flops = (2.0 * self.num_nonembedding_params * m + 4.0 * c.num_layers * ctx * c.num_heads * c.head_dim
+                 + 2.0 * c.vocab_size * c.hidden_size * n_logits)
+        return flops, ctx
+
+    # ------------------------------------------------------------------ public API
+    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *,
+              with_embedding: bool = False) -> ScoreResult:
+        """Summed log-probabilities of each prompt's candidate continuations (ragged lists welcome)."""
+        p_ids = self._encode_prompts(prompts)
+        if isinstance(candidates, str) or len(candidates) != len(prompts):
+            raise LMInputError(f"got {len(prompts)} prompts but {len(candidates) if not isinstance(candidates, str) else 'a string of'} "
+                               f"candidate lists; give one list of candidate strings per prompt")
+        c_ids = []
+        for i, cands in enumerate(candidates):
+            if isinstance(cands, str):
+                raise LMInputError(f"candidates for prompt {i} must be a list of strings, not a string")
+            c_ids.append([list(self._tok().encode(c, add_special_tokens=False)) for c in cands])
+            for k, (c, ids) in enumerate(zip(cands, c_ids[-1])):
+                if not ids:
+                    raise LMInputError(f"candidate {k} ({c!r}) of prompt {i} tokenizes to zero tokens; "
+                                       f"give non-empty candidates")
+        return self.score_tokens(p_ids, c_ids, with_embedding=with_embedding)
+
+    def score_tokens(self, prompt_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[Sequence[int]]], *,
+                     with_embedding: bool = False) -> ScoreResult:
+        """Token-level ``score``: the scored sequence is ``prompt_ids[i] + candidate_ids[i][k]``."""
+        t0, traces = time.perf_counter(), sum(self.trace_counts.values())
+        if len(candidate_ids) != len(prompt_ids):
+            raise LMInputError(f"got {len(prompt_ids)} prompts but {len(candidate_ids)} candidate lists")
+        for i, cands in enumerate(candidate_ids):
+            if len(cands) == 0:
+                raise LMInputError(f"prompt {i} has an empty candidate list; give at least one candidate")
+            for k, c in enumerate(cands):
+                if len(c) == 0:
+                    raise LMInputError(f"candidate {k} of prompt {i} has zero tokens")
+        self._check_prompts(prompt_ids, [max(len(c) for c in cs) for cs in candidate_ids],
+                            " + its longest candidate ({n} tokens)")
+        n = len(prompt_ids)
+        lp_out: list[Any] = [None] * n
+        emb = np.zeros((n, self.config.hidden_size), np.float32)
+        spans: list[tuple[float, float]] = []
+        for chunk in self._chunks(n, [len(p) for p in prompt_ids], f"{self.name}: scoring"):
+            B = bucket(len(chunk))
+            P = bucket(max(len(prompt_ids[i]) for i in chunk), 16)
+            K = bucket(max(len(candidate_ids[i]) for i in chunk))
+            L = bucket(max(len(c) for i in chunk for c in candidate_ids[i]), 4)
+            p_tok, p_valid = self._left_pad([prompt_ids[i] for i in chunk], B, P)
+            c_tok = np.zeros((B, K, L), np.int32)
+            c_valid = np.zeros((B, K, L), bool)
+            for r, i in enumerate(chunk):
+                for k, c in enumerate(candidate_ids[i]):
+                    c_tok[r, k, :len(c)] = c
+                    c_valid[r, k, :len(c)] = True
+            lp, pooled = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid))
+            lp, pooled = np.asarray(lp), np.asarray(pooled)
+            for r, i in enumerate(chunk):
+                lens = [len(c) for c in candidate_ids[i]]
+                lp_out[i] = [lp[r, k, :m].astype(np.float64) for k, m in enumerate(lens)]
+                emb[i] = pooled[r]
+                pl = len(prompt_ids[i])
+                spans.append(self._span(0, pl, 1))  # the prompt's last logits score candidate token 0
+                spans.extend(self._span(pl, m, m - 1) for m in lens)
+        n_scored = sum(len(c) for cs in candidate_ids for c in cs)
+        self._record("score", t0, traces, sum(map(len, prompt_ids)), n_scored, 0, spans)
+        return ScoreResult(
+            logprobs=[np.array([t.sum() for t in row]) for row in lp_out],
+            num_tokens=[np.array([len(c) for c in cs]) for cs in candidate_ids],
+            token_logprobs=lp_out,
+            embeddings=emb if with_embedding else None,
+        )
+
+    def embed(self, prompts: Sequence[str]) -> np.ndarray:
+        """Prompt embeddings ``(B, hidden_size)``: the final-normed last-layer hidden states (the
+        LM head's input) averaged over the prompt's real tokens (padding masked out)."""
+        return self.embed_tokens(self._encode_prompts(prompts))
+
+    def embed_tokens(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Token-level ``embed``."""
+        t0, traces = time.perf_counter(), sum(self.trace_counts.values())
+        self._check_prompts(prompt_ids)
+        out = np.zeros((len(prompt_ids), self.config.hidden_size), np.float32)
+        for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: embedding"):
+            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], bucket(len(chunk)),
+                                        bucket(max(len(prompt_ids[i]) for i in chunk), 16))
+            pooled = np.asarray(jax.block_until_ready(self._embed_jit(self.state, tok, valid)))
+            out[chunk] = pooled[:len(chunk)]
+        self._record("embed", t0, traces, sum(map(len, prompt_ids)), 0, 0,
+                     [self._span(0, len(p), 0) for p in prompt_ids])
+        return out
+
+    def logits(self, token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Full-sequence float32 logits ``(T_i, vocab)`` for each token sequence."""
+        t0, traces = time.perf_counter(), sum(self.trace_counts.values())
+        self._check_prompts(token_ids)
+        out: list[Any] = [None] * len(token_ids)
+        for chunk in self._chunks(len(token_ids), [len(p) for p in token_ids], f"{self.name}: logits"):
+            T = bucket(max(len(token_ids[i]) for i in chunk), 16)
+            tok, valid = self._left_pad([token_ids[i] for i in chunk], bucket(len(chunk)), T)
+            lg = np.asarray(jax.block_until_ready(self._logits_jit(self.state, tok, valid)))
+            for r, i in enumerate(chunk):
+                out[i] = lg[r, T - len(token_ids[i]):]
+        self._record("logits", t0, traces, sum(map(len, token_ids)), 0, 0,
+                     [self._span(0, len(p), len(p)) for p in token_ids])
+        return out
+
+    def _stop_token_mask(self, stop: tuple[str, ...]) -> np.ndarray:
+        """Vocabulary mask of tokens that end a row: EOS ids and tokens containing a stop string."""
+        if stop not in self._stop_masks:
+            mask = np.zeros(self.config.vocab_size, bool)
+            eos = set(self.config.eos_token_ids)
+            tok_eos = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer is not None else None
+            if tok_eos is not None:
+                eos.add(int(tok_eos))
+            mask[[e for e in eos if 0 <= e < self.config.vocab_size]] = True
+            if stop:
+                if self._token_texts is None:
+                    n = min(self.config.vocab_size, len(self._tok()))
+                    self._token_texts = [self._tok().decode([i]) for i in range(n)]
+                for i, text in enumerate(self._token_texts):
+                    if any(s in text for s in stop):
+                        mask[i] = True
+            self._stop_masks[stop] = mask
+        return self._stop_masks[stop]
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),
+                 seed: int = 0) -> GenerateResult:
+        """Continue each prompt; greedy unless ``temperature > 0``. Stops on EOS, a stop string or
+        ``max_new_tokens``. Texts exclude EOS and everything from the first stop string on."""
+        if isinstance(stop, str):
+            stop = (stop,)
+        stop = tuple(s for s in stop if s)
+        ids, reasons = self.generate_tokens(self._encode_prompts(prompts), max_new_tokens, temperature=temperature,
+                                            top_k=top_k, top_p=top_p, stop=stop, seed=seed)
+        eos = set(np.flatnonzero(self._stop_token_mask(())).tolist())
+        texts, out_ids, out_reasons = [], [], []
+        for row, reason in zip(ids, reasons):
+            body = row[:-1] if reason == "eos" else row
+            text = self._tok().decode(body, skip_special_tokens=True)
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+                # keep the tokens up to the one completing the first stop string
+                for j in range(1, len(row) + 1):
+                    if any(s in self._tok().decode(row[:j], skip_special_tokens=True) for s in stop):
+                        row = row[:j]
+                        break
+            elif reason == "eos" and row and row[-1] not in eos:
+                reason = "length"
+            texts.append(text)
+            out_ids.append(row)
+            out_reasons.append(reason)
+        return GenerateResult(texts, out_ids, out_reasons)
+
+    def generate_tokens(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
+                        temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                        stop: tuple[str, ...] = (), seed: int = 0) -> tuple[list[list[int]], list[str]]:
+        """Token-level ``generate``: new token ids per prompt (incl. a final EOS / stop token) and
+        on-device finish reasons ('eos' for any stopping token, else 'length')."""
+        t0, traces = time.perf_counter(), sum(self.trace_counts.values())
+        if int(max_new_tokens) < 1:
+            raise LMInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+            raise LMInputError(f"invalid sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}: "
+                               f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1")
+        self._check_prompts(prompt_ids, int(max_new_tokens), " + max_new_tokens={n}")
+        stop_mask = self._stop_token_mask(tuple(stop))
+        new_cap = bucket(int(max_new_tokens), 16)
+        sample = temperature > 0
+        key = jax.random.key(seed)
+        out_ids: list[Any] = [None] * len(prompt_ids)
+        reasons: list[Any] = [None] * len(prompt_ids)
+        spans: list[tuple[float, float]] = []
+        for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: generating"):
+            key, sub = jax.random.split(key)
+            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], bucket(len(chunk)),
+                                        bucket(max(len(prompt_ids[i]) for i in chunk), 16))
+            out, n_gen = jax.block_until_ready(self._generate_jit(
+                self.state, tok, valid, jnp.int32(max_new_tokens), jnp.float32(temperature),
+                jnp.int32(top_k or self.config.vocab_size), jnp.float32(top_p or 1.0), sub, stop_mask,
+                new_cap=new_cap, sample=sample))
+            out, n_gen = np.asarray(out), np.asarray(n_gen)
+            for r, i in enumerate(chunk):
+                row = out[r, :n_gen[r]].tolist()
+                out_ids[i] = row
+                reasons[i] = "eos" if row and stop_mask[row[-1]] else "length"
+                pl, g = len(prompt_ids[i]), len(row)
+                # token t is sampled from logits of the previous position; the last one is never fed back
+                spans.append(self._span(0, pl, 1))
+                spans.append(self._span(pl, max(g - 1, 0), max(g - 1, 0)))
+        self._record("generate", t0, traces, sum(map(len, prompt_ids)), 0, sum(map(len, out_ids)), spans)
+        return out_ids, reasons
+
+    def cost(self) -> CostReport:
+        """Parameter counts, FLOPs per token (formula in ``CostReport``) and measured seconds."""
+        last = self._calls[-1] if self._calls else None
+        context = self._last_context if last is not None else self.config.context_window / 2
+        return CostReport(
+            name=self.name,
+            num_params=self.num_params,
+            num_nonembedding_params=self.num_nonembedding_params,
+            context=float(context),
+            flops_per_prompt_token=self._flops(context),
+            flops_per_generated_token=self._flops(context, logits=True),
+            last_call=last,
+            total_seconds=float(sum(c.seconds for c in self._calls)),
+            total_flops=float(sum(c.flops for c in self._calls)),
+            num_calls=len(self._calls),
+        )

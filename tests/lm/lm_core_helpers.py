@@ -1,0 +1,96 @@
+"""Tiny random Hugging Face models + an offline tokenizer for the LM-core tests (no network)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+CORPUS = [
+    "go forward", "turn left", "turn right", "pick up the key", "open the door", "toggle the ball",
+    "you see a red ball and a green key", "the goal is to open the blue door", "a wall is two steps forward",
+    "drop the box", "go to the purple box", "put the key next to the ball",
+] * 4
+SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2 -> pad, bos, eos in every tiny config
+VOCAB = 320  # model vocabulary (>= tokenizer size, like real padded vocabularies)
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer_files(tmp_root: str) -> str:
+    """Train a small byte-level BPE once and save it as a transformers tokenizer directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    out = Path(tmp_root) / "tokenizer"
+    fast.save_pretrained(out)
+    return str(out)
+
+
+def make_tokenizer(tmp_root: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_files(tmp_root))
+
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 16}
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1,
+              max_position_embeddings=128)
+KINDS = ("llama", "llama3_tied", "qwen2", "mistral", "neox_parallel", "neox_sequential")
+
+
+def hf_config(kind: str):
+    """A tiny transformers config of the given kind (see KINDS)."""
+    import transformers as T
+
+    if kind == "llama":
+        return T.LlamaConfig(num_key_value_heads=2, rope_theta=500.0, **COMMON)
+    if kind == "llama3_tied":
+        return T.LlamaConfig(num_key_value_heads=1, tie_word_embeddings=True, rope_scaling=dict(LLAMA3_SCALING),
+                             **COMMON)
+    if kind == "qwen2":
+        return T.Qwen2Config(num_key_value_heads=2, **COMMON)
+    if kind == "mistral":
+        return T.MistralConfig(num_key_value_heads=2, sliding_window=None, **COMMON)
+    if kind.startswith("neox"):
+        return T.GPTNeoXConfig(rotary_pct=0.5, use_parallel_residual=kind == "neox_parallel", **COMMON)
+    raise KeyError(kind)
+
+
+def save_tiny(root: Path, kind: str, seed: int = 0, max_shard_size: str | None = None):
+    """Save a random tiny model + the tokenizer into ``root/kind``; return (dir, torch model)."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(hf_config(kind)).eval()
+    out = root / kind
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kw)
+    make_tokenizer(str(root)).save_pretrained(out)
+    return out, model
+
+
+def torch_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
+    """Reference logits from the PyTorch model on a LEFT-padded batch (mask + position ids)."""
+    import torch
+
+    T_ = max(map(len, rows))
+    ids = torch.zeros((len(rows), T_), dtype=torch.long)
+    mask = torch.zeros((len(rows), T_), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T_ - len(r):] = torch.tensor(r)
+        mask[i, T_ - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float().numpy()
+    return [out[i, T_ - len(r):] for i, r in enumerate(rows)]
