@@ -1,7 +1,155 @@
-"""Subcommands of this area for the ``londi-jax`` command."""
+"""``londi-jax lm score|generate|models`` and the top-level ``londi-jax demo``."""
+
+from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from londi_jax.utils.errors import LondiError
+from londi_jax.utils.output import add_json_flag, emit
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registered name, .gguf file or Hugging Face directory (default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    add_json_flag(p)
+
+
+def _cost_dict(lm: Any) -> dict[str, Any]:
+    rep = lm.cost()
+    last = rep.last_call
+    return {
+        "num_params": rep.num_params,
+        "flops_per_generated_token": rep.flops_per_generated_token,
+        "seconds": last.seconds if last else 0.0,
+        "compiled": bool(last.compiled) if last else False,
+        "flops": last.flops if last else 0.0,
+    }
+
+
+def _score(args: argparse.Namespace) -> int:
+    from londi_jax.lm.demo import softmax
+    from londi_jax.lm.registry import load_lm
+
+    if not args.candidate:
+        raise LondiError("give at least one --candidate TEXT to score")
+    lm = load_lm(args.model, dtype=args.dtype, progress=not args.json)
+    res = lm.score([args.prompt], [list(args.candidate)])
+    lps = res.logprobs[0]
+    probs = softmax(lps)
+    result = {
+        "model": lm.name,
+        "prompt": args.prompt,
+        "candidates": [
+            {"text": c, "logprob": float(lp), "num_tokens": int(n), "prob": float(p)}
+            for c, lp, n, p in zip(args.candidate, lps, res.num_tokens[0], probs)
+        ],
+        "best": args.candidate[res.best()[0]],
+        "cost": _cost_dict(lm),
+    }
+
+    def render(r: dict[str, Any]) -> str:
+        width = max(len(c["text"]) for c in r["candidates"])
+        rows = [f"{'candidate':<{width}}  {'log-prob':>9}  {'tokens':>6}  {'prob':>6}"]
+        for c in r["candidates"]:
+            mark = "  <- best" if c["text"] == r["best"] else ""
+            rows.append(f"{c['text']:<{width}}  {c['logprob']:9.3f}  {c['num_tokens']:6d}  {c['prob']:6.3f}{mark}")
+        rows.append(f"({r['model']}, {r['cost']['seconds']:.2f} s{' incl. compile' if r['cost']['compiled'] else ''})")
+        return "\n".join(rows)
+
+    emit(result, args.json, render)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from londi_jax.lm.registry import load_lm
+
+    if args.max_new_tokens < 1:
+        raise LondiError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    lm = load_lm(args.model, dtype=args.dtype, progress=not args.json)
+    prompt = args.prompt
+    if args.chat:
+        tok = lm.tokenizer
+        if getattr(tok, "chat_template", None) is None:
+            raise LondiError(f"model {lm.name} has no chat template; drop --chat")
+        prompt = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    stop = tuple(args.stop or ())
+    res = lm.generate([prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, stop=stop, seed=args.seed)
+    result = {
+        "model": lm.name,
+        "prompt": prompt,
+        "text": res.texts[0],
+        "token_ids": res.token_ids[0],
+        "num_tokens": len(res.token_ids[0]),
+        "finish_reason": res.finish_reasons[0],
+        "cost": _cost_dict(lm),
+    }
+
+    def render(r: dict[str, Any]) -> str:
+        c = r["cost"]
+        return (f"{r['text']}\n({r['model']}: {r['num_tokens']} tokens, finish={r['finish_reason']}, "
+                f"{c['seconds']:.2f} s{' incl. compile' if c['compiled'] else ''})")
+
+    emit(result, args.json, render)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from londi_jax.lm.registry import registered_models, resolve_model_path
+
+    rows = []
+    for name in registered_models():
+        try:
+            where, ok = str(resolve_model_path(name) or "(factory)"), True
+        except LondiError as err:
+            where, ok = str(err), False
+        rows.append({"name": name, "source": where, "installed": ok})
+    emit({"models": rows}, args.json,
+         lambda r: "\n".join(f"{m['name']:<24} {'ok ' if m['installed'] else 'MISSING'} {m['source']}" for m in r["models"]))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from londi_jax.lm.demo import render_demo, run_demo
+
+    emit(run_demo(args.model, dtype=args.dtype, max_new_tokens=args.max_new_tokens), args.json, render_demo)
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to ``londi-jax``."""
+    """Add ``lm`` (score / generate / models) and ``demo`` to ``londi-jax``."""
+    lm = subparsers.add_parser("lm", help="language models: score candidates, generate, list models")
+    sub = lm.add_subparsers(dest="lm_command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("score", help="log-probability of each candidate continuation of a prompt")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--candidate", action="append", default=[], metavar="TEXT",
+                   help="a candidate continuation (repeat for several)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("generate", help="continue a prompt (greedy unless --temperature > 0)")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt text (the user message with --chat)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("models", help="registered model names and where their weights are")
+    add_json_flag(p)
+    p.set_defaults(func=_models)
+
+    p = subparsers.add_parser("demo", help="the main job: SmolLM2 scores BabyAI actions, chats, reports cost")
+    _add_model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(func=_demo)
