@@ -216,7 +216,6 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
         "rope_theta": theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": theta},
         "hidden_act": "silu",
-        "attention_bias": "model.layers.0.self_attn.q_proj.bias" in tensors,
         "mlp_bias": False,
         # llama.cpp drops output.weight when the LM head shares the embedding matrix.
         "tie_word_embeddings": "lm_head.weight" not in tensors,
@@ -228,5 +227,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
         raise GGUFError(f"GGUF rope scaling {meta[f'{arch}.rope.scaling.type']!r} is not supported")
     if model_type == "qwen2":
-        config["use_sliding_window"] = False
+        config["use_sliding_window"] = False  # Qwen2 always has q/k/v biases; no attention_bias key
+    else:
+        config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in tensors
     return GGUFCheckpoint(path=path, architecture=arch, config=config, tensors=tensors, metadata=meta)
