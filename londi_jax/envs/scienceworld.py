@@ -35,6 +35,7 @@ Episode semantics (differences from the package's own ``ScienceWorldEnv`` are de
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -44,7 +45,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,7 @@ class _Simulator(ScienceWorldEnv):
     timeout (a hung JVM raises instead of blocking forever), the JVM is registered for atexit
     clean-up and marked on its command line, and no unused callback server is started."""
 
-    def __init__(self, call_timeout: float, java_opts: Sequence[str] = ()):  # noqa: D107 (no super().__init__)
+    def __init__(self, call_timeout: float, java_opts: Sequence[str] = (), slow_timeout: float = 300.0):  # noqa: D107
         if shutil.which("java") is None:
             raise JavaNotFoundError("ScienceWorld needs Java 8+ on PATH ('java' not found): install e.g. openjdk-17-jre-headless")
         opts = [JVM_MARK, *java_opts]
@@ -229,16 +230,18 @@ class _Simulator(ScienceWorldEnv):
         self._closed = False
         self._gateway = None
         self.java_process = None
+        self.call_timeout, self.slow_timeout = float(call_timeout), max(float(slow_timeout), float(call_timeout))
         port, proc = launch_gateway(classpath=JAR_PATH, die_on_exit=True, cwd=BASEPATH, return_proc=True, javaopts=opts)
         self.java_process = proc
         with _LIVE_LOCK:
             _LIVE[proc.pid] = proc
         try:
             self._gateway = JavaGateway(
-                gateway_parameters=GatewayParameters(auto_field=True, port=port, read_timeout=call_timeout),
+                gateway_parameters=GatewayParameters(auto_field=True, port=port, read_timeout=self.slow_timeout),
                 java_process=proc,
             )
-            self.server = self._gateway.jvm.scienceworld.runtime.pythonapi.PythonInterface()
+            self.server = self._gateway.jvm.scienceworld.runtime.pythonapi.PythonInterface()  # loads classes: slow
+            self.set_timeout(self.call_timeout)
         except BaseException:
             self.close()
             raise
@@ -250,6 +253,25 @@ class _Simulator(ScienceWorldEnv):
     @property
     def pid(self) -> int:
         return self.java_process.pid
+
+    def set_timeout(self, seconds: float) -> None:
+        """Read timeout of every later call (py4j applies it per pooled connection)."""
+        self._gateway.gateway_parameters.read_timeout = seconds
+        for conn in list(self._gateway._gateway_client.deque):
+            try:
+                conn.socket.settimeout(seconds)
+            except OSError:  # a connection that broke with a dead JVM
+                pass
+
+    @contextlib.contextmanager
+    def slow_calls(self) -> Iterator[None]:
+        """Allow ``slow_timeout`` for calls known to be slow (the first load, gold-path generation)."""
+        self.set_timeout(self.slow_timeout)
+        try:
+            yield
+        finally:
+            if not self._closed:
+                self.set_timeout(self.call_timeout)
 
     def close(self) -> None:
         """Stop the JVM (idempotent, never raises)."""
@@ -319,10 +341,21 @@ class ScienceWorldTextEnv:
         self._score = 0
         self._steps = 0
 
+    def set_task(self, task: str | int) -> None:
+        """Switch this env (and its JVM) to another task; the split, simplifications and step
+        limit stay, a fixed variation is dropped. Call ``reset`` next."""
+        info = resolve_task(task)
+        _check_simplifications(self.simplifications, info)
+        if info == self.task:
+            return
+        self.task, self.fixed_variation, self.variation, self._cursor, self._done = info, None, None, -1, True
+        self.variations = self._split_variations()
+
     # -- helpers -------------------------------------------------------------------------------
     def _split_variations(self) -> list[int]:
         sim = self._sim
-        sim.load(self.task.name, 0, "", False)
+        with sim.slow_calls():
+            sim.load(self.task.name, 0, "", False)
         getter = {"train": sim.get_variations_train, "dev": sim.get_variations_dev, "test": sim.get_variations_test}
         return sorted(int(v) for v in getter[self.split]())
 
@@ -367,11 +400,13 @@ class ScienceWorldTextEnv:
                 "simplifications": self.simplifications}
 
     # -- TextEnv ---------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None, *, with_valid: bool = True, variation: int | None = None) -> TextReset:
+    def reset(self, seed: int | None = None, *, with_valid: bool = True, variation: int | None = None,
+              gold_path: bool | None = None) -> TextReset:
         """Start an episode (variation choice: see the module docstring; ``variation=`` overrides).
 
         ``with_valid=False`` skips listing the valid actions (``valid_actions`` is then empty and
-        ``info['valid_actions_skipped']`` is True)."""
+        ``info['valid_actions_skipped']`` is True). ``gold_path`` overrides the constructor's
+        choice for this episode (generating it takes seconds)."""
         if self._sim is None:
             raise ScienceWorldError("this ScienceWorld env is closed; create a new one")
         if variation is not None:
@@ -388,7 +423,7 @@ class ScienceWorldTextEnv:
             var = self.variations[self._cursor]
         for attempt in range(2):
             try:
-                return self._reset(var, with_valid)
+                return self._reset(var, with_valid, self.gold_path if gold_path is None else bool(gold_path))
             except Py4JJavaError as err:
                 raise ScienceWorldError(f"ScienceWorld could not load task {self.task.id} variation {var}: {err.java_exception}") from err
             except Py4JError as err:  # JVM died or hung: one fresh JVM, then give up
@@ -397,11 +432,12 @@ class ScienceWorldTextEnv:
                 self._restart()
         raise AssertionError("unreachable")
 
-    def _reset(self, var: int, with_valid: bool) -> TextReset:
+    def _reset(self, var: int, with_valid: bool, gold: bool) -> TextReset:
         sim = self._sim
         # task and simplifications were validated in __init__: skip the package's per-load checks
-        sim.server.load(self.task.name, var, self.simplifications, self.gold_path)
-        sim.goldPathGenerated = self.gold_path
+        with sim.slow_calls():
+            sim.server.load(self.task.name, var, self.simplifications, gold)
+        sim.goldPathGenerated = gold
         sim.server.reset()
         self.variation = var
         obs = sim.server.step("look around")  # what the package's reset does; not a move
@@ -470,11 +506,11 @@ class ScienceWorldTextEnv:
             raise SimulatorDiedError(f"the ScienceWorld JVM died; the episode is lost, call reset(): {err}") from err
 
     def gold_actions(self) -> list[str]:
-        """The simulator's gold action sequence for the current variation (needs ``gold_path=True``)."""
-        if not self.gold_path:
-            raise ScienceWorldError("create the env with gold_path=True to get gold action sequences")
+        """The simulator's gold action sequence for the current episode (needs a gold path)."""
         if self.variation is None:
             raise ScienceWorldError("call reset() before gold_actions()")
+        if not self._sim.goldPathGenerated:
+            raise ScienceWorldError("no gold path for this episode: reset(..., gold_path=True) or create the env with gold_path=True")
         return [str(a) for a in self._sim.server.getGoldActionSequence()]
 
     def look(self) -> str:
@@ -622,46 +658,42 @@ def write_demos(
         raise UnknownNameError("split", str(split), SPLITS)
     if max_variations is not None and (isinstance(max_variations, bool) or not isinstance(max_variations, int) or max_variations < 1):
         raise ScienceWorldError(f"max_variations must be a positive int or None, got {max_variations!r}")
+    simplifications = ",".join(dict.fromkeys(_check_simplifications(simplifications, t) for t in infos))
     out = Path(out_dir)
     index_path = out / "index.json"
     settings = {"format": DEMO_FORMAT, "scienceworld_version": SCIENCEWORLD_VERSION, "split": split,
-                "simplifications": None}
+                "simplifications": simplifications}
+    index: dict[str, Any] = {}
+    if index_path.exists() and not overwrite:
+        index = json.loads(index_path.read_text())
+        old = {k: index.get(k) for k in settings}
+        if old != settings:
+            raise ScienceWorldError(
+                f"{out} holds demos written with {old}, not {settings}: pass overwrite=True (CLI --overwrite) or use another directory")
+    if overwrite:
+        for t in infos:
+            (out / f"{t.id}.jsonl").unlink(missing_ok=True)
+        index_path.unlink(missing_ok=True)
+        index = {}
+    for t in infos:
+        for r in _read_jsonl(out / f"{t.id}.jsonl"):
+            if r.get("split") != split or r.get("simplifications") != simplifications:
+                raise ScienceWorldError(
+                    f"{out / f'{t.id}.jsonl'} holds demos of another split or simplification: pass overwrite=True")
+    index = settings | {"tasks": index.get("tasks", {})}
+    out.mkdir(parents=True, exist_ok=True)
+    written = skipped = 0
     env = ScienceWorldTextEnv(infos[0].id, split=split, simplifications=simplifications, step_limit=10**6, gold_path=True)
     try:
-        settings["simplifications"] = env.simplifications
-        out.mkdir(parents=True, exist_ok=True)
-        index: dict[str, Any] = {}
-        if index_path.exists():
-            index = json.loads(index_path.read_text())
-            old = {k: index.get(k) for k in settings}
-            if old != settings and not overwrite:
-                raise ScienceWorldError(
-                    f"{out} holds demos written with {old}, not {settings}: pass overwrite=True (CLI --overwrite) or use another directory")
-        if overwrite:
-            for t in infos:
-                (out / f"{t.id}.jsonl").unlink(missing_ok=True)
-            index_path.unlink(missing_ok=True)
-            index = {}
-        index = settings | {"tasks": index.get("tasks", {}) if index.get("format") == DEMO_FORMAT else {}}
-
-        plan = []  # (task, variations, existing records)
+        plan = []  # (task, variations to have, records already written)
         for t in infos:
-            if t != env.task:
-                env.close()
-                env = ScienceWorldTextEnv(t.id, split=split, simplifications=simplifications, step_limit=10**6, gold_path=True)
+            env.set_task(t.id)  # same JVM: loading another task costs milliseconds
             variations = env.variations[:max_variations] if max_variations else list(env.variations)
-            records = _read_jsonl(out / f"{t.id}.jsonl")
-            for r in records:
-                if r.get("split") != split or r.get("simplifications") != env.simplifications:
-                    raise ScienceWorldError(f"{out / f'{t.id}.jsonl'} holds demos of another split or simplification: pass overwrite=True")
-            plan.append((t, variations, records))
+            plan.append((t, variations, _read_jsonl(out / f"{t.id}.jsonl")))
         total = sum(len(set(v) - {r["variation"] for r in recs}) for _, v, recs in plan)
-        written = skipped = 0
         bar = tqdm(total=total, desc="ScienceWorld gold demos", unit="var", disable=not progress)
         for t, variations, records in plan:
-            if t != env.task:
-                env.close()
-                env = ScienceWorldTextEnv(t.id, split=split, simplifications=simplifications, step_limit=10**6, gold_path=True)
+            env.set_task(t.id)
             path = out / f"{t.id}.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drops a torn last line
             have = {r["variation"] for r in records}
@@ -677,14 +709,14 @@ def write_demos(
                     records.append(rec)
                     written += 1
                     bar.update(1)
-            done_recs = records
+            n = max(len(records), 1)
             index["tasks"][t.id] = {
                 "name": t.name, "file": path.name,
-                "variations": sorted(r["variation"] for r in done_recs),
-                "num_episodes": len(done_recs),
-                "num_success": sum(bool(r["success"]) for r in done_recs),
-                "mean_final_score": round(sum(max(r["final_score"], 0) for r in done_recs) / max(len(done_recs), 1), 3),
-                "mean_num_steps": round(sum(r["num_steps"] for r in done_recs) / max(len(done_recs), 1), 2),
+                "variations": sorted(r["variation"] for r in records),
+                "num_episodes": len(records),
+                "num_success": sum(bool(r["success"]) for r in records),
+                "mean_final_score": round(sum(max(r["final_score"], 0) for r in records) / n, 3),  # failures count 0
+                "mean_num_steps": round(sum(r["num_steps"] for r in records) / n, 2),
             }
             index["num_episodes"] = sum(v["num_episodes"] for v in index["tasks"].values())
             index["num_success"] = sum(v["num_success"] for v in index["tasks"].values())
