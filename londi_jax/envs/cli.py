@@ -74,7 +74,10 @@ def _render_babyai(r: dict[str, Any]) -> str:
 
 
 def _render_sw(r: dict[str, Any]) -> str:
-    lines = [f"ScienceWorld task {r.get('task')} variation {r.get('variation', '?')} ({r.get('split', '?')})"]
+    task = r.get("task")
+    if isinstance(task, dict):  # the ScienceWorld module returns the task as a dict
+        task = f"{task.get('id', '?')} ({task.get('name', '')})"
+    lines = [f"ScienceWorld task {task}  variation {r.get('variation', '?')}  split {r.get('split', '?')}"]
     lines += [f"Task: {r.get('task_description', '')}", "Observation:", str(r.get("observation", ""))]
     lines.append(f"Valid actions: {r.get('num_valid_actions')}")
     return "\n".join(lines)
@@ -132,7 +135,8 @@ def _cmd_demos(args: argparse.Namespace) -> int:
                 f"wrote {r['episodes_written']} episodes of {r['level']} to {r['out']} "
                 f"(bot success {r['n_success']}/{r['episodes_written']})"
             )
-        return f"wrote ScienceWorld demos to {r['out']}"
+        written = r.get("written")
+        return f"wrote ScienceWorld demos to {r['out']}" + (f" ({written} written, {r.get('skipped')} skipped)" if written is not None else "")
 
     emit(result, args.json, render)
     return 0
