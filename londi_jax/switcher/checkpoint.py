@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,8 @@ __all__ = [
     "tree_signature",
     "to_jsonable",
     "run_resumable",
+    "train_resumable",
+    "ResumableResult",
 ]
 
 
@@ -297,7 +300,8 @@ def run_resumable(
     """Advance a state in chunks of ``every_updates`` up to ``total_updates``, saving after each.
 
     On start, resumes from the store's latest checkpoint when one exists (after checking it
-    matches ``kind`` / ``config`` / ``hparams``), otherwise starts from ``init_state()``.
+    matches ``kind`` / ``config`` / ``hparams``; ``init_state`` is then only shape-evaluated),
+    otherwise starts from ``init_state()``.
     ``chunk(state, n)`` must advance the state by ``n`` updates. ``on_checkpoint(step, state)``
     runs after each save (tests use it to stop a run part-way). Returns ``(state, resumed_from)``
     with ``resumed_from = 0`` for a fresh start.
@@ -306,18 +310,20 @@ def run_resumable(
         raise CheckpointError(
             f"every_updates must be >= 1 and total_updates >= 0 (got {every_updates}, {total_updates})"
         )
-    fresh = init_state()
     start = store.latest_step()
     if start is None:
-        state, start = fresh, 0
+        # orbax restores committed arrays; committing the fresh state too keeps one compiled
+        # chunk program for fresh and resumed runs (committed-ness is part of jit's cache key)
+        state, start = jax.device_put(init_state(), jax.devices()[0]), 0
     else:
         if start > total_updates:
             raise CheckpointError(
                 f"checkpoint in {store.directory} is at update {start}, beyond total_updates="
                 f"{total_updates}; raise total_updates or use another directory"
             )
-        state, _ = store.restore(fresh, start, kind=kind, config=config, hparams=hparams)
-    del fresh
+        # only the structure is needed: eval_shape traces init without compiling or running it
+        like = jax.eval_shape(init_state)
+        state, _ = store.restore(like, start, kind=kind, config=config, hparams=hparams)
     step = start
     with tqdm(total=total_updates, initial=start, desc="train", unit="upd", disable=not progress) as bar:
         while step < total_updates:
@@ -331,3 +337,88 @@ def run_resumable(
                 on_checkpoint(step, state)
     store.wait()
     return state, start
+
+
+# ----------------------------------------------------------------------------- switcher training
+
+
+class ResumableResult(NamedTuple):
+    """Outcome of :func:`train_resumable`."""
+
+    train_state: Any  # train.TrainState (leaves stacked [G, ...] for a sweep)
+    metrics: dict[str, Any]  # metrics of the updates run by THIS call, stacked [..., updates]
+    resumed_from: int  # update count the call started from (0 = fresh start)
+
+
+_JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _jitted(trainer: Any, sweep: bool) -> tuple[Callable, Callable]:
+    """``(init, chunk)`` jitted once per trainer (and sweep mode), so repeated / resumed
+    calls in one process do not recompile."""
+    per = _JITTED.setdefault(trainer, {})
+    if sweep not in per:
+        if sweep:
+            init = jax.jit(jax.vmap(trainer.init_train_state))
+            step = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, 0, None)),
+                           static_argnums=2, donate_argnums=0)
+        else:
+            init = jax.jit(trainer.init_train_state)
+            step = jax.jit(trainer.train_chunk, static_argnums=2, donate_argnums=0)
+        per[sweep] = (init, step)
+    return per[sweep]
+
+
+def train_resumable(
+    trainer: Any,
+    hparams: Any,
+    rng: jax.Array,
+    ckpt_dir: str | os.PathLike,
+    *,
+    every_updates: int,
+    total_updates: int | None = None,
+    keep: int = 3,
+    on_checkpoint: Callable[[int, Any], None] | None = None,
+    progress: bool = True,
+) -> ResumableResult:
+    """Train a switcher (or a vmapped sweep) with a checkpoint every ``every_updates`` updates.
+
+    ``trainer`` is ``londi_jax.switcher.train.make_train(config, env, env_params)``. Runs
+    ``trainer.train_chunk`` between saves, and on start resumes from the newest checkpoint in
+    ``ckpt_dir``, so an interrupted run continues where it stopped and ends bit-for-bit where
+    an uninterrupted one would. A sweep is recognised by ``hparams`` leaves with a leading axis
+    ``[G]`` (then ``rng`` is ``[G]`` keys, one per member). The config, env parameters and
+    hparams are stored as JSON next to every checkpoint; resuming with different ones (other
+    width, sweep size, learner, env, ...) raises :class:`CheckpointMismatchError` naming the
+    differences. ``total_updates`` defaults to ``config.num_updates`` (which also sets the
+    epsilon schedule).
+    """
+    config = trainer.config
+    total = int(config.num_updates if total_updates is None else total_updates)
+    sweep = jnp.ndim(hparams.c) == 1
+    if sweep:
+        size = int(jnp.shape(hparams.c)[0])
+        if jnp.shape(rng)[:1] != (size,):
+            raise CheckpointError(
+                f"a sweep of {size} hparams needs {size} rng keys (jax.random.split(key, {size})), "
+                f"got rng of shape {list(jnp.shape(rng))}"
+            )
+    init, step = _jitted(trainer, sweep)
+    chunks: list[dict[str, Any]] = []
+
+    def chunk(ts: Any, n: int) -> Any:
+        ts, metrics = step(ts, hparams, n)
+        chunks.append(metrics)
+        return ts
+
+    meta_config = {"switcher": config, "env": type(trainer.env).__name__,
+                   "env_params": trainer.env_params}
+    with CheckpointStore(ckpt_dir, keep=keep) as store:
+        ts, start = run_resumable(
+            store, lambda: init(rng, hparams), chunk, every_updates=every_updates,
+            total_updates=total, kind=f"switcher-train/{config.learner}", config=meta_config,
+            hparams=hparams, on_checkpoint=on_checkpoint, progress=progress,
+        )
+    axis = 1 if sweep else 0
+    metrics = (jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *chunks) if chunks else {})
+    return ResumableResult(train_state=ts, metrics=metrics, resumed_from=start)
