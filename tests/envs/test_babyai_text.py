@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
-from minigrid.core.world_object import Ball, Box, Door, Key, Wall
+from minigrid.core.world_object import Ball, Box, Door, Key
 from minigrid.minigrid_env import MiniGridEnv
 
 from londi_jax.envs.babyai_text import all_sentences, describe, make_babyai_text
@@ -18,9 +18,8 @@ from londi_jax.envs.babyai_text import all_sentences, describe, make_babyai_text
 class HandGrid(MiniGridEnv):
     """A room of ``size`` with outer walls, hand-placed objects and a fixed agent pose."""
 
-    def __init__(self, size, agent, direction, objects=(), carrying=None):
+    def __init__(self, size, agent, direction, objects=()):
         self._spec = (agent, direction, list(objects))
-        self._carry = carrying
         super().__init__(mission_space=MissionSpace(lambda: "test"), grid_size=size, max_steps=10, see_through_walls=False)
 
     def _gen_grid(self, width, height):
