@@ -136,7 +136,9 @@ def test_unseen_cells_are_skipped_on_a_ray():
 
 def test_bad_shape_rejected():
     with pytest.raises(ValueError, match=r"\(7, 7, 3\)"):
-        describe(np.zeros((5, 5, 3)))
+        describe(np.zeros((5, 5, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="integer"):
+        describe(np.zeros((7, 7, 3), dtype=np.float32))
 
 
 def test_phrase_set_size():

@@ -93,8 +93,10 @@ def describe(image: np.ndarray) -> list[str]:
     Returns the ordered sentence list, exactly as the fork's ``info["descriptions"]``.
     """
     image = np.asarray(image)
-    if image.shape != (VIEW, VIEW, 3):
-        raise ValueError(f"expected a (7, 7, 3) encoded view, got shape {image.shape}")
+    if image.shape != (VIEW, VIEW, 3) or not np.issubdtype(image.dtype, np.integer):
+        raise ValueError(
+            f"expected MiniGrid's (7, 7, 3) integer encoded view (obs['image']), got {image.dtype} {image.shape}"
+        )
     # One tolist() and plain loops over 49 cells beat a chain of tiny numpy ops (~2.4x).
     cells = image.reshape(VIEW * VIEW, 3).tolist()  # flat index k = i * 7 + j
     out: list[str] = []
