@@ -200,18 +200,22 @@ class Trainer:
             "b": budget_lib.reset(hparams.budget, (num_episodes,)),
             "alive": jnp.ones((num_episodes,), bool), "disc": jnp.ones((num_episodes,)),
             "disc_return": jnp.zeros((num_episodes,)), "env_return": jnp.zeros((num_episodes,)),
-            "calls": jnp.zeros((num_episodes,), jnp.int32),
+            "calls": jnp.zeros((num_episodes,), jnp.int32), "t": jnp.zeros((), jnp.int32),
         }
 
-        def step(c, k):
+        def cond(c):
+            return (c["t"] < max_steps) & jnp.any(c["alive"])
+
+        def step(c):
+            k = jax.random.fold_in(k_run, c["t"])
             feats = budget_lib.features(c["obs"], c["b"], hparams.budget, cfg.use_budget)
             g = greedy(self.gdef, params, feats, budget_lib.can_call(c["b"], cfg.use_budget))
             obs2, st2, r, term, trunc, _ = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k, num_episodes), c["env_state"], g, env_params)
             alive = c["alive"]
             sw = jnp.where(alive, r - hparams.c * g, 0.0)
-            new = {
-                "obs": obs2, "env_state": st2,
+            return {
+                "obs": obs2, "env_state": st2, "t": c["t"] + 1,
                 "b": budget_lib.spend(c["b"], g) if cfg.use_budget else c["b"],
                 "alive": alive & ~(term | trunc),
                 "disc": c["disc"] * hparams.gamma,
@@ -219,9 +223,9 @@ class Trainer:
                 "env_return": c["env_return"] + jnp.where(alive, r, 0.0),
                 "calls": c["calls"] + jnp.where(alive, g, 0),
             }
-            return new, None
 
-        c, _ = jax.lax.scan(step, carry0, jax.random.split(k_run, max_steps))
+        # stops as soon as every episode is over (or after max_steps)
+        c = jax.lax.while_loop(cond, step, carry0)
         violation = (c["calls"] > hparams.budget) if cfg.use_budget else jnp.zeros_like(c["alive"])
         return {"disc_return": c["disc_return"], "env_return": c["env_return"],
                 "calls": c["calls"], "success": c["env_return"] > 0, "violation": violation,

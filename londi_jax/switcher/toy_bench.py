@@ -1,0 +1,118 @@
+"""The toy switching benchmark end to end: train on ``toy.ToyEnv``, compare with ``exact``.
+
+``run_toy`` trains ``seeds`` switchers in one vmapped program, evaluates the greedy switches on
+many episodes, and compares with the exact optimum of the (state, budget) MDP: activation-set
+agreement, expected calls and value of the learned policy (exact policy evaluation), Monte-Carlo
+return, calls per episode and budget violations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from londi_jax.switcher import budget as budget_lib
+from londi_jax.switcher import exact, toy
+from londi_jax.switcher.config import HParams, SwitcherConfig
+from londi_jax.switcher.network import q_values
+from londi_jax.switcher.sweep import evaluate_many, stack_hparams, train_many
+from londi_jax.switcher.train import Trainer, make_train
+
+# Settings that learn the toy's exact switch reliably on CPU in seconds.
+TOY_CONFIGS: dict[str, dict[str, Any]] = {
+    "dqn": dict(learner="dqn", num_envs=16, hidden=(64, 64), num_updates=3000, buffer_size=10_000,
+                batch_size=128, learning_starts=256),
+    "pqn": dict(learner="pqn", num_envs=32, hidden=(64, 64), layer_norm=True, num_updates=1500,
+                rollout_len=8, num_epochs=2, num_minibatches=4),
+}
+TOY_HPARAMS: dict[str, dict[str, float]] = {
+    "dqn": dict(lr=3e-3, gamma=0.95, target_period=200, eps_end=0.2, eps_decay_frac=0.5),
+    "pqn": dict(lr=1e-3, gamma=0.95, lam=0.3, eps_end=0.05, eps_decay_frac=0.5),
+}
+
+
+def toy_trainer(learner: str = "dqn", use_budget: bool = False, max_steps: int = 64,
+                **overrides: Any) -> Trainer:
+    """A ``Trainer`` on the default toy chain with the tuned settings (``overrides`` win)."""
+    env = toy.ToyEnv()
+    kwargs = {**TOY_CONFIGS.get(learner, {"learner": learner}), **overrides}
+    config = SwitcherConfig(obs_dim=env.obs_dim, use_budget=use_budget, **kwargs)
+    return make_train(config, env, env.default_params(max_steps))
+
+
+def learned_policy(trainer: Trainer, params: Any, budget: int | None) -> np.ndarray:
+    """Greedy switch table ``[S, B]`` of one member (B = budget+1, or 1 without budget)."""
+    env = trainer.env
+    obs = toy.all_observations(env)
+    n = jnp.asarray(budget or 0)
+    cols = []
+    for b in range(budget + 1 if budget is not None else 1):
+        bb = jnp.full((env.num_cells,), b, jnp.int32)
+        feats = budget_lib.features(obs, bb, n, budget is not None)
+        q = q_values(trainer.gdef, params, feats)
+        cols.append(np.asarray(budget_lib.masked_argmax(q, budget_lib.can_call(bb, budget is not None))))
+    return np.stack(cols, axis=1)
+
+
+def compare_to_exact(trainer: Trainer, params: Any, c: float, gamma: float,
+                     budget: int | None) -> dict[str, Any]:
+    """Learned greedy switch vs the exact optimum (values from exact policy evaluation)."""
+    P, R, start = toy.tabular_model(trainer.env_params)
+    sol = exact.solve(P, R, c, gamma, budget)
+    pol = learned_policy(trainer, params, budget)
+    budgeted = budget is not None
+    opt = exact.evaluate_policy(P, R, sol.policy, c, gamma, budgeted)
+    got = exact.evaluate_policy(P, R, pol, c, gamma, budgeted)
+    reach = exact.reachable(P, start, budget)
+    return {
+        "agreement": float((pol == sol.policy)[reach].mean()),
+        "agreement_all_states": float((pol == sol.policy).mean()),
+        "exact_value": exact.start_value(sol.V, start),
+        "learned_value": exact.start_value(got["value"], start),
+        "exact_calls": exact.start_value(opt["calls"], start),
+        "learned_calls": exact.start_value(got["calls"], start),
+        "learned_disc_calls": exact.start_value(got["disc_calls"], start),
+        "policy": pol, "exact_policy": sol.policy,
+    }
+
+
+def run_toy(c: float = 0.1, budget: int | None = None, seeds: int = 4, learner: str = "dqn",
+            num_updates: int | None = None, eval_episodes: int = 10_000, eval_max_steps: int = 200,
+            seed: int = 0, progress: bool = True, hparams: dict[str, float] | None = None,
+            chunk: int | None = None) -> dict[str, Any]:
+    """Train ``seeds`` switchers at one (c, budget) and report learned vs exact."""
+    overrides = {} if num_updates is None else {"num_updates": num_updates}
+    trainer = toy_trainer(learner, use_budget=budget is not None, **overrides)
+    hp_values = {**TOY_HPARAMS.get(learner, {}), **(hparams or {}), "c": c, "budget": budget or 0}
+    hp = stack_hparams([hp_values] * seeds)
+    k_train, k_eval = jax.random.split(jax.random.key(seed))
+    n_up = trainer.config.num_updates
+    ts, _ = train_many(trainer, jax.random.split(k_train, seeds), hp, chunk=chunk or max(1, n_up // 10),
+                       progress=progress, desc=f"toy {learner} x{seeds}")
+    ev = evaluate_many(trainer, ts.learner.params, hp, k_eval, eval_episodes, eval_max_steps,
+                       trainer.env_params.replace(max_steps=jnp.asarray(eval_max_steps, jnp.int32)))
+    per_seed = []
+    for i in range(seeds):
+        params = jax.tree.map(lambda x: x[i], ts.learner.params)
+        cmp = compare_to_exact(trainer, params, c, hp_values["gamma"], budget)
+        per_seed.append({"seed": i, **{k: v for k, v in cmp.items() if "policy" not in k},
+                         "mc_return": float(ev["disc_return"][i]), "mc_calls": float(ev["calls"][i]),
+                         "max_calls": int(ev["max_calls"][i]), "success": float(ev["success"][i]),
+                         "violations": int(ev["violations"][i]),
+                         "policy": cmp["policy"].T.tolist()})
+    ex = compare_to_exact(trainer, jax.tree.map(lambda x: x[0], ts.learner.params), c,
+                          hp_values["gamma"], budget)
+    mean = lambda k: float(np.mean([r[k] for r in per_seed]))  # noqa: E731
+    return {
+        "learner": learner, "c": c, "budget": budget, "seeds": seeds, "num_updates": n_up,
+        "eval_episodes": eval_episodes,
+        "exact_policy": ex["exact_policy"].T.tolist(), "exact_value": ex["exact_value"],
+        "exact_calls": ex["exact_calls"],
+        "agreement": mean("agreement"), "learned_value": mean("learned_value"),
+        "mc_return": mean("mc_return"), "mc_calls": mean("mc_calls"),
+        "violations": int(sum(r["violations"] for r in per_seed)),
+        "per_seed": per_seed,
+    }
