@@ -408,8 +408,8 @@ class LanguageModel:
         eos = set(np.flatnonzero(self._stop_token_mask(())).tolist())
         texts, out_ids, out_reasons = [], [], []
         for row, reason in zip(ids, reasons):
-            body = row[:-1] if reason == "eos" else row
-            text = self._tok().decode(body, skip_special_tokens=True)
+            is_eos = bool(row) and row[-1] in eos
+            text = self._tok().decode(row[:-1] if is_eos else row, skip_special_tokens=True)
             cut = min((text.find(s) for s in stop if s in text), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
@@ -418,8 +418,8 @@ class LanguageModel:
                     if any(s in self._tok().decode(row[:j], skip_special_tokens=True) for s in stop):
                         row = row[:j]
                         break
-            elif reason == "eos" and row and row[-1] not in eos:
-                reason = "length"
+            else:
+                reason = "eos" if is_eos else "length"
             texts.append(text)
             out_ids.append(row)
             out_reasons.append(reason)

@@ -140,10 +140,8 @@ def grouped_attention(
         masks.append(m)
     sizes = [s.shape[-1] for s in scores]
     s = jnp.concatenate(scores, axis=-1) * scale
-    mask = jnp.concatenate(
-        [jnp.broadcast_to(m, (*s.shape[:2], m.shape[-2], m.shape[-1])) if m.ndim == 4 else m for m in masks],
-        axis=-1,
-    )  # (B, K, T, S_total)
+    B, K, T = q.shape[:3]
+    mask = jnp.concatenate([jnp.broadcast_to(m, (B, K, T, m.shape[-1])) for m in masks], axis=-1)
     s = jnp.where(mask[:, :, None, None], s, NEG_INF)
     p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
     out = jnp.zeros(q.shape, jnp.float32)

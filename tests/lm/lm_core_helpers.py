@@ -94,3 +94,39 @@ def torch_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float().numpy()
     return [out[i, T_ - len(r):] for i, r in enumerate(rows)]
+
+
+_LOADED: dict = {}
+
+
+def load_tiny(kind: str, seed: int = 0):
+    """(LanguageModel, torch model) for a tiny model of ``kind``, built once per process and shared by
+    the test modules (so compiled programs are reused too)."""
+    import tempfile
+
+    from londi_jax.lm.hf_loader import load_hf_directory
+
+    if (kind, seed) not in _LOADED:
+        root = Path(tempfile.mkdtemp(prefix="londi_lm_core_"))
+        path, ref = save_tiny(root, kind, seed=seed)
+        _LOADED[(kind, seed)] = (load_hf_directory(path, progress=False), ref)
+    return _LOADED[(kind, seed)]
+
+
+def torch_greedy(model, rows: list[list[int]], max_new_tokens: int, eos: int = 2) -> list[list[int]]:
+    """transformers' own greedy ``generate`` on a left-padded batch; each row cut after its EOS."""
+    import torch
+
+    T_ = max(map(len, rows))
+    ids = torch.zeros((len(rows), T_), dtype=torch.long)
+    mask = torch.zeros((len(rows), T_), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T_ - len(r):] = torch.tensor(r)
+        mask[i, T_ - len(r):] = 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=eos, pad_token_id=0, min_new_tokens=0)
+    res = []
+    for row in out[:, T_:].tolist():
+        res.append(row[: row.index(eos) + 1] if eos in row else row)
+    return res

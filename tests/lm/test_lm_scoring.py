@@ -1,0 +1,115 @@
+"""Shared-cache candidate scoring and embeddings vs independent full-sequence computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lm_core_helpers import load_tiny, torch_logits
+
+from londi_jax.lm.interface import ContextLengthError, LMInputError
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def reference_scores(logits_fn, prompts, cands):
+    """Score each prompt+candidate sequence on its own from full-sequence logits."""
+    out = []
+    for p, cs in zip(prompts, cands):
+        row = []
+        for c in cs:
+            lg = _log_softmax(logits_fn([p + c])[0].astype(np.float64))
+            row.append(sum(lg[len(p) - 1 + j, t] for j, t in enumerate(c)))
+        out.append(np.array(row))
+    return out
+
+
+@pytest.fixture(params=["llama", "neox_parallel"])
+def tiny(request):
+    return load_tiny(request.param)
+
+
+@pytest.fixture
+def tiny_llama():
+    return load_tiny("llama")
+
+
+PROMPTS = [[1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57],  # 19 tokens
+           [1, 7],
+           [1, 90, 91, 92, 93]]
+CANDS = [[[5], [6, 7, 8], [9, 10], [11, 12, 13, 14, 15]],  # ragged K and L
+         [[100, 101]],
+         [[3, 4, 5], [3], [200, 201, 202, 203, 204, 205, 206, 207, 208]]]
+
+
+def test_shared_cache_scores_equal_full_sequence(tiny):
+    lm, ref_model = tiny
+    res = lm.score_tokens(PROMPTS, CANDS)
+    ref_torch = reference_scores(lambda rows: torch_logits(ref_model, rows), PROMPTS, CANDS)
+    ref_ours = reference_scores(lm.logits, PROMPTS, CANDS)
+    for got, a, b, cs in zip(res.logprobs, ref_torch, ref_ours, CANDS):
+        np.testing.assert_allclose(got, a, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got, b, rtol=1e-5, atol=1e-5)
+    assert [n.tolist() for n in res.num_tokens] == [[len(c) for c in cs] for cs in CANDS]
+    assert all(len(t) == len(c) for row, cs in zip(res.token_logprobs, CANDS) for t, c in zip(row, cs))
+
+
+def test_padding_and_batch_composition_change_nothing(tiny_llama):
+    lm, _ = tiny_llama
+    alone = lm.score_tokens(PROMPTS[2:], CANDS[2:], with_embedding=True)  # no padding at all
+    mixed = lm.score_tokens(PROMPTS, CANDS, with_embedding=True)  # longer and shorter prompts around it
+    np.testing.assert_allclose(alone.logprobs[0], mixed.logprobs[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone.embeddings[0], mixed.embeddings[2], rtol=1e-5, atol=1e-5)
+    order = [2, 1, 0]  # other rows, other batch slots
+    shuffled = lm.score_tokens([PROMPTS[i] for i in order], [CANDS[i] for i in order], with_embedding=True)
+    for j, i in enumerate(order):
+        np.testing.assert_allclose(shuffled.logprobs[j], mixed.logprobs[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(shuffled.embeddings[j], mixed.embeddings[i], rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_is_masked_mean_of_final_hidden(tiny):
+    import torch
+
+    lm, ref_model = tiny
+    res = lm.score_tokens(PROMPTS, CANDS, with_embedding=True)
+    np.testing.assert_allclose(res.embeddings, lm.embed_tokens(PROMPTS), rtol=1e-5, atol=1e-5)
+    base = ref_model.base_model
+    for p, e in zip(PROMPTS, res.embeddings):
+        with torch.no_grad():
+            h = base(input_ids=torch.tensor([p])).last_hidden_state[0].numpy()
+        np.testing.assert_allclose(e, h.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_text_api_tokenizes_prompt_then_candidate_as_given(tiny_llama):
+    lm, _ = tiny_llama
+    prompts = ["you see a red ball. you", "the goal is to"]
+    cands = [[" go forward", " turn left", " pick up the key"], [" open the door", " drop the box"]]
+    res = lm.score(prompts, cands, with_embedding=True)
+    tok = lm.tokenizer
+    p_ids = [tok.encode(p, add_special_tokens=True) for p in prompts]
+    c_ids = [[tok.encode(c, add_special_tokens=False) for c in cs] for cs in cands]
+    ref = reference_scores(lm.logits, p_ids, c_ids)
+    for a, b in zip(res.logprobs, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert res.best() == [int(np.argmax(r)) for r in ref]
+    np.testing.assert_allclose(res.embeddings, lm.embed(prompts), rtol=1e-5, atol=1e-5)
+
+
+def test_scoring_errors(tiny_llama):
+    lm, _ = tiny_llama
+    with pytest.raises(LMInputError, match="empty candidate list"):
+        lm.score(["go"], [[]])
+    with pytest.raises(LMInputError, match="tokenizes to zero tokens"):
+        lm.score(["go"], [["left", ""]])
+    with pytest.raises(LMInputError, match="2 prompts but 1 candidate"):
+        lm.score(["a", "b"], [["x"]])
+    with pytest.raises(LMInputError, match="not one string"):
+        lm.score("a prompt", [["x"]])
+    limit = lm.config.context_window
+    with pytest.raises(ContextLengthError, match=rf"prompt 0 has {limit - 2} tokens.*longest candidate \(5 tokens\).*"
+                                                 rf"{limit + 3} > the context window of {limit}"):
+        lm.score_tokens([[1] * (limit - 2)], [[[3], [4, 5, 6, 7, 8]]])
+    with pytest.raises(LMInputError, match="outside"):
+        lm.score_tokens([[1, 10**6]], [[[3]]])
