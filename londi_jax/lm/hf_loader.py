@@ -191,6 +191,7 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
         ignored_re.append(re.compile(r"(lm_head|embed_out)\.weight\Z"))
 
     errors: list[str] = []
+    reported: set[tuple] = set()
     plan: list[tuple[str, _Rule, str | None]] = []
     for name in sorted(tensors.keys()):
         match = next(((m, r) for cre, r in compiled if (m := cre.match(name)) and r.when(config)), None)
@@ -212,11 +213,12 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
             detail = "; ".join(bad) if len(got) == len(want) else f"rank {len(got)} instead of {len(want)}"
             errors.append(f"shape mismatch for {name!r}: checkpoint has {got}, config expects "
                           f"{tuple(s for s, _ in want)} = ({why}) ({detail})")
+            reported.update(_path(t, layer) for t, _ in rule.targets)  # not "missing" as well
             continue
         plan.append((name, rule, layer))
 
     filled = {_path(t, layer) for _, rule, layer in plan for t, _ in rule.targets}
-    for path in sorted(set(expected) - filled, key=str):
+    for path in sorted(set(expected) - filled - reported, key=str):
         errors.append(f"missing tensor for parameter {'.'.join(map(str, path))} "
                       f"({_hf_name_hint(rules, path, config)})")
     if errors:
