@@ -56,8 +56,9 @@ def _dims(cfg: ModelConfig, *names: str) -> tuple[Dim, ...]:
     env["q_out"] = cfg.num_heads * cfg.head_dim
     env["kv_out"] = cfg.num_kv_heads * cfg.head_dim
     env["qkv_out"] = 3 * cfg.num_heads * cfg.head_dim
-    labels = {"q_out": "num_heads*head_dim", "kv_out": "num_kv_heads*head_dim",
-              "qkv_out": "3*num_heads*head_dim"}
+    # labels use the config.json (transformers) key names the user can check
+    labels = {"q_out": "num_attention_heads*head_dim", "kv_out": "num_key_value_heads*head_dim",
+              "qkv_out": "3*num_attention_heads*head_dim"}
     return tuple((int(env[n]), labels.get(n, n)) for n in names)
 
 

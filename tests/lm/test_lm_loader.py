@@ -124,7 +124,7 @@ def test_neox_fused_qkv_shape_error_and_ignored_buffers(saved):
     for h in range(cfg.num_heads):  # head h's q rows are rows [3*h*d, 3*h*d + d) of the fused matrix
         np.testing.assert_array_equal(q[:, h * d:(h + 1) * d], fused[3 * h * d: 3 * h * d + d].T)
     tensors["gpt_neox.layers.1.attention.query_key_value.weight"] = np.zeros((32, 32), np.float32)
-    with pytest.raises(CheckpointError, match=r"query_key_value.weight.*dim 0 is 32 but 3\*num_heads\*head_dim=96"):
+    with pytest.raises(CheckpointError, match=r"query_key_value.weight.*dim 0 is 32 but 3\*num_attention_heads\*head_dim=96"):
         build_model(cfg, tensors)
 
 
