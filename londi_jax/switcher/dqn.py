@@ -84,5 +84,5 @@ def update(config: SwitcherConfig, hparams: HParams, state: DQNState,
         target = jax.tree.map(lambda p, t: jnp.where(copy, p, t), params, state.target_params)
     else:
         target = optax.incremental_update(params, state.target_params, hparams.tau)
-    metrics = {"loss": loss, "td_abs": jnp.mean(jnp.abs(td)), "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "td_abs": jnp.mean(jnp.abs(td)), "grad_norm": optax.tree.norm(grads)}
     return DQNState(params=params, target_params=target, opt_state=opt_state, step=step), metrics

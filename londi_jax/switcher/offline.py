@@ -39,6 +39,7 @@ from londi_jax.switcher import dqn
 from londi_jax.switcher.config import ConfigError, HParams, SwitcherConfig
 from londi_jax.switcher.core import Transition
 from londi_jax.switcher.network import graphdef, q_values
+from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
 
 __all__ = [
@@ -235,23 +236,16 @@ def make_offline_train(
     return train
 
 
-def grid_hparams(base: HParams, c: Sequence[float], budget: Sequence[int]) -> tuple[HParams, list[tuple[float, int]]]:
-    """Stack ``base`` over the ``c x budget`` grid (c outer): HParams with leaves ``[G]``.
-
-    Returns the stacked hparams and the ``(c, n)`` of each member, in order.
-    """
+def grid_hparams(c: Sequence[float], budget: Sequence[int],
+                 **base: float) -> tuple[HParams, list[tuple[float, int]]]:
+    """Stacked HParams (leaves ``[G]``) over the ``c x budget`` grid (c outer), other fields
+    from ``base``; also returns the ``(c, n)`` of each member, in order."""
     if not len(c) or not len(budget):
         raise ConfigError("grid_hparams needs at least one c and one budget value")
     if any(int(n) < 0 for n in budget):
         raise ConfigError(f"budgets must be >= 0, got {list(budget)}")
     pairs = [(float(ci), int(ni)) for ci in c for ni in budget]
-    size = len(pairs)
-    stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (size, *jnp.shape(x))), base)
-    stacked = stacked.replace(
-        c=jnp.asarray([p[0] for p in pairs], base.c.dtype),
-        budget=jnp.asarray([p[1] for p in pairs], base.budget.dtype),
-    )
-    return stacked, pairs
+    return stack_hparams([{"c": ci, "budget": ni} for ci, ni in pairs], base), pairs
 
 
 def q_table(config: SwitcherConfig, params, obs: jax.Array, n: int) -> jax.Array:

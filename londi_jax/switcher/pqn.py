@@ -90,7 +90,7 @@ def update(config: SwitcherConfig, hparams: HParams, state: PQNState, rollout: T
         params, opt_state = carry
         loss, grads = jax.value_and_grad(_loss)(params, gdef, *batch)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, optax.global_norm(grads))
+        return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads))
 
     def epoch(carry, k):
         perm = jax.random.permutation(k, n)
