@@ -33,7 +33,7 @@ def smollm2_lm(smollm2_gguf):
     """The real SmolLM2-135M-Instruct as a londi_jax LanguageModel, loaded once per session."""
     from londi_jax.lm import load_lm
 
-    return load_lm(str(smollm2_gguf))
+    return load_lm("smollm2-135m-instruct", progress=False)  # the registered name resolves to smollm2_gguf
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,69 @@
+"""The real SmolLM2-135M-Instruct GGUF in londi_jax vs transformers' PyTorch model from the same file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from londi_jax.lm.demo import BABYAI_ACTIONS, GLAM_PROMPT
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "The capital of France is",
+    GLAM_PROMPT,
+    "<|im_start|>user\nName three primary colours.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+def _torch_logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def test_config_from_gguf(smollm2_lm):
+    c = smollm2_lm.config
+    assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim) == (30, 576, 9, 3, 64)
+    assert (c.intermediate_size, c.vocab_size, c.tie_embeddings, c.rope_theta) == (1536, 49152, True, 100000.0)
+    assert smollm2_lm.num_params == 134_515_008  # 30 * 3,540,096 per layer + 49152 * 576 embedding + 576 norm
+
+
+def test_logits_match_transformers(smollm2_lm, smollm2_torch):
+    model, tok = smollm2_torch
+    seqs = [tok(p)["input_ids"] for p in PROMPTS]
+    ours = smollm2_lm.logits(seqs)
+    for ids, got in zip(seqs, ours):
+        want = _torch_logits(model, ids)
+        assert got.shape == want.shape == (len(ids), 49152)
+        np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-4)
+        np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_action_scores_match_transformers(smollm2_lm, smollm2_torch):
+    """GLAM scoring (sum of candidate token log-probs) equals a per-pair PyTorch forward pass."""
+    model, tok = smollm2_torch
+    res = smollm2_lm.score([GLAM_PROMPT], [list(BABYAI_ACTIONS)])
+    p_ids = tok(GLAM_PROMPT)["input_ids"]
+    for k, action in enumerate(BABYAI_ACTIONS):
+        c_ids = tok(action, add_special_tokens=False)["input_ids"]
+        logits = _torch_logits(model, p_ids + c_ids)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        want = sum(logp[len(p_ids) - 1 + j, t] for j, t in enumerate(c_ids))
+        assert res.num_tokens[0][k] == len(c_ids)
+        assert res.logprobs[0][k] == pytest.approx(want, abs=2e-3), action
+
+
+def test_greedy_generation_matches_transformers(smollm2_lm, smollm2_torch):
+    import torch
+
+    model, tok = smollm2_torch
+    n_new = 20
+    ours = smollm2_lm.generate(PROMPTS, n_new)  # one batched (left-padded) call
+    for prompt, got_ids in zip(PROMPTS, ours.token_ids):
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
+        want = out[0, ids.shape[1]:].tolist()
+        assert got_ids == want, (prompt[:40], tok.decode(got_ids), tok.decode(want))
