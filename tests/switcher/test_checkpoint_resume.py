@@ -49,7 +49,8 @@ def _trainer(config: SwitcherConfig | None = None, env_params=None):
     return _TRAINERS[config]
 
 
-HP = HParams.create(c=0.05, budget=2, target_period=5)
+HP_BASE = dict(target_period=5)
+HP = HParams.create(c=0.05, budget=2, **HP_BASE)
 
 
 def _leaves_equal(a, b) -> None:
@@ -112,7 +113,7 @@ def test_interrupted_dqn_run_resumes_bitwise(tmp_path, uninterrupted):
 
 def test_interrupted_pqn_sweep_resumes_bitwise(tmp_path):
     config = _config(learner="pqn", layer_norm=True)
-    hp, _ = grid_hparams(HP, c=[0.0, 0.2], budget=[1, 3])
+    hp, _ = grid_hparams([0.0, 0.2], [1, 3], **HP_BASE)
     rng = jax.random.split(jax.random.key(3), 4)
     full = _run(tmp_path / "full", config, hp, rng)
     with pytest.raises(_Stop):
@@ -145,7 +146,7 @@ def test_resume_into_mismatched_run_names_the_difference(tmp_path, uninterrupted
         _run(tmp_path / "ck", _config(hidden=(32,)))
     with pytest.raises(CheckpointMismatchError, match=r"kind \(learner\).*'switcher-train/dqn'.*'switcher-train/pqn'"):
         _run(tmp_path / "ck", _config(learner="pqn"))
-    hp, _ = grid_hparams(HP, c=[0.05, 0.1], budget=[2])
+    hp, _ = grid_hparams([0.05, 0.1], [2], **HP_BASE)
     with pytest.raises(CheckpointMismatchError, match=r"hparams\.c: checkpoint has shape \[\] \(sweep of 1\), requested shape \[2\] \(sweep of 2\)"):
         _run(tmp_path / "ck", hparams=hp, rng=jax.random.split(jax.random.key(7), 2))
     with pytest.raises(CheckpointMismatchError, match=r"config\.env_params\.max_steps"):

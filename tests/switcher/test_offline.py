@@ -65,7 +65,7 @@ def test_offline_grid_learns_the_exact_switch(dataset, use_budget):
     budgets = [3] if not use_budget else [1, 3]
     config = SwitcherConfig(obs_dim=ENV.obs_dim, hidden=(32, 32), use_budget=use_budget,
                             batch_size=64, num_updates=2000)
-    hp, pairs = grid_hparams(HParams.create(lr=2e-3, gamma=GAMMA, target_period=100), cs, budgets)
+    hp, pairs = grid_hparams(cs, budgets, lr=2e-3, gamma=GAMMA, target_period=100)
     train = jax.jit(jax.vmap(make_offline_train(config), in_axes=(0, 0, None)))
     state, metrics = train(jax.random.split(jax.random.key(1), len(pairs)), hp, dataset)
     assert metrics["loss"].shape == (len(pairs), config.num_updates)
@@ -118,4 +118,4 @@ def test_offline_rejects_pqn_and_bad_grids():
     with pytest.raises(ConfigError, match="learner='dqn'"):
         make_offline_train(SwitcherConfig(obs_dim=3, learner="pqn"))
     with pytest.raises(ConfigError, match="budgets must be >= 0"):
-        grid_hparams(HParams.create(), [0.1], [-1])
+        grid_hparams([0.1], [-1])
