@@ -1,7 +1,88 @@
-"""Subcommands of this area for the ``londi-jax`` command."""
+"""Subcommands of this area for the ``londi-jax`` command: ``toy``."""
+
+from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from londi_jax.utils.errors import LondiError
+from londi_jax.utils.output import add_json_flag, emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``londi-jax``."""
+    p = subparsers.add_parser(
+        "toy", help="train switchers on the toy benchmark and compare with the exact optimum",
+        description="Train --seeds switchers (vmapped, one compiled program) on the toy chain "
+                    "benchmark at per-call cost --c (and optional LONDI-B --budget), then compare "
+                    "the greedy switch with the exact optimum from value iteration.")
+    p.add_argument("--c", type=float, default=0.1, help="cost per DEEPTHINK call (default 0.1)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="LONDI-B: at most this many DEEPTHINK calls per episode (default: none)")
+    p.add_argument("--seeds", type=int, default=4, help="switchers trained in parallel (default 4)")
+    p.add_argument("--learner", default="dqn", help="dqn (Double DQN + replay) or pqn (Q(lambda))")
+    p.add_argument("--updates", type=int, default=None,
+                   help="training updates (default: 3000 for dqn, 1500 for pqn)")
+    p.add_argument("--eval-episodes", type=int, default=10_000,
+                   help="greedy evaluation episodes per seed (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="base random seed")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_json_flag(p)
+    p.set_defaults(func=_toy)
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from londi_jax.switcher.config import LEARNERS
+    from londi_jax.utils.errors import UnknownNameError
+
+    if args.learner not in LEARNERS:
+        raise UnknownNameError("learner", args.learner, LEARNERS)
+    if args.budget is not None and args.budget < 0:
+        raise LondiError(f"--budget must be >= 0, got {args.budget}; omit it for plain LONDI")
+    for name in ("seeds", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise LondiError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.updates is not None and args.updates < 1:
+        raise LondiError(f"--updates must be >= 1, got {args.updates}")
+    from londi_jax.switcher.toy_bench import run_toy
+
+    result = run_toy(c=args.c, budget=args.budget, seeds=args.seeds, learner=args.learner,
+                     num_updates=args.updates, eval_episodes=args.eval_episodes, seed=args.seed,
+                     progress=not args.no_progress)
+    emit(result, args.json, _render)
+    return 0
+
+
+def _bits(policy: list[list[int]]) -> str:
+    return " ".join("".join(str(g) for g in row) for row in policy)
+
+
+def _render(r: dict[str, Any]) -> str:
+    budget = "none (plain LONDI)" if r["budget"] is None else str(r["budget"])
+    lines = [
+        f"toy switching benchmark: learner={r['learner']}  c={r['c']}  budget={budget}  "
+        f"seeds={r['seeds']}  updates={r['num_updates']}",
+        "switch per cell (0 QUICK, 1 DEEPTHINK)" + ("" if r["budget"] is None else
+                                                     ", one group per remaining budget b=0..n"),
+        f"  exact optimum : {_bits(r['exact_policy'])}",
+        "",
+        f"{'seed':>4}  {'agree':>6}  {'learned switch':<{max(14, len(_bits(r['exact_policy'])))}}  "
+        f"{'value':>7}  {'MC return':>9}  {'calls/ep':>8}  {'max':>3}  {'viol':>4}",
+    ]
+    for s in r["per_seed"]:
+        lines.append(f"{s['seed']:>4}  {s['agreement']:>6.1%}  "
+                     f"{_bits(s['policy']):<{max(14, len(_bits(r['exact_policy'])))}}  "
+                     f"{s['learned_value']:>7.4f}  {s['mc_return']:>9.4f}  {s['mc_calls']:>8.3f}  "
+                     f"{s['max_calls']:>3}  {s['violations']:>4}")
+    gap = (r["learned_value"] - r["exact_value"]) / abs(r["exact_value"]) if r["exact_value"] else 0.0
+    lines += [
+        "",
+        f"activation agreement (reachable states): {r['agreement']:.1%} (mean over seeds)",
+        f"return: learned {r['learned_value']:.4f} (exact policy evaluation), "
+        f"{r['mc_return']:.4f} (Monte Carlo, {r['eval_episodes']} episodes/seed) "
+        f"vs exact optimum {r['exact_value']:.4f} ({gap:+.2%})",
+        f"DEEPTHINK calls per episode: learned {r['mc_calls']:.3f} vs optimal {r['exact_calls']:.3f}",
+        f"budget violations: {r['violations']}"
+        + ("" if r["budget"] is None else f" over {r['seeds'] * r['eval_episodes']} episodes"),
+    ]
+    return "\n".join(lines)

@@ -115,7 +115,7 @@ def train_many(trainer: Trainer, rngs: jax.Array, hparams: HParams, num_updates:
     """
     num_updates = num_updates or trainer.config.num_updates
     chunk = min(chunk or num_updates, num_updates)
-    init = jax.jit(jax.vmap(trainer.init_train_state))
+    init = trainer.__dict__.setdefault("_vmapped_init", jax.jit(jax.vmap(trainer.init_train_state)))
     step = _chunk_fn(trainer, chunk)
     ts = init(rngs, hparams)
     metrics, done = [], 0
@@ -133,16 +133,25 @@ def train_many(trainer: Trainer, rngs: jax.Array, hparams: HParams, num_updates:
 
 
 def _chunk_fn(trainer: Trainer, n: int) -> Callable:
-    return jax.jit(jax.vmap(lambda ts, hp: trainer.train_chunk(ts, hp, n)), donate_argnums=0)
+    """``jit(vmap(train_chunk))`` for ``n`` updates, cached on the trainer (compiled once)."""
+    cache = trainer.__dict__.setdefault("_vmapped_chunks", {})
+    if n not in cache:
+        cache[n] = jax.jit(jax.vmap(lambda ts, hp: trainer.train_chunk(ts, hp, n)),
+                           donate_argnums=0)
+    return cache[n]
 
 
 def evaluate_many(trainer: Trainer, params: Any, hparams: HParams, rng: jax.Array,
                   num_episodes: int, max_steps: int, env_params: Any = None) -> dict[str, np.ndarray]:
     """Greedy evaluation of every member; per-member summary arrays ``[members]``."""
     m = jax.tree.leaves(hparams)[0].shape[0]
-    ev = jax.jit(jax.vmap(lambda p, hp, k: trainer.evaluate(p, hp, k, num_episodes, max_steps,
-                                                            env_params)))
-    out = ev(params, hparams, jax.random.split(rng, m))
+    cache = trainer.__dict__.setdefault("_vmapped_evals", {})
+    if (num_episodes, max_steps) not in cache:
+        cache[num_episodes, max_steps] = jax.jit(jax.vmap(
+            lambda p, hp, k, ep: trainer.evaluate(p, hp, k, num_episodes, max_steps, ep),
+            in_axes=(0, 0, 0, None)))
+    env_params = trainer.env_params if env_params is None else env_params
+    out = cache[num_episodes, max_steps](params, hparams, jax.random.split(rng, m), env_params)
     return {
         "disc_return": np.asarray(out["disc_return"].mean(-1)),
         "env_return": np.asarray(out["env_return"].mean(-1)),
@@ -216,9 +225,12 @@ def run_sweep(trainer: Trainer, spec: SweepSpec, seed: int = 0, eval_episodes: i
                        eval_env_params)
     tail = max(1, trainer.config.num_updates // 10)
     loss = np.asarray(metrics["loss"][:, -tail:].mean(-1))
+    train_viol = np.asarray(metrics["violations"].sum(-1))
+    train_eps = np.asarray(metrics["episodes"].sum(-1))
     rows = []
     for i, m in enumerate(mem):
-        row = {**m, **{k: v[i] for k, v in ev.items()}, "final_loss": loss[i]}
+        row = {**m, **{k: v[i] for k, v in ev.items()}, "final_loss": loss[i],
+               "train_episodes": train_eps[i], "train_violations": train_viol[i]}
         if row_fn is not None:
             row.update(row_fn(row, jax.tree.map(lambda x: x[i], ts.learner.params)))
         rows.append(row)

@@ -1,0 +1,33 @@
+"""The ``londi-jax toy`` command."""
+
+import json
+
+import pytest
+
+from londi_jax.cli import main
+from londi_jax.switcher import exact, toy
+
+
+@pytest.mark.slow
+def test_toy_json_reports_learned_vs_exact(capsys):
+    rc = main(["toy", "--c", "0.25", "--budget", "2", "--seeds", "2", "--updates", "300",
+               "--eval-episodes", "500", "--json", "--no-progress"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    P, R, start = toy.tabular_model(toy.default_params())
+    sol = exact.solve(P, R, 0.25, 0.95, budget=2)
+    assert r["exact_value"] == pytest.approx(exact.start_value(sol.V, start))
+    assert r["exact_policy"] == sol.policy.T.tolist()
+    assert len(r["per_seed"]) == 2 and r["violations"] == 0
+    for s in r["per_seed"]:
+        assert 0.0 <= s["agreement"] <= 1.0 and s["max_calls"] <= 2
+        assert s["learned_value"] <= r["exact_value"] + 1e-9  # nothing beats the optimum
+
+
+def test_toy_text_output_and_errors(capsys):
+    assert main(["toy", "--learner", "ppo"]) == 2
+    assert "known learners: dqn, pqn" in capsys.readouterr().err
+    assert main(["toy", "--budget", "-1"]) == 2
+    assert "--budget must be >= 0" in capsys.readouterr().err
+    assert main(["toy", "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
