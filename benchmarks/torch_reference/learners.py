@@ -70,11 +70,10 @@ class _Clipped:
         loss.backward()
         grads = [p.grad for p in self.params]
         norm = torch.sqrt(sum((g * g).sum() for g in grads))
-        # optax: g * max_norm / norm only when norm >= max_norm (no epsilon)
-        if norm >= self.max_norm:
-            scale = self.max_norm / norm
-            for g in grads:
-                g.mul_(scale)
+        # optax: g * max_norm / norm where norm >= max_norm (no epsilon); branch-free like optax
+        scale = torch.where(norm < self.max_norm, torch.ones_like(norm), self.max_norm / norm)
+        for g in grads:
+            g.mul_(scale)
         self.opt.step()
 
 
@@ -148,16 +147,16 @@ class TorchDQN:
             y = b["reward"] - s.c * b["g"].float() + s.gamma * (1.0 - b["terminated"].float()) * q_star
         return 0.5 * ((y - q_taken) ** 2).mean()
 
-    def update_on(self, batch: Mapping[str, torch.Tensor]) -> float:
+    def update_on(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """One gradient step on ``batch`` then the hard target copy (every target_period)."""
         loss = self.loss(batch)
         self.opt.step(loss)
         self.steps += 1
         if self.steps % max(self.spec.target_period, 1) == 0:
             self.target.load_state_dict(self.q.state_dict())
-        return float(loss)
+        return loss.detach()
 
-    def update(self) -> float:
+    def update(self) -> torch.Tensor:
         """Sample a uniform minibatch (with replacement) from the buffer and learn from it."""
         idx = torch.randint(0, max(self.size, 1), (self.spec.batch_size,), generator=self.gen)
         return self.update_on({k: v[idx] for k, v in self.buf.items()})
@@ -197,7 +196,8 @@ class TorchPQN:
             out[t] = g_next
         return out
 
-    def update(self, rollout: Mapping[str, torch.Tensor], perms: Sequence[torch.Tensor] | None = None) -> float:
+    def update(self, rollout: Mapping[str, torch.Tensor],
+               perms: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Targets, then ``num_epochs`` x ``num_minibatches`` gradient steps (``perms`` optional)."""
         s = self.spec
         tgt = self.targets(rollout).reshape(-1)
@@ -213,5 +213,5 @@ class TorchPQN:
                 q = self.q(obs[idx]).gather(-1, g[idx][:, None])[:, 0]
                 loss = 0.5 * ((q - tgt[idx]) ** 2).mean()
                 self.opt.step(loss)
-                losses.append(float(loss))
-        return float(np.mean(losses))
+                losses.append(loss.detach())
+        return torch.stack(losses).mean()

@@ -1,0 +1,1 @@
+"""PyTorch reference implementations for benchmarks (test/benchmark-only; londi_jax never imports torch)."""
