@@ -34,7 +34,6 @@ import collections
 import math
 import time
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -219,7 +218,9 @@ class LanguageModel:
             raise LMInputError("prompts must be a sequence of strings, not one string; wrap it in a list")
         return [list(self._tok().encode(p, add_special_tokens=True)) for p in prompts]
 
-    def _check_prompts(self, ids: Sequence[Sequence[int]], extra: Sequence[int] | int = 0, what: str = "") -> None:
+    def _check_prompts(self, ids: Sequence[Sequence[int]], extra: Sequence[int] | int = 0,
+                       extra_label: str = "", hint: str = "shorten the prompt") -> None:
+        """Non-empty, in-vocabulary prompts whose length + ``extra`` tokens fit the context window."""
         limit = self.config.context_window
         for i, p in enumerate(ids):
             if len(p) == 0:
@@ -227,13 +228,11 @@ class LanguageModel:
             bad = [t for t in p if not 0 <= int(t) < self.config.vocab_size]
             if bad:
                 raise LMInputError(f"prompt {i} has token ids outside [0, {self.config.vocab_size}): {bad[:5]}")
-            n_extra = extra if isinstance(extra, int) else extra[i]
-            if len(p) + n_extra > limit:
-                raise ContextLengthError(
-                    f"prompt {i} has {len(p)} tokens{what.format(n=n_extra)}: {len(p) + n_extra} > the context "
-                    f"window of {limit} tokens of model {self.name!r}; shorten the prompt"
-                    + (" or lower max_new_tokens" if "new" in what else "")
-                )
+            n = extra if isinstance(extra, int) else extra[i]
+            if len(p) + n > limit:
+                label = f" + {extra_label.format(n=n)}" if extra_label else ""
+                raise ContextLengthError(f"prompt {i} has {len(p)} tokens{label}: {len(p) + n} > the context window "
+                                         f"of {limit} tokens of model {self.name!r}; {hint}")
 
     @staticmethod
     def _left_pad(rows: Sequence[Sequence[int]], batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +306,7 @@ class LanguageModel:
                 if len(c) == 0:
                     raise LMInputError(f"candidate {k} of prompt {i} has zero tokens")
         self._check_prompts(prompt_ids, [max(len(c) for c in cs) for cs in candidate_ids],
-                            " + its longest candidate ({n} tokens)")
+                            "its longest candidate ({n} tokens)", "shorten the prompt or the candidates")
         n = len(prompt_ids)
         lp_out: list[Any] = [None] * n
         emb = np.zeros((n, self.config.hidden_size), np.float32)
@@ -386,9 +385,12 @@ class LanguageModel:
                 eos.add(int(tok_eos))
             mask[[e for e in eos if 0 <= e < self.config.vocab_size]] = True
             if stop:
-                if self._token_texts is None:
-                    n = min(self.config.vocab_size, len(self._tok()))
-                    self._token_texts = [self._tok().decode([i]) for i in range(n)]
+                if self._token_texts is None:  # decoded once per model, reused for every stop set
+                    tok = self._tok()
+                    n = min(self.config.vocab_size, len(tok)) if hasattr(tok, "__len__") else self.config.vocab_size
+                    singles = [[i] for i in range(n)]
+                    self._token_texts = (tok.batch_decode(singles) if hasattr(tok, "batch_decode")
+                                         else [tok.decode(x) for x in singles])
                 for i, text in enumerate(self._token_texts):
                     if any(s in text for s in stop):
                         mask[i] = True
@@ -436,7 +438,8 @@ class LanguageModel:
         if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
             raise LMInputError(f"invalid sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}: "
                                f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1")
-        self._check_prompts(prompt_ids, int(max_new_tokens), " + max_new_tokens={n}")
+        self._check_prompts(prompt_ids, int(max_new_tokens), "max_new_tokens={n}",
+                            "shorten the prompt or lower max_new_tokens")
         stop_mask = self._stop_token_mask(tuple(stop))
         new_cap = bucket(int(max_new_tokens), 16)
         sample = temperature > 0

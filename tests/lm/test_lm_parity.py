@@ -70,3 +70,14 @@ def test_bfloat16_params_and_activations(root):
         scale = np.abs(a).max()
         assert np.abs(a - b).max() < 0.05 * scale  # bf16 has ~3 significant digits
         assert np.mean(a.argmax(-1) == b.argmax(-1)) > 0.8
+    prompts, cands = [ROWS[0], ROWS[1]], [[[5, 6], [7]], [[8, 9, 10]]]
+    s32, s16 = lm32.score_tokens(prompts, cands), lm16.score_tokens(prompts, cands)
+    for a, b in zip(s32.logprobs, s16.logprobs):
+        np.testing.assert_allclose(a, b, rtol=0.03)
+
+
+def test_language_model_satisfies_the_lm_protocol(root):
+    from londi_jax.lm.interface import LM
+
+    path, _ = save_tiny(root, "mistral")
+    assert isinstance(load_hf_directory(path), LM)
