@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from londi_jax.envs.base import TextEnv
+from londi_jax.envs.base import TextEnv, TextReset, TextStep
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
 EnvFactory = Callable[[], TextEnv]
@@ -93,6 +93,46 @@ class BatchStep:
         return np.array([bool(i.get("episode", {}).get("success", False)) for i in self.infos])
 
 
+class ToyTextEnv:
+    """A tiny deterministic ``TextEnv`` (walk along a line to a seed-chosen target) for tests
+    and for measuring the runner's own overhead. Actions: "left", "right"; the episode ends at
+    the target (success, reward 1) or after ``limit`` steps. Failure injection for tests of the
+    runner: "__crash__" exits the process, "__hang__" sleeps 10 minutes, "__raise__" raises
+    ValueError, "__bad__" raises a LondiError."""
+
+    ACTIONS = ("left", "right")
+
+    def __init__(self, limit: int = 6):
+        self.limit = limit
+        self.pos = self.target = self.t = 0
+
+    def reset(self, seed: int | None = None) -> TextReset:
+        self.target = int(np.random.default_rng(seed).integers(-3, 4))
+        self.pos = self.t = 0
+        return TextReset(f"at 0 target {self.target}", f"reach {self.target}", list(self.ACTIONS), {"success": False})
+
+    def step(self, action: str) -> TextStep:
+        if action == "__crash__":
+            os._exit(3)
+        if action == "__hang__":
+            time.sleep(600)
+        if action == "__raise__":
+            raise ValueError("toy env: __raise__ action")
+        if action not in self.ACTIONS:
+            raise LondiError(f"toy env: unknown action {action!r}; known: left, right")
+        self.pos += 1 if action == "right" else -1
+        self.t += 1
+        success = self.pos == self.target
+        return TextStep(f"at {self.pos} target {self.target}", float(success), success,
+                        not success and self.t >= self.limit, {"success": success, "pid": os.getpid()})
+
+    def valid_actions(self) -> list[str]:
+        return list(self.ACTIONS)
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------------------------
 # One env plus its episode bookkeeping; used in this process and inside workers alike.
 
@@ -126,6 +166,7 @@ class _Slot:
     def step(self, action: str, with_valid: bool) -> dict[str, Any]:
         s = self.env.step(action, with_valid=with_valid) if self._step_kw else self.env.step(action)
         info = dict(s.info)
+        step_valid = info.pop("valid_actions", None)  # returned as BatchStep.valid_actions instead
         self.ep_return += float(s.reward)
         self.ep_length += 1
         out = {"observation": s.observation, "reward": float(s.reward), "terminated": bool(s.terminated),
@@ -140,9 +181,7 @@ class _Slot:
             info["reset_info"] = first["info"]
             out.update(observation=first["observation"], mission=first["mission"], valid=first["valid"])
         elif with_valid:
-            out["valid"] = info.pop("valid_actions", None) if self._step_kw else None
-            if out["valid"] is None:
-                out["valid"] = list(self.env.valid_actions())
+            out["valid"] = list(step_valid) if step_valid is not None else list(self.env.valid_actions())
         return out
 
     def close(self) -> None:
@@ -508,4 +547,4 @@ def make_batched(env_fn: EnvFactory, num_envs: int, seeds: int | Sequence[int] =
     return BatchedEnv(env_fn, num_envs, seeds, **kw)
 
 
-__all__ = ["BACKENDS", "BatchReset", "BatchStep", "BatchedEnv", "EnvWorkerError", "episode_seed", "make_batched"]
+__all__ = ["BACKENDS", "BatchReset", "BatchStep", "BatchedEnv", "EnvWorkerError", "ToyTextEnv", "episode_seed", "make_batched"]

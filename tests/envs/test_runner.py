@@ -3,54 +3,16 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import numpy as np
 import pytest
 
-from londi_jax.envs.base import TextReset, TextStep
-from londi_jax.envs.runner import BatchedEnv, EnvWorkerError, episode_seed
-from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.envs.runner import BatchedEnv, EnvWorkerError, ToyTextEnv, episode_seed
+from londi_jax.utils.errors import UnknownNameError
 
 
-class WalkEnv:
-    """A 1-D walk to a seed-chosen target. Actions: left, right; 'crash' kills the process,
-    'hang' sleeps, 'boom' raises. Episodes end at the target (success) or after 6 steps."""
-
-    ACTIONS = ["left", "right"]
-
-    def __init__(self, limit: int = 6):
-        self.limit = limit
-        self.pos = self.target = self.t = 0
-
-    def reset(self, seed=None):
-        rng = np.random.default_rng(seed)
-        self.target = int(rng.integers(-3, 4))
-        self.pos, self.t = 0, 0
-        self.seed = seed
-        return TextReset(f"at 0 target {self.target}", f"reach {self.target}", list(self.ACTIONS), {"success": False})
-
-    def step(self, action):
-        if action == "crash":
-            os._exit(3)
-        if action == "hang":
-            time.sleep(600)
-        if action == "boom":
-            raise ValueError("boom action")
-        if action == "bad":
-            raise LondiError("bad action for WalkEnv")
-        self.pos += 1 if action == "right" else -1
-        self.t += 1
-        success = self.pos == self.target
-        return TextStep(f"at {self.pos} target {self.target}", float(success), success, not success and self.t >= self.limit,
-                        {"success": success, "pid": os.getpid()})
-
-    def valid_actions(self):
-        return list(self.ACTIONS)
-
-    def close(self):
-        pass
+WalkEnv = ToyTextEnv  # a library class, so spawned workers can import it under any pytest import mode
 
 
 def rollout(benv: BatchedEnv, steps: int, policy_seed: int = 0):
@@ -117,13 +79,13 @@ def test_subprocess_same_trajectories_as_inprocess():
 def test_episode_info_and_reset_reproducible():
     with BatchedEnv(WalkEnv, 2, seeds=[1, 2]) as benv:
         first = benv.reset(with_valid=True)
-        assert first.valid_actions == [WalkEnv.ACTIONS] * 2
+        assert first.valid_actions == [list(WalkEnv.ACTIONS)] * 2
         assert [i["episode_seed"] for i in first.infos] == [1, 2]
         a = rollout(benv, 15)
         b = rollout(benv, 15)  # reset() starts over from the same seeds
         assert a[0] == b[0]
         out = benv.step(["right", "right"], with_valid=True)
-        assert out.valid_actions == [WalkEnv.ACTIONS] * 2
+        assert out.valid_actions == [list(WalkEnv.ACTIONS)] * 2
         # run until an episode ends and check its summary
         for _ in range(20):
             out = benv.step(["right", "left"])
@@ -139,7 +101,7 @@ def test_worker_crash_is_survived_and_reported():
     with BatchedEnv(WalkEnv, 4, seeds=0, backend="subprocess", num_workers=2) as benv:
         benv.reset()
         before = benv.worker_pids()
-        out = benv.step(["left", "left", "crash", "left"])
+        out = benv.step(["left", "left", "__crash__", "left"])
         # worker 1 (envs 2, 3) died: both its episodes are lost, the others go on
         assert list(out.truncated[2:]) == [True, True]
         assert all(out.infos[i]["episode_lost"] and out.infos[i]["worker_restarted"] for i in (2, 3))
@@ -158,7 +120,7 @@ def test_worker_hang_times_out_and_restarts():
     with BatchedEnv(WalkEnv, 2, seeds=0, backend="subprocess", step_timeout=3.0) as benv:
         benv.reset()
         t = time.monotonic()
-        out = benv.step(["hang", "right"])
+        out = benv.step(["__hang__", "right"])
         assert time.monotonic() - t < 30
         assert out.infos[0]["episode_lost"] and "step_timeout" in out.infos[0]["restart_reason"]
         assert not out.infos[1].get("episode_lost")
@@ -169,18 +131,14 @@ def test_worker_hang_times_out_and_restarts():
 def test_env_exceptions_are_raised_not_swallowed():
     with BatchedEnv(WalkEnv, 2, seeds=0, backend="subprocess", num_workers=1) as benv:
         benv.reset()
-        with pytest.raises(EnvWorkerError, match="bad action for WalkEnv"):
-            benv.step(["bad", "left"])
-        with pytest.raises(EnvWorkerError, match="ValueError: boom action"):
-            benv.step(["boom", "left"])
+        with pytest.raises(EnvWorkerError, match="unknown action '__bad__'"):
+            benv.step(["__bad__", "left"])
+        with pytest.raises(EnvWorkerError, match="ValueError: toy env: __raise__"):
+            benv.step(["__raise__", "left"])
     with BatchedEnv(WalkEnv, 2) as benv:
         benv.reset()
-        with pytest.raises(ValueError, match="boom"):
-            benv.step(["boom", "left"])
-
-
-def _bad_factory():
-    raise LondiError("factory says no")
+        with pytest.raises(ValueError, match="__raise__"):
+            benv.step(["__raise__", "left"])
 
 
 def test_bad_arguments():
@@ -192,8 +150,11 @@ def test_bad_arguments():
         BatchedEnv(WalkEnv, 2, seeds=[1, 2, 3])
     with pytest.raises(EnvWorkerError, match="num_envs"):
         BatchedEnv(WalkEnv)
-    with pytest.raises(EnvWorkerError, match="factory says no"):
-        BatchedEnv(_bad_factory, 1, backend="subprocess")
+    from londi_jax.envs.scienceworld import ScienceWorldTextEnv
+
+    # a LondiError raised by the factory inside the worker reaches the caller with its message
+    with pytest.raises(EnvWorkerError, match="unknown ScienceWorld task 'bogus'"):
+        BatchedEnv(functools.partial(ScienceWorldTextEnv, "bogus"), 1, backend="subprocess")
     with BatchedEnv(WalkEnv, 2) as benv:
         benv.reset()
         with pytest.raises(EnvWorkerError, match="one action per env"):
