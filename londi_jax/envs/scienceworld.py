@@ -361,6 +361,7 @@ class ScienceWorldTextEnv:
         sim = self._sim
         with sim.slow_calls():
             sim.load(self.task.name, 0, "", False)
+        self.max_variations = int(sim.get_max_variations(self.task.name))  # all splits together
         getter = {"train": sim.get_variations_train, "dev": sim.get_variations_dev, "test": sim.get_variations_test}
         return sorted(int(v) for v in getter[self.split]())
 
@@ -374,7 +375,8 @@ class ScienceWorldTextEnv:
             lo, hi = self.split_range()
             raise ScienceWorldError(
                 f"variation {variation!r} is not in the {self.split} split of task {self.task.id} ({self.task.name}): "
-                f"use {lo}..{hi} (or pick split='train'/'dev'/'test' to match the variation)"
+                f"use {lo}..{hi}, or the split that holds it (the task has {self.max_variations} variations, "
+                f"0..{self.max_variations - 1}, split into train/dev/test)"
             )
         return int(variation)
 
@@ -564,7 +566,7 @@ def show(task: str | int, variation: int | None, split: str = "train", **kw: Any
     dict (starts one JVM).
 
     Keys: task (id, name, index, topic, title), variation, split, split_range, num_variations
-    (in the split), task_description, observation, inventory, score, num_valid_actions,
+    (in the split), num_variations_total, task_description, observation, inventory, score, num_valid_actions,
     valid_actions, simplifications, step_limit, scienceworld_version. ``kw`` goes to
     ``ScienceWorldTextEnv`` (e.g. ``simplifications=""``)."""
     with ScienceWorldTextEnv(task, variation=variation, split=split, **kw) as env:
@@ -576,6 +578,7 @@ def show(task: str | int, variation: int | None, split: str = "train", **kw: Any
             "split": env.split,
             "split_range": list(env.split_range()),
             "num_variations": len(env.variations),
+            "num_variations_total": env.max_variations,
             "task_description": first.mission,
             "observation": first.observation,
             "inventory": env.inventory(),

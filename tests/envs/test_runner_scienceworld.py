@@ -50,9 +50,10 @@ def java_children(pid: int) -> list[int]:
     return out
 
 
-# Valid-action *strings* are not reproducible in scienceworld 1.2.3 (an object's alias, e.g.
-# "book (beowulf)" vs "book (beowulf) called beowulf", follows object UUID order, fixed upstream
-# in 1.3.0), so the policy draws from a fixed list of commands instead of the valid list.
+# Valid-action *strings* are not always reproducible in scienceworld 1.2.3: two runs with the same
+# seeds and actions listed one book as "book (beowulf) called beowulf" in one run and "book
+# (beowulf)" in the other (object UUID order; made deterministic upstream in 1.3.0). So the
+# policy draws from a fixed list of commands instead of the valid list.
 COMMANDS = ["look around", "inventory", "go to kitchen", "go to outside", "teleport to kitchen",
             "teleport to greenhouse", "open door to kitchen", "pick up orange", "wait1", "look at chair",
             "focus on orange", "move orange to orange box"]
