@@ -8,7 +8,8 @@ Public API
   "task-1-boil") or alphabetical index (0..29, the ``task_num`` of SwiftSage); no JVM needed.
 * ``show(task, variation, split)``: the first observation of a variation, as a dict.
 * ``write_demos(out_dir, tasks, split, max_variations, overwrite)``: gold-path demonstrations
-  (JSONL per task + ``index.json``; format in ``write_demos``' docstring), resumable.
+  (JSONL per task + ``index.json``; format in ``write_demos``' docstring), resumable;
+  ``read_demos(out_dir)`` reads them back.
 * ``live_jvm_pids(tag=None)``: simulator JVMs started by this package that are still alive.
 
 Episode semantics (differences from the package's own ``ScienceWorldEnv`` are deliberate):
@@ -25,6 +26,8 @@ Episode semantics (differences from the package's own ``ScienceWorldEnv`` are de
   input."). "Ambiguous request" prompts are answered with ``0`` automatically (as SwiftSage does).
 * Valid actions are computed only on request (``valid_actions()``, ``reset(with_valid=True)`` or
   ``step(..., with_valid=True)``): listing them costs more than the simulator step itself.
+  They come sorted; in 1.2.3 an object's alias inside them can differ between runs (object UUID
+  order), while observations and scores for the same actions were reproducible in our tests.
 * A JVM that dies or stops answering (``call_timeout``) costs the current episode: ``step``
   returns ``truncated=True`` with ``info['episode_lost']`` and ``info['jvm_restarted']``, a fresh
   JVM is started and the next ``reset`` works. ``close()``, garbage collection and interpreter
@@ -45,7 +48,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
