@@ -1,4 +1,4 @@
-"""Subcommands of this area for the ``londi-jax`` command: ``toy``."""
+"""Subcommands of this area for the ``londi-jax`` command: ``toy`` and ``toy-sweep``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_json_flag(p)
     p.set_defaults(func=_toy)
+    register_sweep(subparsers)
 
 
 def _toy(args: argparse.Namespace) -> int:
@@ -86,3 +87,65 @@ def _render(r: dict[str, Any]) -> str:
         + ("" if r["budget"] is None else f" over {r['seeds'] * r['eval_episodes']} episodes"),
     ]
     return "\n".join(lines)
+
+
+def register_sweep(subparsers: argparse._SubParsersAction) -> None:
+    """``toy-sweep``: a grid over c / budget / lr on the toy benchmark, one compiled program."""
+    p = subparsers.add_parser(
+        "toy-sweep", help="grid sweep on the toy benchmark (one vmapped program), results table",
+        description="Train every (c, budget, lr, seed) member of a grid in ONE compiled, vmapped "
+                    "program on the toy benchmark; print one row per member with the exact optimum "
+                    "next to the learned switch.")
+    p.add_argument("--c", type=float, nargs="+", default=[0.05, 0.12, 0.25, 0.5, 1.0],
+                   help="costs per DEEPTHINK call")
+    p.add_argument("--budget", type=int, nargs="+", default=None,
+                   help="LONDI-B budgets (default: none, plain LONDI)")
+    p.add_argument("--lr", type=float, nargs="+", default=None, help="learning rates")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per grid point (default 2)")
+    p.add_argument("--learner", default="dqn", help="dqn or pqn")
+    p.add_argument("--updates", type=int, default=None, help="training updates per member")
+    p.add_argument("--eval-episodes", type=int, default=2000, help="greedy episodes per member")
+    p.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_json_flag(p)
+    p.set_defaults(func=_toy_sweep)
+
+
+_SWEEP_COLUMNS = ["c", "budget", "lr", "seed", "agreement", "learned_value", "exact_value",
+                  "disc_return", "calls", "exact_calls", "max_calls", "violations"]
+
+
+def _toy_sweep(args: argparse.Namespace) -> int:
+    from londi_jax.switcher.config import LEARNERS
+    from londi_jax.utils.errors import UnknownNameError
+
+    if args.learner not in LEARNERS:
+        raise UnknownNameError("learner", args.learner, LEARNERS)
+    if args.budget is not None and min(args.budget) < 0:
+        raise LondiError(f"--budget values must be >= 0, got {args.budget}")
+    if args.seeds < 1 or args.eval_episodes < 1 or (args.updates is not None and args.updates < 1):
+        raise LondiError("--seeds, --eval-episodes and --updates must be >= 1")
+    from londi_jax.switcher.sweep import ResultsTable
+    from londi_jax.switcher.toy_bench import sweep_toy
+
+    params: dict[str, list] = {"c": args.c}
+    if args.budget is not None:
+        params["budget"] = args.budget
+    if args.lr is not None:
+        params["lr"] = args.lr
+    table = sweep_toy(params, learner=args.learner, use_budget=args.budget is not None,
+                      seeds=args.seeds, num_updates=args.updates, eval_episodes=args.eval_episodes,
+                      progress=not args.no_progress)
+    hidden = set() if args.budget is not None else {"budget", "violations"}
+    if "lr" not in params:
+        hidden.add("lr")
+    cols = [c for c in _SWEEP_COLUMNS if c in table.columns and c not in hidden]
+    shown = ResultsTable(columns=cols, rows=table.rows)
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8") as f:
+            f.write(ResultsTable(columns=[c for c in table.columns if "policy" not in c],
+                                 rows=table.rows).to_csv())
+    result = {"learner": args.learner, "members": len(table.rows), "rows": shown.to_records()}
+    emit(result, args.json, lambda r: f"toy sweep: learner={r['learner']}, {r['members']} members "
+                                      f"trained in one program\n" + shown.render())
+    return 0

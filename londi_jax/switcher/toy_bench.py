@@ -18,7 +18,8 @@ from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher import exact, toy
 from londi_jax.switcher.config import HParams, SwitcherConfig
 from londi_jax.switcher.network import q_values
-from londi_jax.switcher.sweep import evaluate_many, stack_hparams, train_many
+from londi_jax.switcher.sweep import (ResultsTable, SweepSpec, evaluate_many, run_sweep,
+                                      stack_hparams, train_many)
 from londi_jax.switcher.train import Trainer, make_train
 
 # Settings that learn the toy's exact switch reliably on CPU in seconds.
@@ -116,3 +117,32 @@ def run_toy(c: float = 0.1, budget: int | None = None, seeds: int = 4, learner: 
         "violations": int(sum(r["violations"] for r in per_seed)),
         "per_seed": per_seed,
     }
+
+
+def sweep_toy(params: dict[str, Any], learner: str = "dqn", use_budget: bool = False,
+              seeds: int = 2, base: dict[str, float] | None = None, num_updates: int | None = None,
+              eval_episodes: int = 2000, eval_max_steps: int = 200, seed: int = 0,
+              progress: bool = True, mode: str = "grid", num_samples: int = 8) -> ResultsTable:
+    """A sweep on the toy benchmark (one compiled program) with exact-optimum columns per member.
+
+    ``params`` maps ``HParams`` names to values (grid) or distributions (random); ``base`` fixes
+    others (defaults: the tuned ``TOY_HPARAMS``). Rows carry the sweep's metrics plus
+    ``agreement``, ``learned_value`` / ``exact_value``, ``learned_calls`` / ``exact_calls``
+    and the ``policy`` / ``exact_policy`` tables.
+    """
+    overrides = {} if num_updates is None else {"num_updates": num_updates}
+    trainer = toy_trainer(learner, use_budget=use_budget, **overrides)
+    base = {**TOY_HPARAMS.get(learner, {}), **(base or {})}
+    spec = SweepSpec(params=params, seeds=seeds, base=base, mode=mode, num_samples=num_samples)
+
+    def row_fn(row: dict[str, Any], member_params: Any) -> dict[str, Any]:
+        get = lambda k: row.get(k, base.get(k, HParams.create().to_dict()[k]))  # noqa: E731
+        budget = int(get("budget")) if use_budget else None
+        out = compare_to_exact(trainer, member_params, float(get("c")), float(get("gamma")), budget)
+        out["policy"], out["exact_policy"] = out["policy"].T.tolist(), out["exact_policy"].T.tolist()
+        return out
+
+    eval_params = trainer.env_params.replace(max_steps=jnp.asarray(eval_max_steps, jnp.int32))
+    return run_sweep(trainer, spec, seed=seed, eval_episodes=eval_episodes,
+                     eval_max_steps=eval_max_steps, progress=progress, row_fn=row_fn,
+                     chunk=max(1, trainer.config.num_updates // 10), eval_env_params=eval_params)

@@ -31,3 +31,20 @@ def test_toy_text_output_and_errors(capsys):
     assert "--budget must be >= 0" in capsys.readouterr().err
     assert main(["toy", "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_toy_sweep_table_json_and_csv(capsys, tmp_path):
+    out_csv = tmp_path / "sweep.csv"
+    rc = main(["toy-sweep", "--c", "0.05", "1.0", "--budget", "1", "--seeds", "2", "--updates", "40",
+               "--eval-episodes", "50", "--csv", str(out_csv), "--json", "--no-progress"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["members"] == 4 and len(r["rows"]) == 4
+    assert sorted((row["c"], row["seed"]) for row in r["rows"]) == [(0.05, 0), (0.05, 1), (1.0, 0), (1.0, 1)]
+    P, R, start = toy.tabular_model(toy.default_params())
+    for row in r["rows"]:
+        want = exact.start_value(exact.solve(P, R, row["c"], 0.95, budget=1).V, start)
+        assert row["exact_value"] == pytest.approx(want) and row["violations"] == 0
+    lines = out_csv.read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("c,budget,seed,")

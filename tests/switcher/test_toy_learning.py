@@ -3,14 +3,11 @@
 Each fixture trains all its members in ONE compiled, vmapped program.
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from londi_jax.switcher import exact, toy
-from londi_jax.switcher.sweep import SweepSpec, run_sweep
-from londi_jax.switcher.toy_bench import TOY_HPARAMS, compare_to_exact, toy_trainer
+from londi_jax.switcher.toy_bench import TOY_HPARAMS, sweep_toy
 
 pytestmark = pytest.mark.slow
 
@@ -19,19 +16,8 @@ EVAL_EPISODES = 10_000
 
 
 def _sweep(learner, use_budget, params, seeds, base_extra=None, eval_episodes=EVAL_EPISODES):
-    trainer = toy_trainer(learner, use_budget=use_budget)
-    base = {**TOY_HPARAMS[learner], **(base_extra or {})}
-    spec = SweepSpec(params=params, seeds=seeds, base=base)
-
-    def row_fn(row, params):
-        budget = int(row.get("budget", base.get("budget", 0))) if use_budget else None
-        out = compare_to_exact(trainer, params, row.get("c", base.get("c")), base["gamma"], budget)
-        return {k: v for k, v in out.items() if "policy" not in k} | {"policy": out["policy"],
-                                                                      "exact_policy": out["exact_policy"]}
-
-    eval_params = trainer.env_params.replace(max_steps=jnp.asarray(200, jnp.int32))
-    return run_sweep(trainer, spec, seed=0, eval_episodes=eval_episodes, eval_max_steps=200,
-                     progress=False, row_fn=row_fn, eval_env_params=eval_params).rows
+    return sweep_toy(params, learner=learner, use_budget=use_budget, seeds=seeds, base=base_extra,
+                     eval_episodes=eval_episodes, progress=False).rows
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +68,7 @@ def test_budget_zero_violations_and_near_optimal_return(dqn_budget_sweep):
     P, R, _ = toy.tabular_model(toy.default_params())
     free = exact.solve(P, R, 0.05, TOY_HPARAMS["dqn"]["gamma"]).policy[:, 0]
     for r in dqn_budget_sweep:
-        full_budget_col = np.asarray(r["exact_policy"])[:, -1]
+        full_budget_col = np.asarray(r["exact_policy"])[-1]  # policies are [b][cell]
         assert (r["budget"] == 2) == (not np.array_equal(full_budget_col, free))
 
 
