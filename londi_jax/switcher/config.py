@@ -32,7 +32,7 @@ class SwitcherConfig:
 
     obs_dim: size of the caller's feature vector (without the budget feature).
     hidden: widths of the MLP hidden layers.
-    layer_norm: LayerNorm after each hidden Dense (PQN wants it on).
+    layer_norm: LayerNorm after each hidden Dense; ``None`` (default) = on for PQN, off for DQN.
     learner: ``"dqn"`` (Double DQN + replay + target net) or ``"pqn"`` (buffer-free Q(lambda)).
     use_budget: LONDI-B; appends b/n to the features and masks g=1 when b=0.
     num_envs: environments stepping in lockstep.
@@ -46,7 +46,7 @@ class SwitcherConfig:
 
     obs_dim: int
     hidden: tuple[int, ...] = (64, 64)
-    layer_norm: bool = False
+    layer_norm: bool | None = None
     learner: Literal["dqn", "pqn"] = "dqn"
     use_budget: bool = False
     num_envs: int = 16
@@ -83,6 +83,8 @@ class SwitcherConfig:
                 f"rollout_len*num_envs = {self.rollout_len * self.num_envs} is not divisible by "
                 f"num_minibatches = {self.num_minibatches}; pick a divisor")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.layer_norm is None:  # PQN relies on LayerNorm for stability without a target net
+            object.__setattr__(self, "layer_norm", self.learner == "pqn")
 
     @property
     def input_dim(self) -> int:

@@ -8,7 +8,7 @@ computed backwards with the current network (bootstrap ``v' = max_{g' in G(b')} 
 
 (``done = terminated or truncated`` cuts the trace at episode boundaries, truncation still
 bootstraps). Then ``num_epochs`` x ``num_minibatches`` gradient steps regress Q(z_t, g_t) on G_t.
-Use ``SwitcherConfig(layer_norm=True)`` with this learner, as PQN does.
+``SwitcherConfig`` turns LayerNorm on by default for this learner, as PQN does.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from londi_jax.utils.errors import LondiError
 
 TINY = {
     "dqn": dict(learner="dqn", num_envs=4, hidden=(8,), num_updates=24, buffer_size=64,
-                batch_size=8, learning_starts=8),
+                batch_size=8, learning_starts=8, updates_per_step=2),
     "pqn": dict(learner="pqn", num_envs=4, hidden=(8,), layer_norm=True, num_updates=6,
                 rollout_len=4, num_epochs=2, num_minibatches=2),
 }
