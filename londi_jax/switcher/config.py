@@ -143,7 +143,7 @@ DEFAULT_HPARAMS: dict[str, float] = {
     "eps_end": 0.05,
     "eps_decay_frac": 0.5,
     "target_period": 100,
-    "tau": 1.0,
+    "tau": 0.01,
     "max_grad_norm": 10.0,
 }
 _HPARAM_DTYPES = {"budget": jnp.int32, "target_period": jnp.int32}
