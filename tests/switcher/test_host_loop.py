@@ -103,6 +103,7 @@ def _check_learned_switch(config, sw, c, n):
                                atol=1e-9)
 
 
+@pytest.mark.slow  # ~10 s each on an idle 2-core CPU, > 20 s under load
 @pytest.mark.parametrize(("learner", "use_budget"), [("dqn", True), ("pqn", False)])
 def test_host_loop_learns_exact_switch_within_budget(learner, use_budget):
     steps = 1600
