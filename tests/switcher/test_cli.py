@@ -6,6 +6,7 @@ import pytest
 
 from londi_jax.cli import main
 from londi_jax.switcher import exact, toy
+from londi_jax.switcher.cli import _render
 
 
 @pytest.mark.slow
@@ -22,6 +23,9 @@ def test_toy_json_reports_learned_vs_exact(capsys):
     for s in r["per_seed"]:
         assert 0.0 <= s["agreement"] <= 1.0 and s["max_calls"] <= 2
         assert s["learned_value"] <= r["exact_value"] + 1e-9  # nothing beats the optimum
+    text = _render(r)  # the human-readable form of the same result
+    assert f"exact optimum : {' '.join(''.join(map(str, row)) for row in r['exact_policy'])}" in text
+    assert "budget violations: 0 over 1000 episodes" in text
 
 
 def test_toy_text_output_and_errors(capsys):
