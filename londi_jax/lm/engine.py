@@ -127,7 +127,8 @@ class LanguageModel:
         self._logits_jit = jax.jit(self._logits_impl)
         self._token_texts: list[str] | None = None
         self._stop_masks: dict[tuple[str, ...], np.ndarray] = {}
-        self._calls: list[CallCost] = []
+        self._last_call: CallCost | None = None  # running totals, not a growing list of calls
+        self._totals = {"seconds": 0.0, "flops": 0.0, "calls": 0}
         self._last_context = 0.0
         leaves = jax.tree.leaves(self.state)
         self.num_params = int(sum(x.size for x in leaves))
@@ -255,8 +256,12 @@ class LanguageModel:
         flops = sum(f for f, _ in spans)
         n_tok = prompt_tokens + scored + generated
         self._last_context = sum(c for _, c in spans) / max(n_tok, 1)
-        self._calls.append(CallCost(kind, time.perf_counter() - t0, sum(self.trace_counts.values()) > traces_before,
-                                    prompt_tokens, scored, generated, float(flops)))
+        call = CallCost(kind, time.perf_counter() - t0, sum(self.trace_counts.values()) > traces_before,
+                        prompt_tokens, scored, generated, float(flops))
+        self._last_call = call
+        self._totals["seconds"] += call.seconds
+        self._totals["flops"] += call.flops
+        self._totals["calls"] += 1
 
     # ------------------------------------------------------------------ FLOPs
     def _flops(self, context: float, logits: bool = False) -> float:
@@ -469,7 +474,7 @@ class LanguageModel:
 
     def cost(self) -> CostReport:
         """Parameter counts, FLOPs per token (formula in ``CostReport``) and measured seconds."""
-        last = self._calls[-1] if self._calls else None
+        last = self._last_call
         context = self._last_context if last is not None else self.config.context_window / 2
         return CostReport(
             name=self.name,
@@ -479,7 +484,7 @@ class LanguageModel:
             flops_per_prompt_token=self._flops(context),
             flops_per_generated_token=self._flops(context, logits=True),
             last_call=last,
-            total_seconds=float(sum(c.seconds for c in self._calls)),
-            total_flops=float(sum(c.flops for c in self._calls)),
-            num_calls=len(self._calls),
+            total_seconds=float(self._totals["seconds"]),
+            total_flops=float(self._totals["flops"]),
+            num_calls=int(self._totals["calls"]),
         )
