@@ -81,3 +81,22 @@ def test_language_model_satisfies_the_lm_protocol(root):
 
     path, _ = save_tiny(root, "mistral")
     assert isinstance(load_hf_directory(path), LM)
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},  # Llama-3.1 values: all three frequency bands occur
+    {"rope_type": "linear", "factor": 4.0},
+])
+def test_rope_inverse_frequencies_match_transformers(scaling):
+    import transformers as T
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from londi_jax.lm.layers import rope_inv_freq
+
+    hf = T.LlamaConfig(hidden_size=2048, num_attention_heads=16, num_hidden_layers=1, intermediate_size=64,
+                       rope_theta=500000.0, rope_scaling=dict(scaling), max_position_embeddings=131072)
+    ref, attention_factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf, None)
+    assert attention_factor == 1.0  # no logit scaling for these types, none implemented
+    ours = rope_inv_freq(ModelConfig.from_hf_dict(hf.to_dict()))
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
