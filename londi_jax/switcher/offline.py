@@ -50,6 +50,7 @@ __all__ = [
     "save_dataset",
     "load_dataset",
     "collect_toy",
+    "OfflineLogger",
     "make_offline_train",
     "grid_hparams",
     "q_table",
@@ -135,6 +136,45 @@ def load_dataset(path: str | os.PathLike) -> OfflineDataset:
 
 
 # ----------------------------------------------------------------------------- collection
+
+
+class OfflineLogger:
+    """Accumulate logged states from a Python env loop into an :class:`OfflineDataset`.
+
+    For envs outside JAX: in each state run both models (e.g. step a copy of the env with
+    QUICK's action and another with DEEPTHINK's), then ``record`` the batch::
+
+        log = OfflineLogger(obs_dim)
+        log.record(obs, reward=[[r_q, r_d], ...], next_obs=[[z_q, z_d], ...], terminated=[[t_q, t_d], ...])
+        save_dataset("log.npz", log.dataset())
+    """
+
+    def __init__(self, obs_dim: int):
+        self.obs_dim = int(obs_dim)
+        self._parts: list[tuple[np.ndarray, ...]] = []
+
+    def record(self, obs, reward, next_obs, terminated) -> None:
+        """Add ``k`` states: ``obs [k, D]``, ``reward [k, 2]``, ``next_obs [k, 2, D]``,
+        ``terminated [k, 2]`` (axis 1 = g); a single state may drop the leading ``k``."""
+        obs = np.asarray(obs, np.float32)
+        single = obs.ndim == 1
+        lift = (lambda x: np.asarray(x)[None]) if single else np.asarray  # noqa: E731
+        part = OfflineDataset(obs=lift(obs), reward=lift(reward), next_obs=lift(next_obs),
+                              terminated=lift(terminated))
+        part = validate(part, self.obs_dim)  # shape errors name the field and the expected shape
+        self._parts.append(tuple(np.asarray(getattr(part, f)) for f in
+                                 ("obs", "reward", "next_obs", "terminated")))
+
+    def __len__(self) -> int:
+        return sum(p[0].shape[0] for p in self._parts)
+
+    def dataset(self) -> OfflineDataset:
+        """Everything recorded so far, as one validated dataset."""
+        if not self._parts:
+            raise OfflineDataError("no states recorded yet; call record(...) first")
+        cols = [np.concatenate(c) for c in zip(*self._parts)]
+        return validate(OfflineDataset(*cols))
+
 
 
 def collect_toy(env, params, key: jax.Array, num_envs: int, num_steps: int,

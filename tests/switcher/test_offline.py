@@ -14,6 +14,7 @@ from londi_jax.switcher.offline import (
     FORMAT,
     OfflineDataError,
     OfflineDataset,
+    OfflineLogger,
     collect_toy,
     grid_hparams,
     load_dataset,
@@ -119,3 +120,24 @@ def test_offline_rejects_pqn_and_bad_grids():
         make_offline_train(SwitcherConfig(obs_dim=3, learner="pqn"))
     with pytest.raises(ConfigError, match="budgets must be >= 0"):
         grid_hparams([0.1], [-1])
+
+
+def test_logger_from_a_python_loop_equals_the_dataset(dataset):
+    """Recording state by state (as a host env loop would) rebuilds the same dataset."""
+    log = OfflineLogger(ENV.obs_dim)
+    n = 50
+    for i in range(n):  # one state at a time ...
+        log.record(dataset.obs[i], dataset.reward[i], dataset.next_obs[i], dataset.terminated[i])
+    log.record(dataset.obs[n:2 * n], dataset.reward[n:2 * n], dataset.next_obs[n:2 * n],
+               dataset.terminated[n:2 * n])  # ... or a batch
+    assert len(log) == 2 * n
+    out = log.dataset()
+    for name in ("obs", "reward", "next_obs", "terminated"):
+        np.testing.assert_array_equal(np.asarray(getattr(out, name)),
+                                      np.asarray(getattr(dataset, name))[:2 * n])
+    with pytest.raises(OfflineDataError, match=r"next_obs must have shape \[1, 2, 8\]"):
+        log.record(dataset.obs[0], dataset.reward[0], dataset.next_obs[0, 0], dataset.terminated[0])
+    with pytest.raises(OfflineDataError, match="obs_dim=8"):
+        log.record(np.zeros(3), np.zeros(2), np.zeros((2, 3)), np.zeros(2, bool))
+    with pytest.raises(OfflineDataError, match="no states recorded"):
+        OfflineLogger(ENV.obs_dim).dataset()
