@@ -49,7 +49,6 @@ from torch_reference.toy import TorchToy, run_dqn, run_pqn  # noqa: E402
 from londi_jax.switcher import dqn, pqn  # noqa: E402
 from londi_jax.switcher.config import HParams, SwitcherConfig  # noqa: E402
 from londi_jax.switcher.core import Transition  # noqa: E402
-from londi_jax.switcher.network import init_params  # noqa: E402
 from londi_jax.switcher.sweep import stack_hparams  # noqa: E402
 from londi_jax.switcher.toy import ToyEnv  # noqa: E402
 from londi_jax.switcher.train import make_train  # noqa: E402

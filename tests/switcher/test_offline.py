@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from londi_jax.switcher import exact, toy
-from londi_jax.switcher.config import ConfigError, HParams, SwitcherConfig
+from londi_jax.switcher.config import ConfigError, SwitcherConfig
 from londi_jax.switcher.offline import (
     FORMAT,
     OfflineDataError,
