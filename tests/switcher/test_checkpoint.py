@@ -165,3 +165,13 @@ def test_run_resumable_interrupted_then_resumed_is_bitwise_identical(tmp_path):
     with CheckpointStore(tmp_path / "cut") as store:
         with pytest.raises(CheckpointMismatchError, match=r"config\.a"):
             run_resumable(store, _init, _chunk, **{**kw, "config": {"a": 2}, "total_updates": 12})
+
+
+def test_async_save_round_trip(tmp_path):
+    tree = _tree(5)
+    with CheckpointStore(tmp_path / "ck", async_save=True) as store:
+        store.save(1, tree, kind="unit")
+        store.wait()
+        assert store.all_steps() == [1]
+        restored, _ = store.restore(_tree(), kind="unit")
+    _assert_bitwise_equal(tree, restored)
