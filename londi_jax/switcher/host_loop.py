@@ -86,8 +86,12 @@ def init_state(config: SwitcherConfig, hparams: HParams, rng: jax.Array) -> Host
 
 
 def act_step(config: SwitcherConfig, hparams: HParams, state: HostState, obs: jax.Array,
-             explore: bool) -> tuple[HostState, jax.Array]:
-    """Choose switches for ``obs [N, obs_dim]`` (epsilon-greedy if ``explore``), remember them."""
+             explore: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Switches for ``obs [N, obs_dim]`` (epsilon-greedy if ``explore``): ``(feats, g, rng)``.
+
+    Returns only what changes (the caller puts it into the state), so nothing large is copied
+    or donated on this path.
+    """
     gdef = graphdef(config)
     feats = budget_lib.features(obs.astype(jnp.float32), state.budget, hparams.budget,
                                 config.use_budget)
@@ -98,7 +102,7 @@ def act_step(config: SwitcherConfig, hparams: HParams, state: HostState, obs: ja
         g = act(gdef, state.learner.params, feats, can, eps, key)
     else:
         rng, g = state.rng, greedy(gdef, state.learner.params, feats, can)
-    return state.replace(feats=feats, g=g, rng=rng), g
+    return feats, g, rng
 
 
 def _zero_metrics() -> dict[str, jax.Array]:
@@ -153,7 +157,7 @@ def observe_step(config: SwitcherConfig, hparams: HParams, state: HostState, rew
 def _compiled(config: SwitcherConfig):
     """Jitted (init, act, observe) per static config, shared by every HostSwitcher using it."""
     return (jax.jit(functools.partial(init_state, config)),
-            jax.jit(functools.partial(act_step, config), static_argnames="explore", donate_argnums=1),
+            jax.jit(functools.partial(act_step, config), static_argnames="explore"),
             jax.jit(functools.partial(observe_step, config), static_argnames="learn",
                     donate_argnums=1))
 
@@ -180,7 +184,8 @@ class HostSwitcher:
     def act(self, obs: Any, *, explore: bool = True) -> np.ndarray:
         """Switches ``[N]`` (int32) for the envs' current features ``obs [N, obs_dim]``."""
         obs = self._check(obs, "obs", (self.config.num_envs, self.config.obs_dim))
-        self.state, g = self._act(self.hparams, self.state, obs, explore=explore)
+        feats, g, rng = self._act(self.hparams, self.state, obs, explore=explore)
+        self.state = self.state.replace(feats=feats, g=g, rng=rng)
         self._pending = True
         return np.asarray(g)
 
@@ -207,8 +212,9 @@ class HostSwitcher:
 
     @property
     def params(self) -> Any:
-        """Current Q-network parameters (an ``nnx.State``)."""
-        return self.state.learner.params
+        """A copy of the current Q-network parameters (an ``nnx.State``); a copy because
+        :meth:`observe` donates the state's buffers to update them in place."""
+        return jax.tree.map(jnp.copy, self.state.learner.params)
 
     def q_values(self, obs: Any, budget: Any | None = None) -> np.ndarray:
         """Q-values ``[M, 2]`` of features ``obs [M, obs_dim]`` at remaining budgets ``[M]``."""
