@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=4, help="switchers trained in parallel (default 4)")
     p.add_argument("--learner", default="dqn", help="dqn (Double DQN + replay) or pqn (Q(lambda))")
     p.add_argument("--updates", type=int, default=None,
-                   help="training updates (default: 3000 for dqn, 1500 for pqn)")
+                   help="training updates (default 3000)")
     p.add_argument("--eval-episodes", type=int, default=10_000,
                    help="greedy evaluation episodes per seed (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="base random seed")
@@ -76,9 +76,14 @@ def _render(r: dict[str, Any]) -> str:
                      f"{s['learned_value']:>7.4f}  {s['mc_return']:>9.4f}  {s['mc_calls']:>8.3f}  "
                      f"{s['max_calls']:>3}  {s['violations']:>4}")
     gap = (r["learned_value"] - r["exact_value"]) / abs(r["exact_value"]) if r["exact_value"] else 0.0
+    wrong = [f"seed {s['seed']}: cell {d['cell']}" + ("" if d["b"] is None else f" b={d['b']}")
+             + f" (exact Q1-Q0 = {d['exact_gap']:+.3f})"
+             for s in r["per_seed"] for d in s["disagreements"]]
     lines += [
         "",
-        f"activation agreement (reachable states): {r['agreement']:.1%} (mean over seeds)",
+        f"activation agreement (reachable states): {r['agreement']:.1%} (mean over seeds); "
+        f"closest exact decision: |Q1-Q0| = {r['exact_margin']:.3f}",
+        *(["disagreements: " + "; ".join(wrong)] if wrong else []),
         f"return: learned {r['learned_value']:.4f} (exact policy evaluation), "
         f"{r['mc_return']:.4f} (Monte Carlo, {r['eval_episodes']} episodes/seed) "
         f"vs exact optimum {r['exact_value']:.4f} ({gap:+.2%})",

@@ -22,16 +22,18 @@ from londi_jax.switcher.sweep import (ResultsTable, SweepSpec, evaluate_many, ru
                                       stack_hparams, train_many)
 from londi_jax.switcher.train import Trainer, make_train
 
-# Settings that learn the toy's exact switch reliably on CPU in seconds.
+# Settings that learn the toy's exact switch reliably on CPU in seconds (checked on 3-4 sweep
+# seeds: 100% agreement on every member). Generous exploration (eps_end) matters: states such as
+# "one call already spent early" are only visited by exploring, and their values feed the rest.
 TOY_CONFIGS: dict[str, dict[str, Any]] = {
     "dqn": dict(learner="dqn", num_envs=16, hidden=(64, 64), num_updates=3000, buffer_size=10_000,
                 batch_size=128, learning_starts=256),
-    "pqn": dict(learner="pqn", num_envs=32, hidden=(64, 64), layer_norm=True, num_updates=1500,
+    "pqn": dict(learner="pqn", num_envs=32, hidden=(64, 64), layer_norm=True, num_updates=3000,
                 rollout_len=8, num_epochs=2, num_minibatches=4),
 }
 TOY_HPARAMS: dict[str, dict[str, float]] = {
     "dqn": dict(lr=3e-3, gamma=0.95, target_period=200, eps_end=0.2, eps_decay_frac=0.5),
-    "pqn": dict(lr=1e-3, gamma=0.95, lam=0.3, eps_end=0.05, eps_decay_frac=0.5),
+    "pqn": dict(lr=1e-3, gamma=0.95, lam=0.3, eps_end=0.1, eps_decay_frac=0.5),
 }
 
 
@@ -68,7 +70,14 @@ def compare_to_exact(trainer: Trainer, params: Any, c: float, gamma: float,
     opt = exact.evaluate_policy(P, R, sol.policy, c, gamma, budgeted)
     got = exact.evaluate_policy(P, R, pol, c, gamma, budgeted)
     reach = exact.reachable(P, start, budget)
+    gap = sol.Q[..., 1] - sol.Q[..., 0]  # -inf where g = 1 is not admissible (b = 0)
+    wrong = np.argwhere((pol != sol.policy) & reach)
     return {
+        # closest call to a tie among reachable states where both switches are admissible:
+        # learned Q-values must be at least this accurate to match the exact switch everywhere
+        "exact_margin": float(np.abs(gap[reach & np.isfinite(gap)]).min()),
+        "disagreements": [{"cell": int(s), "b": int(b) if budgeted else None,
+                           "exact_gap": float(gap[s, b])} for s, b in wrong],
         "agreement": float((pol == sol.policy)[reach].mean()),
         "agreement_all_states": float((pol == sol.policy).mean()),
         "exact_value": exact.start_value(sol.V, start),
@@ -111,6 +120,7 @@ def run_toy(c: float = 0.1, budget: int | None = None, seeds: int = 4, learner: 
         "learner": learner, "c": c, "budget": budget, "seeds": seeds, "num_updates": n_up,
         "eval_episodes": eval_episodes,
         "exact_policy": ex["exact_policy"].T.tolist(), "exact_value": ex["exact_value"],
+        "exact_margin": ex["exact_margin"],
         "exact_calls": ex["exact_calls"],
         "agreement": mean("agreement"), "learned_value": mean("learned_value"),
         "mc_return": mean("mc_return"), "mc_calls": mean("mc_calls"),
