@@ -86,7 +86,7 @@ def _byte_alphabet_tokens() -> list[str]:
 
 
 def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None, tie: bool = True,
-                    add_bos: bool = False, seed: int = 0, pre: str = "smollm") -> dict:
+                    add_bos: bool = False, seed: int = 0, pre: str = "smollm", context: int = 256) -> dict:
     """Write a random tiny model as a GGUF file; return its Hugging Face-layout tensors and shape info."""
     import gguf
     from gguf.quants import dequantize, quantize
@@ -121,7 +121,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
     qtype = getattr(gguf.GGMLQuantizationType, quant) if quant else None
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(layers)
-    w.add_context_length(256)
+    w.add_context_length(context)
     w.add_embedding_length(hidden)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)

@@ -1,0 +1,334 @@
+"""SmolLM2-135M throughput: GLAM-style action scoring and generation, vs the PyTorch (transformers) way.
+
+    python benchmarks/lm_throughput.py [--quick] [--json]
+
+(a) Action scoring: N BabyAI-Text prompts in GLAM's format (~150-180 tokens) x 6 actions, batch sizes
+    1, 4, 16 (+64 on GPU), timed with ``LanguageModel.score`` (one prefill per prompt, candidates
+    scored against the shared prompt cache). Baseline, same prompts and model weights: transformers'
+    PyTorch model loaded from the same GGUF, one forward pass per (prompt, candidate) pair and no
+    shared cache (how GLAM scores actions); plus a fairer PyTorch variant with the 6 candidates of a
+    prompt in one padded batch.
+(b) Generation: tokens/s at several batch sizes (greedy), and the per-step decode rate from two runs
+    of the same compiled program with different step counts.
+(c) GPU only: decode at batch 1 in bf16 as bytes moved per step (weights + KV cache) / step time vs
+    the device's HBM bandwidth, and large-batch prefill FLOP/s vs its dense bf16 peak.
+
+Compile time is reported apart (first call), then warm-up, ``block_until_ready``, median of repeats.
+Results: benchmarks/results/lm_throughput_<device>[_quick].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Timing, device_tag, machine_info, render_table, time_call, write_result  # noqa: E402
+
+ACTIONS = ("turn left", "turn right", "go forward", "pick up", "drop", "toggle")
+COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
+OBJECTS = ("ball", "key", "box")
+
+# (name, dense bf16 FLOP/s, HBM bytes/s), matched against jax's device_kind (first match wins).
+PEAKS = [
+    ("H200", 989e12, 4.8e12),
+    ("H100 PCIe", 756e12, 2.0e12),
+    ("H100", 989e12, 3.35e12),  # SXM (device_kind "NVIDIA H100 80GB HBM3")
+    ("A100-SXM4-80GB", 312e12, 2.039e12),
+    ("A100-SXM4-40GB", 312e12, 1.555e12),
+    ("A100", 312e12, 1.935e12),  # PCIe 80GB
+    ("L40S", 362e12, 0.864e12),
+    ("L4", 121e12, 0.3e12),
+    ("A10", 125e12, 0.6e12),
+    ("V100", 125e12, 0.9e12),  # fp16 tensor cores (no bf16)
+]
+
+
+# ----------------------------------------------------------------------------------- prompts
+def _steps(n: int) -> str:
+    return f"{n} step{'s' if n != 1 else ''}"
+
+
+def _object_sentence(rng: np.random.Generator) -> str:
+    if rng.random() < 0.25:
+        head = f"You see a {rng.choice(['open', 'closed', 'locked'])} {rng.choice(COLOURS)} door"
+    else:
+        head = f"You see a {rng.choice(COLOURS)} {rng.choice(OBJECTS)}"
+    dx, dy = int(rng.integers(-3, 4)), int(rng.integers(0, 7))
+    if dx == 0 and dy == 0:
+        dy = 1
+    if dx == 0:
+        where = f"{_steps(dy)} forward"
+    else:
+        side = f"{_steps(abs(dx))} {'left' if dx < 0 else 'right'}"
+        where = side if dy == 0 else f"{side} and {_steps(dy)} forward"
+    return f"{head} {where}"
+
+
+def _observation(rng: np.random.Generator) -> list[str]:
+    sents = []
+    if rng.random() < 0.7:
+        sents.append(f"You see a wall {_steps(int(rng.integers(1, 7)))} {rng.choice(['forward', 'left', 'right'])}")
+    sents += [_object_sentence(rng) for _ in range(int(rng.integers(1, 4)))]
+    return sents
+
+
+def glam_prompt(rng: np.random.Generator) -> str:
+    """A BabyAI-Text prompt in GLAM's format: actions, goal, 3 observations, 2 past actions, open Action 2."""
+    goal_kind = rng.choice(["go to the", "pick up the", "open the"])
+    target = f"{rng.choice(COLOURS)} {'door' if goal_kind == 'open the' else rng.choice(OBJECTS)}"
+    text = "Possible action of the agent: " + ", ".join(ACTIONS)
+    text += f" \n Goal of the agent: {goal_kind} {target}"
+    past = list(rng.choice(ACTIONS[:3], size=2))
+    for k in range(3):
+        text += f" \n Observation {k}: " + "".join(s + ", " for s in _observation(rng))
+        text += f"\n Action {k}: " + (past[k] if k < 2 else "")
+    return text
+
+
+def glam_prompts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [glam_prompt(rng) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------------- ours
+def bench_scoring(lm: Any, prompts: list[str], batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for b in batch_sizes:
+        ps = prompts[:b]
+        lm.batch_size = max(lm.batch_size, b)  # one program call per measurement
+        t = time_call(lm.score, ps, [list(ACTIONS)] * b, repeats=repeats, warmup=1)
+        rows.append({"batch": b, "pairs": b * len(ACTIONS), "median_s": t.median_s,
+                     "prompts_per_s": b / t.median_s, "pairs_per_s": b * len(ACTIONS) / t.median_s,
+                     "ms_per_prompt": 1e3 * t.median_s / b, "compile_s": t.compile_s, "timing": t.to_dict()})
+    return rows
+
+
+def bench_generation(lm: Any, prompts: list[str], batch_sizes: list[int], repeats: int,
+                     long_new: int = 32, short_new: int = 17) -> list[dict[str, Any]]:
+    """``long_new`` and ``short_new`` round up to the same step cap, so both use one compiled program
+    and their time difference is ``long_new - short_new`` decode steps."""
+    tok = lm.tokenizer
+    rows = []
+    for b in batch_sizes:
+        ids = [tok.encode(p) for p in prompts[:b]]
+        lm.batch_size = max(lm.batch_size, b)
+        out: dict[str, Any] = {}
+
+        def run(n: int) -> None:
+            out["ids"], out["reasons"] = lm.generate_tokens(ids, n)
+
+        t_long = time_call(run, long_new, repeats=repeats, warmup=1)
+        n_long = sum(len(r) for r in out["ids"])
+        full = all(len(r) == long_new for r in out["ids"])
+        t_short = time_call(run, short_new, repeats=repeats, warmup=0)
+        full = full and all(len(r) == short_new for r in out["ids"])
+        step_s = (t_long.median_s - t_short.median_s) / (long_new - short_new)
+        full = full and step_s > 0  # timing noise larger than the steps themselves: no estimate
+        rows.append({
+            "batch": b, "new_tokens": long_new, "generated_tokens": n_long, "median_s": t_long.median_s,
+            "tokens_per_s": n_long / t_long.median_s, "compile_s": t_long.compile_s,
+            "decode_step_ms": 1e3 * step_s if full else None,
+            "decode_tokens_per_s": b / step_s if full and step_s > 0 else None,
+            "all_rows_full_length": full,
+            "timing_long": t_long.to_dict(), "timing_short": t_short.to_dict(),
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------------- PyTorch
+def load_torch_reference(gguf_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d, f = str(gguf_path.parent), gguf_path.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    return model, tok
+
+
+def torch_score_pairs(model: Any, tok: Any, prompts: list[str]) -> np.ndarray:
+    """GLAM's way: one forward per (prompt, candidate) pair, no cache shared between candidates."""
+    import torch
+
+    out = np.zeros((len(prompts), len(ACTIONS)))
+    with torch.inference_mode():
+        for i, p in enumerate(prompts):
+            p_ids = tok.encode(p)
+            for k, a in enumerate(ACTIONS):
+                c_ids = tok.encode(a, add_special_tokens=False)
+                logp = torch.log_softmax(model(torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
+                pos = torch.arange(len(p_ids) - 1, len(p_ids) + len(c_ids) - 1)
+                out[i, k] = logp[pos, torch.tensor(c_ids)].sum().item()
+    return out
+
+
+def torch_score_batched(model: Any, tok: Any, prompts: list[str]) -> np.ndarray:
+    """Fairer PyTorch variant: the 6 (prompt + candidate) sequences of a prompt in one padded batch."""
+    import torch
+
+    out = np.zeros((len(prompts), len(ACTIONS)))
+    with torch.inference_mode():
+        for i, p in enumerate(prompts):
+            p_ids = tok.encode(p)
+            cands = [tok.encode(a, add_special_tokens=False) for a in ACTIONS]
+            L = len(p_ids) + max(map(len, cands))
+            ids = torch.zeros((len(cands), L), dtype=torch.long)
+            mask = torch.zeros((len(cands), L), dtype=torch.long)
+            for k, c in enumerate(cands):  # right padding: real tokens keep positions 0..n-1
+                ids[k, :len(p_ids) + len(c)] = torch.tensor(p_ids + c)
+                mask[k, :len(p_ids) + len(c)] = 1
+            logp = torch.log_softmax(model(ids, attention_mask=mask).logits.float(), -1)
+            for k, c in enumerate(cands):
+                pos = torch.arange(len(p_ids) - 1, len(p_ids) + len(c) - 1)
+                out[i, k] = logp[k, pos, torch.tensor(c)].sum().item()
+    return out
+
+
+# ----------------------------------------------------------------------------------- GPU roofline
+def _peak(kind: str) -> tuple[str, float, float] | None:
+    return next((p for p in PEAKS if p[0].lower() in kind.lower()), None)
+
+
+def bench_gpu_roofline(model_name: str, prompts: list[str], repeats: int) -> dict[str, Any]:
+    import jax
+
+    from londi_jax.lm import load_lm
+
+    kind = jax.devices()[0].device_kind
+    peak = _peak(kind)
+    lm = load_lm(model_name, dtype="bfloat16", progress=False)
+    c = lm.config
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(lm.state))
+    res: dict[str, Any] = {"device_kind": kind, "peak": None if peak is None else
+                           {"name": peak[0], "bf16_flops": peak[1], "hbm_bytes_per_s": peak[2]},
+                           "weight_bytes_bf16": weight_bytes}
+
+    # Decode at batch 1: the same program run for 17 and 32 steps; the difference is 15 decode steps.
+    gen = bench_generation(lm, prompts, [1], repeats)[0]
+    p_len = len(lm.tokenizer.encode(prompts[0]))
+    cache_slots = max(16, 1 << (p_len - 1).bit_length()) + 32  # bucketed prompt + step cap
+    kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * cache_slots * 2  # k and v, bf16, whole cache read
+    if gen["decode_step_ms"]:
+        step_s = gen["decode_step_ms"] / 1e3
+        bw = (weight_bytes + kv_bytes) / step_s
+        res["decode_b1"] = {"step_ms": gen["decode_step_ms"], "bytes_per_step": weight_bytes + kv_bytes,
+                            "kv_bytes_per_step": kv_bytes, "achieved_bytes_per_s": bw,
+                            "fraction_of_hbm_peak": bw / peak[2] if peak else None}
+    else:
+        res["decode_b1"] = {"note": "a row stopped early (EOS); decode step not measurable", **gen}
+
+    # Prefill at large batch: embed() is prompt-only (no LM head), FLOPs from the engine's own count.
+    long_prompts = [" ".join(prompts[(3 * i + j) % len(prompts)] for j in range(3)) for i in range(64)]  # ~500 tokens
+    lm.batch_size = 64
+    t = time_call(lm.embed, long_prompts, repeats=repeats, warmup=1)
+    lm.embed(long_prompts)
+    flops = lm.cost().last_call.flops
+    res["prefill_b64"] = {"batch": 64, "tokens": lm.cost().last_call.prompt_tokens, "median_s": t.median_s,
+                          "compile_s": t.compile_s, "flops": flops, "achieved_flops_per_s": flops / t.median_s,
+                          "fraction_of_bf16_peak": flops / t.median_s / peak[1] if peak else None}
+    return res
+
+
+# ----------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and batch sizes")
+    ap.add_argument("--json", action="store_true", help="print the result JSON instead of tables")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--results-dir", default=None, help="where to write the JSON (default benchmarks/results)")
+    args = ap.parse_args(argv)
+
+    import jax
+
+    from londi_jax.lm import load_lm
+    from londi_jax.lm.registry import resolve_model_path
+
+    on_gpu = jax.devices()[0].platform == "gpu"
+    repeats = 3 if args.quick else 5
+    score_batches = [1, 4, 16] + ([64] if on_gpu else [])
+    gen_batches = [1, 4] if args.quick else [1, 4, 16]
+    prompts = glam_prompts(max(score_batches), seed=0)
+
+    t0 = time.perf_counter()
+    lm = load_lm(args.model, progress=not args.json)
+    load_s = time.perf_counter() - t0
+    lens = [len(lm.tokenizer.encode(p)) for p in prompts]
+    result: dict[str, Any] = {
+        "model": lm.name, "dtype": "float32", "quick": args.quick, "load_s": load_s,
+        "prompt_tokens": {"mean": float(np.mean(lens)), "min": int(min(lens)), "max": int(max(lens))},
+        "num_params": lm.num_params,
+    }
+    result["scoring"] = bench_scoring(lm, prompts, score_batches, repeats)
+    result["generation"] = bench_generation(lm, prompts, gen_batches, repeats)
+
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            result["torch_baseline"] = {"skipped": "torch is not installed (pip install -e '.[test]')"}
+        else:
+            path = resolve_model_path(args.model)
+            model, tok = load_torch_reference(path)
+            n = 16
+            ours16 = lm.score(prompts[:n], [list(ACTIONS)] * n).logprobs
+            torch_repeats = 1 if args.quick else 2  # each pass is 96 full forwards: slow on a small CPU
+            with torch.inference_mode():  # warm-up (allocator, thread pool)
+                model(torch.tensor([tok.encode(prompts[0])]))
+            got: dict[str, np.ndarray] = {}
+
+            def timed(fn, key) -> Timing:  # eager PyTorch: nothing to compile, every pass is timed
+                times = []
+                for _ in range(torch_repeats):
+                    t0 = time.perf_counter()
+                    got[key] = fn(model, tok, prompts[:n])
+                    times.append(time.perf_counter() - t0)
+                return Timing(first_call_s=times[0], times=times, warmup=1)
+
+            pairs = timed(torch_score_pairs, "pairs")
+            batched = timed(torch_score_batched, "batched")
+            ours_t = next(r for r in result["scoring"] if r["batch"] == n)["median_s"]
+            result["torch_baseline"] = {
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "prompts": n, "pairs": n * len(ACTIONS),
+                "per_pair_median_s": pairs.median_s, "per_prompt_batched_median_s": batched.median_s,
+                "speedup_vs_per_pair": pairs.median_s / ours_t,
+                "speedup_vs_per_prompt_batched": batched.median_s / ours_t,
+                "max_abs_logprob_diff_vs_ours": float(np.max(np.abs(np.array(ours16) - got["pairs"]))),
+                "max_abs_logprob_diff_batched_vs_pairs": float(np.max(np.abs(got["batched"] - got["pairs"]))),
+                "timing_per_pair": pairs.to_dict(), "timing_batched": batched.to_dict(),
+            }
+    if on_gpu:
+        result["gpu"] = bench_gpu_roofline(args.model, prompts, repeats)
+
+    name = f"lm_throughput_{device_tag()}" + ("_quick" if args.quick else "")
+    path = write_result(name, result, args.results_dir)
+    if args.json:
+        print(json.dumps({"machine": machine_info(), **result}, indent=2, default=str))
+        return 0
+    print(f"{lm.name} on {jax.devices()[0]} (load {load_s:.1f} s); prompts {result['prompt_tokens']}")
+    print("\n(a) action scoring: N prompts x 6 actions")
+    print(render_table(result["scoring"], ["batch", "pairs", "median_s", "ms_per_prompt", "pairs_per_s", "compile_s"]))
+    print("\n(b) greedy generation")
+    print(render_table(result["generation"], ["batch", "generated_tokens", "median_s", "tokens_per_s",
+                                              "decode_step_ms", "decode_tokens_per_s", "compile_s"]))
+    tb = result.get("torch_baseline")
+    if tb and "skipped" not in tb:
+        print(f"\nPyTorch baseline, 16 prompts x 6 actions ({tb['threads']} threads): one forward per pair "
+              f"{tb['per_pair_median_s']:.2f} s -> londi_jax {tb['speedup_vs_per_pair']:.1f}x faster; "
+              f"6 candidates batched per prompt {tb['per_prompt_batched_median_s']:.2f} s -> "
+              f"{tb['speedup_vs_per_prompt_batched']:.1f}x; max |logprob diff| {tb['max_abs_logprob_diff_vs_ours']:.2e}")
+    if "gpu" in result:
+        print("\n(c) GPU roofline:", json.dumps(result["gpu"], indent=2, default=str))
+    print(f"\nsaved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
