@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,9 @@ from londi_jax.envs.babyai_text import ACTIONS, MIXED_KINDS, describe, make_baby
 from londi_jax.envs.babyai_text.bot import expert_episode
 from londi_jax.envs.babyai_text.env import _quiet
 from londi_jax.envs.babyai_text.levels import make_level
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info as common_machine_info  # noqa: E402
 
 
 def _best_rate(fn, n_items: int, repeats: int = 3) -> float:
@@ -146,11 +148,8 @@ def main() -> None:
     result = {
         "benchmark": "babyai_text",
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "minigrid": minigrid.__version__ if hasattr(minigrid, "__version__") else "3.2.0",
+            **common_machine_info(),
+            "minigrid": getattr(minigrid, "__version__", "3.2.0"),
             "device": "cpu (single process)",
             "timer": "time.process_time (CPU seconds, best of 3 after warm-up)",
         },

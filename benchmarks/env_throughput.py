@@ -26,7 +26,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,9 @@ from typing import Any
 import numpy as np
 
 from londi_jax.envs.runner import BatchedEnv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info as common_machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SW_TASK = "4-1"
@@ -45,20 +47,17 @@ SW_STEP_LIMIT = 10_000
 
 
 def machine_info() -> dict[str, Any]:
-    """Where the numbers come from (minimal local version; no benchmarks/_common.py yet)."""
+    """The shared machine record plus what matters for text envs (ScienceWorld and Java versions)."""
+    import subprocess
+
     import scienceworld
 
     try:
-        import subprocess
-
         java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
     except (OSError, IndexError):
         java = None
-    return {
-        "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "scienceworld": scienceworld.__version__, "java": java,
-        "device": "cpu", "timer": "time.perf_counter (wall clock), after a separately timed warm-up",
-    }
+    return {**common_machine_info(), "scienceworld": scienceworld.__version__, "java": java,
+            "timer": "time.perf_counter (wall clock), after a separately timed warm-up"}
 
 
 def _babyai_factories(n: int) -> list:

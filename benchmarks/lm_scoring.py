@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info as common_machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ACTIONS = [" turn left", " turn right", " go forward", " pick up", " drop", " toggle"]
@@ -47,12 +49,8 @@ PROMPT = (
 
 
 def machine_info() -> dict[str, Any]:
-    dev = jax.devices()[0]
-    return {
-        "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "jax": jax.__version__, "device": f"{dev.platform}:{dev.device_kind}",
-        "load_average_start": os.getloadavg(), "timer": "time.perf_counter around block_until_ready'd calls",
-    }
+    return {**common_machine_info(), "load_average_start": os.getloadavg(),
+            "timer": "time.perf_counter around block_until_ready'd calls"}
 
 
 def interleaved(fns: dict[str, Any], repeats: int) -> dict[str, dict[str, Any]]:
