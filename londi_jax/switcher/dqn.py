@@ -17,6 +17,7 @@ import optax
 from flax import nnx, struct
 
 from londi_jax.switcher import budget as budget_lib
+from londi_jax.switcher import replay
 from londi_jax.switcher.config import HParams, SwitcherConfig
 from londi_jax.switcher.core import Transition, act, greedy, make_optimizer, switch_reward
 from londi_jax.switcher.network import graphdef, init_params, q_values
@@ -86,3 +87,26 @@ def update(config: SwitcherConfig, hparams: HParams, state: DQNState,
         target = optax.incremental_update(params, state.target_params, hparams.tau)
     metrics = {"loss": loss, "td_abs": jnp.mean(jnp.abs(td)), "grad_norm": optax.tree.norm(grads)}
     return DQNState(params=params, target_params=target, opt_state=opt_state, step=step), metrics
+
+
+def learn_from_buffer(config: SwitcherConfig, hparams: HParams, state: DQNState, buffer: replay.ReplayState,
+                      key: jax.Array) -> tuple[DQNState, dict[str, jax.Array]]:
+    """``config.updates_per_step`` updates on minibatches sampled from ``buffer``, once it holds
+    ``max(learning_starts, batch_size)`` transitions; before that a no-op with zero metrics.
+
+    The one learning step shared by the JAX trainer and the host loop. Metrics are means over the
+    updates plus ``learned`` (whether any update ran)."""
+
+    def learn(state: DQNState):
+        def one(state, k):
+            return update(config, hparams, state, replay.sample(buffer, k, config.batch_size))
+
+        state, m = jax.lax.scan(one, state, jax.random.split(key, config.updates_per_step))
+        return state, {**jax.tree.map(jnp.mean, m), "learned": jnp.ones((), bool)}
+
+    def skip(state: DQNState):
+        z = jnp.zeros((), jnp.float32)
+        return state, {"loss": z, "td_abs": z, "grad_norm": z, "learned": jnp.zeros((), bool)}
+
+    ready = buffer.size >= max(config.learning_starts, config.batch_size)
+    return jax.lax.cond(ready, learn, skip, state)

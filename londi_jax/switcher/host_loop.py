@@ -128,17 +128,8 @@ def observe_step(config: SwitcherConfig, hparams: HParams, state: HostState, rew
         buffer = replay.add(state.buffer, tr)
         learner, metrics = state.learner, _zero_metrics()
         if learn:
-            def fit(learner):
-                def one(learner, k):
-                    return dqn.update(config, hparams, learner,
-                                      replay.sample(buffer, k, config.batch_size))
-                learner, m = jax.lax.scan(one, learner,
-                                          jax.random.split(key, config.updates_per_step))
-                return learner, {"loss": jnp.mean(m["loss"]), "grad_norm": jnp.mean(m["grad_norm"]),
-                                 "learned": jnp.ones((), bool)}
-
-            ready = buffer.size >= max(config.learning_starts, config.batch_size)
-            learner, metrics = jax.lax.cond(ready, fit, lambda l: (l, _zero_metrics()), learner)
+            learner, m = dqn.learn_from_buffer(config, hparams, learner, buffer, key)
+            metrics = {k: m[k] for k in metrics}
         return state.replace(learner=learner, buffer=buffer, update=state.update + 1), metrics
     rollout = jax.tree.map(lambda buf, x: buf.at[state.t].set(x), state.rollout, tr)
     full = state.t + 1 == config.rollout_len

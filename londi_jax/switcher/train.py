@@ -132,20 +132,8 @@ class Trainer:
         k_env, k_learn = jax.random.split(key)
         ts, tr, stats = self._env_step(ts, hparams, eps, k_env)
         buffer = replay.add(ts.buffer, tr)
-
-        def learn(learner):
-            def one(learner, k):
-                batch = replay.sample(buffer, k, cfg.batch_size)
-                return dqn.update(cfg, hparams, learner, batch)
-            learner, m = jax.lax.scan(one, learner, jax.random.split(k_learn, cfg.updates_per_step))
-            return learner, jax.tree.map(jnp.mean, m)
-
-        def skip(learner):
-            z = jnp.zeros((), jnp.float32)
-            return learner, {"loss": z, "td_abs": z, "grad_norm": z}
-
-        ready = buffer.size >= max(cfg.learning_starts, cfg.batch_size)
-        learner, m = jax.lax.cond(ready, learn, skip, ts.learner)
+        learner, m = dqn.learn_from_buffer(cfg, hparams, ts.learner, buffer, k_learn)
+        m.pop("learned")
         return ts.replace(learner=learner, buffer=buffer), {**m, **stats}
 
     def _pqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
