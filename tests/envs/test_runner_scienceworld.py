@@ -14,29 +14,18 @@ import pytest
 from londi_jax.envs import scienceworld as sw
 from londi_jax.envs.runner import BatchedEnv
 
+from jvm_support import tagged_jvms  # noqa: E402
+
 TAG = f"swrun-test-{uuid.uuid4().hex[:10]}"
 FACTORY = functools.partial(sw.ScienceWorldTextEnv, "4-1", split="train", simplifications="easy", step_limit=6)
 
 pytestmark = pytest.mark.slow
 
 
-def wait_no_jvms(tag: str, timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (pids := sw.live_jvm_pids(tag)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return pids
-
-
 @pytest.fixture(scope="module", autouse=True)
 def jvm_tag():
-    old = os.environ.get(sw.JVM_TAG_ENV)
-    os.environ[sw.JVM_TAG_ENV] = TAG  # inherited by the spawned workers and their JVMs
-    yield TAG
-    if old is None:
-        os.environ.pop(sw.JVM_TAG_ENV, None)
-    else:
-        os.environ[sw.JVM_TAG_ENV] = old
-    assert wait_no_jvms(TAG) == [], "java processes left behind by the runner tests"
+    with tagged_jvms(TAG, "the runner tests"):
+        yield TAG
 
 
 def java_children(pid: int) -> list[int]:

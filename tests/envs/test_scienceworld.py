@@ -22,27 +22,16 @@ from londi_jax.envs import scienceworld as sw
 from londi_jax.envs.base import TextEnv
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
+from jvm_support import tagged_jvms, wait_no_jvms  # noqa: E402
+
 TAG = f"sw-test-{uuid.uuid4().hex[:10]}"
-
-
-def wait_no_jvms(tag: str, timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (pids := sw.live_jvm_pids(tag)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return pids
 
 
 @pytest.fixture(scope="module", autouse=True)
 def jvm_tag():
     """Tag this module's JVMs; at the end no tagged JVM may be left (the session-level check)."""
-    old = os.environ.get(sw.JVM_TAG_ENV)
-    os.environ[sw.JVM_TAG_ENV] = TAG
-    yield TAG
-    if old is None:
-        os.environ.pop(sw.JVM_TAG_ENV, None)
-    else:
-        os.environ[sw.JVM_TAG_ENV] = old
-    assert wait_no_jvms(TAG) == [], "java processes left behind by the ScienceWorld tests"
+    with tagged_jvms(TAG, "the ScienceWorld tests"):
+        yield TAG
 
 
 @pytest.fixture(scope="module")
