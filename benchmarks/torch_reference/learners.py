@@ -57,6 +57,16 @@ def masked_q(q: torch.Tensor, can: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, q, torch.full_like(q, NEG_INF))
 
 
+
+@torch.no_grad()
+def epsilon_greedy(q: torch.nn.Module, obs: torch.Tensor, can: torch.Tensor, eps: float,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Greedy admissible switch, or with probability ``eps`` a coin flip (g=1 only where allowed)."""
+    greedy = masked_q(q(obs), can).argmax(-1)
+    rand = (torch.rand(obs.shape[0], generator=gen) < 0.5) & can.bool()
+    explore = torch.rand(obs.shape[0], generator=gen) < eps
+    return torch.where(explore, rand.long(), greedy)
+
 class _Clipped:
     """optax.chain(clip_by_global_norm(m), adam(lr)) on a module's parameters."""
 
@@ -131,10 +141,7 @@ class TorchDQN:
     @torch.no_grad()
     def act(self, obs: torch.Tensor, can: torch.Tensor, eps: float) -> torch.Tensor:
         """Epsilon-greedy admissible switch."""
-        greedy = masked_q(self.q(obs), can).argmax(-1)
-        rand = (torch.rand(obs.shape[0], generator=self.gen) < 0.5) & can.bool()
-        explore = torch.rand(obs.shape[0], generator=self.gen) < eps
-        return torch.where(explore, rand.long(), greedy)
+        return epsilon_greedy(self.q, obs, can, eps, self.gen)
 
     def loss(self, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """0.5 * mean squared Double-DQN TD error of batch ``b``."""
@@ -174,10 +181,8 @@ class TorchPQN:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, can: torch.Tensor, eps: float) -> torch.Tensor:
-        greedy = masked_q(self.q(obs), can).argmax(-1)
-        rand = (torch.rand(obs.shape[0], generator=self.gen) < 0.5) & can.bool()
-        explore = torch.rand(obs.shape[0], generator=self.gen) < eps
-        return torch.where(explore, rand.long(), greedy)
+        """Epsilon-greedy admissible switch."""
+        return epsilon_greedy(self.q, obs, can, eps, self.gen)
 
     @torch.no_grad()
     def targets(self, r: Mapping[str, torch.Tensor]) -> torch.Tensor:
