@@ -106,6 +106,26 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
+def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_tok: jax.Array,
+                     c_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probs of K continuations per prompt, sharing one prefill of the prompt.
+
+    ``p_tok/p_valid (B, P)`` left-padded prompts; ``c_tok/c_valid (B, K, L)`` right-padded
+    candidates. Returns log-probs ``(B, K, L)`` (0 at padding) and the mean-pooled prompt
+    embedding ``(B, H)``. Pure and differentiable: the scoring program and behaviour cloning
+    (``londi_jax.agents.bc``) both use it.
+    """
+    hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
+    last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
+    plen = p_valid.sum(-1).astype(jnp.int32)
+    c_pos = plen[:, None, None] + jnp.arange(c_tok.shape[-1], dtype=jnp.int32)
+    c_hidden = model.forward_with_prefix(c_tok, c_pos, c_valid, cache, p_valid)
+    first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
+    rest = token_logprobs(model.logits(c_hidden[:, :, :-1]), c_tok[:, :, 1:])  # (B, K, L-1)
+    lp = jnp.concatenate([first[..., None], rest], axis=-1)
+    return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid)
+
+
 class LanguageModel:
     """A loaded LM with ``score`` / ``generate`` / ``embed`` / ``cost`` (see ``interface.LM``).
 
@@ -150,16 +170,7 @@ class LanguageModel:
     # ------------------------------------------------------------------ pure programs
     def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid):
         self.trace_counts["score"] += 1
-        model = nnx.merge(self.graphdef, state)
-        hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
-        last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
-        plen = p_valid.sum(-1).astype(jnp.int32)
-        c_pos = plen[:, None, None] + jnp.arange(c_tok.shape[-1], dtype=jnp.int32)
-        c_hidden = model.forward_with_prefix(c_tok, c_pos, c_valid, cache, p_valid)
-        first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
-        rest = token_logprobs(model.logits(c_hidden[:, :, :-1]), c_tok[:, :, 1:])  # (B, K, L-1)
-        lp = jnp.concatenate([first[..., None], rest], axis=-1)
-        return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid)
+        return score_candidates(nnx.merge(self.graphdef, state), p_tok, p_valid, c_tok, c_valid)
 
     def _embed_impl(self, state, p_tok, p_valid):
         self.trace_counts["embed"] += 1
