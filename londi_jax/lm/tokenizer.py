@@ -7,16 +7,18 @@ same tokenizer with the ``tokenizers`` library and wraps it as ``transformers.Pr
 
 The split of text into words before BPE (the "pre-tokenizer") is not stored in the file, only its
 name (``tokenizer.ggml.pre``); the regular expressions below follow llama.cpp's meaning of each name.
+
+``train_word_tokenizer`` trains a small word-level BPE for models trained from scratch.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from londi_jax.utils.errors import LondiError
@@ -46,6 +48,10 @@ _PRE_TOKENIZERS: dict[str, tuple[bool, str, bool]] = {
 
 class GGUFTokenizerError(LondiError):
     """The GGUF file's tokenizer metadata is missing or of an unsupported kind."""
+
+
+class TokenizerTrainingError(LondiError):
+    """Invalid input to ``train_word_tokenizer``."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,3 +149,48 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> PreTrainedTokenizerFast:
     if metadata.get("tokenizer.chat_template"):
         kwargs["chat_template"] = metadata["tokenizer.chat_template"]
     return PreTrainedTokenizerFast(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------- training
+WORD_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")  # ids 0..3: pad, unk, bos, eos
+_METASPACE = "\u2581"  # "▁" marks a word start, as in SentencePiece vocabularies
+
+
+def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 256, min_frequency: int = 1, *,
+                         add_bos: bool = False) -> PreTrainedTokenizerFast:
+    """Train a BPE tokenizer on ``texts`` whose merges never cross words (for from-scratch models).
+
+    Words are split on spaces by a Metaspace pre-tokenizer (each word starts with "▁"), so e.g. a
+    colour and a noun stay separate tokens; ``decode(encode(x)) == x`` for text made of the training
+    characters (without a leading space, which encodes like none). Special tokens ``<pad>``, ``<unk>``,
+    ``<s>``, ``</s>`` get ids 0-3 and are set as pad/unk/bos/eos; characters not kept in the
+    alphabet encode as ``<unk>``. BOS is prepended on encode only when ``add_bos``. The vocabulary
+    has at most ``vocab_size`` tokens (the alphabet is capped to fit); training is deterministic.
+    """
+    if isinstance(texts, str):
+        raise TokenizerTrainingError("texts must be an iterable of strings, not one string; wrap it in a list")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TokenizerTrainingError(f"texts must all be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+    if not any(t.strip() for t in texts):
+        raise TokenizerTrainingError("no training text: give at least one non-empty string")
+    n_special = len(WORD_SPECIALS)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < n_special + 2:
+        raise TokenizerTrainingError(f"vocab_size must be an integer >= {n_special + 2} (4 special tokens + "
+                                     f"an alphabet), got {vocab_size!r}")
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise TokenizerTrainingError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_METASPACE, prepend_scheme="always", split=True)
+    backend.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(WORD_SPECIALS), limit_alphabet=vocab_size - n_special,
+                                  show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", clean_up_tokenization_spaces=False)
