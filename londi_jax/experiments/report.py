@@ -1,0 +1,661 @@
+"""The experiment report: per-episode records -> summary rows, a markdown table, a cost-quality plot.
+
+A leaf module (numpy, matplotlib with the Agg canvas, json; nothing else from londi_jax but the
+errors), so a finished ``results.json`` can be re-reported anywhere. The input schema::
+
+    {"meta": {...}, "runs": [{"method", "label", "params", "seed",
+                              "episodes": [{"kind", "success", "return", "length", "quick_calls",
+                                            "deep_calls", "quick_flops", "deep_flops",
+                                            "quick_seconds", "deep_seconds", "budget", "violated"}]}]}
+
+Statistics: every per-row number is first computed per seed (one run) and then averaged over the
+seeds; the 95% confidence half-width is Student-t over the per-seed values when there are >= 2
+seeds. With a single seed the success CI is a Wilson score interval over the episodes and the
+saved-compute CI is Student-t over the per-episode savings (reference held fixed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from londi_jax.utils.errors import LondiError
+
+__all__ = [
+    "ReportError",
+    "ReportWarning",
+    "Row",
+    "t_critical",
+    "wilson_half_width",
+    "summarize",
+    "markdown_table",
+    "plot_cost_quality",
+    "targets",
+    "write_report",
+]
+
+
+class ReportError(LondiError, ValueError):
+    """The results given to the report are malformed; the message names the run, field and fix."""
+
+
+class ReportWarning(UserWarning):
+    """Suspicious but usable results (e.g. seeds of one label with different episode counts)."""
+
+
+# Two-sided 95% Student-t critical values t_{0.975, df}, df = 1..30 (6 decimals).
+_T975 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
+    2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+    2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
+    2.048407, 2.045230, 2.042272,
+)
+_Z975 = 1.959963984540054  # standard normal 0.975 quantile
+
+EPISODE_FIELDS = (
+    "kind", "success", "return", "length", "quick_calls", "deep_calls", "quick_flops",
+    "deep_flops", "quick_seconds", "deep_seconds", "violated",
+)
+_NUMERIC_FIELDS = (
+    "return", "length", "quick_calls", "deep_calls", "quick_flops", "deep_flops",
+    "quick_seconds", "deep_seconds",
+)
+
+# Display order of method families, and the parameter that orders configurations inside a family.
+FAMILY_ORDER = ("QUICK-only", "DEEPTHINK-only", "Random", "Threshold", "SwiftSage", "LONDI", "LONDI-B")
+_PRIMARY_PARAM = {
+    "Random": ("p",),
+    "Threshold": ("threshold", "target_rate"),
+    "LONDI": ("c",),
+    "LONDI-B": ("budget", "c"),
+}
+_ANNOTATE = {"LONDI": ("c", "c"), "LONDI-B": ("budget", "b")}  # family -> (param, short name)
+
+
+def t_critical(df: int) -> float:
+    """Two-sided 95% Student-t critical value t_{0.975, df}.
+
+    A table for df <= 30; above it the Cornish-Fisher expansion around the normal quantile
+    (error < 1e-7 for df > 30).
+    """
+    if df < 1:
+        raise ReportError(f"t_critical needs df >= 1, got {df}; a CI needs at least 2 samples")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4)
+    )
+
+
+def wilson_half_width(successes: int, n: int, z: float = _Z975) -> float:
+    """Half the width of the Wilson score interval for ``successes`` out of ``n`` trials."""
+    if n < 1:
+        raise ReportError("a Wilson interval needs at least one episode")
+    p = successes / n
+    return z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+
+
+def _t_half_width(values: Sequence[float]) -> float:
+    """95% Student-t half-width of the mean of ``values`` (nan with fewer than 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return math.nan
+    return t_critical(v.size - 1) * float(np.std(v, ddof=1)) / math.sqrt(v.size)
+
+
+@dataclass
+class Row:
+    """One table row: a method configuration (label) summarised over its seeds.
+
+    Rates and savings are fractions in [0, 1] (the table and plot show percentages).
+    """
+
+    label: str
+    method: str
+    params: dict[str, Any]
+    n_seeds: int
+    n_episodes: int  # over all seeds
+    success: float  # mean over seeds of the per-seed success rate
+    success_ci: float  # 95% half-width
+    ci_kind: str  # "t over N seeds" or "Wilson over N episodes"
+    mean_return: float
+    call_rate: float  # DEEPTHINK calls / environment steps
+    calls_per_episode: float  # DEEPTHINK calls per episode
+    flops_per_episode: float  # QUICK + DEEPTHINK FLOPs
+    seconds_per_episode: float  # QUICK + DEEPTHINK model seconds
+    compute_saved: float  # 1 - flops / reference flops (nan for no reference)
+    compute_saved_ci: float
+    seconds_saved: float  # 1 - seconds / reference seconds (nan when the reference has none)
+    seconds_saved_ci: float
+    saved_ci_kind: str  # "t over N seeds" or "t over N episodes"
+    violations: int  # episodes with violated=true
+    per_kind_success: dict[str, float]
+    seeds: list[Any] = field(default_factory=list)
+    episode_counts: list[int] = field(default_factory=list)  # per seed, in ``seeds`` order
+    per_seed_success: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_number(value: Any, label: str, seed: Any, index: int, name: str) -> float:
+    where = f"run {label!r} (seed {seed}) episode {index}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ReportError(f"{where}: field {name!r} must be a number, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ReportError(f"{where}: field {name!r} is {x}; record a finite value")
+    if name != "return" and x < 0:
+        raise ReportError(f"{where}: field {name!r} is negative ({x}); counts/costs must be >= 0")
+    return x
+
+
+def _check_flag(value: Any, label: str, seed: Any, index: int, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
+        return bool(value)
+    raise ReportError(
+        f"run {label!r} (seed {seed}) episode {index}: field {name!r} must be true/false, got {value!r}"
+    )
+
+
+def _episode_arrays(run: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Validated per-episode columns of one run."""
+    label, seed = run["label"], run["seed"]
+    episodes = run["episodes"]
+    if not isinstance(episodes, Sequence) or isinstance(episodes, (str, bytes)):
+        raise ReportError(f"run {label!r} (seed {seed}): 'episodes' must be a list of episode dicts")
+    if not episodes:
+        raise ReportError(f"run {label!r} (seed {seed}) has no episodes; evaluate at least one")
+    cols: dict[str, list[Any]] = {k: [] for k in EPISODE_FIELDS}
+    for i, ep in enumerate(episodes):
+        if not isinstance(ep, Mapping):
+            raise ReportError(f"run {label!r} (seed {seed}) episode {i} is not a dict: {ep!r}")
+        for name in EPISODE_FIELDS:
+            if name not in ep:
+                raise ReportError(
+                    f"run {label!r} (seed {seed}) episode {i} is missing field {name!r}; "
+                    f"every episode needs {', '.join(EPISODE_FIELDS)}"
+                )
+        cols["kind"].append(str(ep["kind"]))
+        cols["success"].append(_check_flag(ep["success"], label, seed, i, "success"))
+        cols["violated"].append(_check_flag(ep["violated"], label, seed, i, "violated"))
+        for name in _NUMERIC_FIELDS:
+            cols[name].append(_check_number(ep[name], label, seed, i, name))
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items() if k != "kind"}
+    out["kind"] = np.asarray(cols["kind"], dtype=object)
+    return out
+
+
+def _group_runs(results: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    """Runs grouped by label (first-seen order), with run-level fields checked."""
+    if not isinstance(results, Mapping) or "runs" not in results:
+        raise ReportError("results must be a dict with a 'runs' list (the pipeline's results.json)")
+    runs = results["runs"]
+    if not isinstance(runs, Sequence) or isinstance(runs, (str, bytes)) or not runs:
+        raise ReportError("results['runs'] is empty; run at least one method before reporting")
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for i, run in enumerate(runs):
+        if not isinstance(run, Mapping):
+            raise ReportError(f"results['runs'][{i}] is not a dict: {run!r}")
+        name = run.get("label", f"runs[{i}]")
+        for key in ("method", "label", "seed", "episodes"):
+            if key not in run:
+                raise ReportError(f"run {name!r} is missing field {key!r}")
+        params = run.get("params", {})
+        if params is not None and not isinstance(params, Mapping):
+            raise ReportError(f"run {name!r}: 'params' must be a dict, got {params!r}")
+        group = groups.setdefault(str(run["label"]), [])
+        if group and group[0]["method"] != run["method"]:
+            raise ReportError(
+                f"label {name!r} is used by methods {group[0]['method']!r} and {run['method']!r}; "
+                "labels must be unique per configuration"
+            )
+        if any(r["seed"] == run["seed"] for r in group):
+            raise ReportError(f"run {name!r} has seed {run['seed']!r} twice; keep one run per (label, seed)")
+        group.append(run)
+    return groups
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _per_seed(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    steps = cols["length"].sum()
+    return {
+        "n": int(cols["success"].size),
+        "successes": int(cols["success"].sum()),
+        "success": float(cols["success"].mean()),
+        "return": float(cols["return"].mean()),
+        "call_rate": float(cols["deep_calls"].sum() / steps) if steps > 0 else 0.0,
+        "calls": float(cols["deep_calls"].mean()),
+        "flops_ep": cols["quick_flops"] + cols["deep_flops"],
+        "seconds_ep": cols["quick_seconds"] + cols["deep_seconds"],
+        "violations": int(cols["violated"].sum()),
+        "kinds": {
+            str(k): float(cols["success"][cols["kind"] == k].mean()) for k in dict.fromkeys(cols["kind"])
+        },
+    }
+
+
+def _saving(
+    per_seed: list[dict[str, Any]], seeds: list[Any], key: str, ref_by_seed: dict[Any, float], ref_mean: float
+) -> tuple[float, float, str]:
+    """Mean over seeds of 1 - cost / reference cost (paired by seed where the reference has it)."""
+    if ref_mean <= 0:
+        return math.nan, math.nan, "n/a"
+    if len(per_seed) >= 2:
+        vals = [1.0 - float(s[key].mean()) / ref_by_seed.get(seed, ref_mean) for s, seed in zip(per_seed, seeds)]
+        return float(np.mean(vals)), _t_half_width(vals), f"t over {len(vals)} seeds"
+    ref = ref_by_seed.get(seeds[0], ref_mean)
+    vals = 1.0 - per_seed[0][key] / ref  # per-episode savings; their mean is the seed's saving
+    return float(vals.mean()), _t_half_width(vals), f"t over {vals.size} episodes"
+
+
+def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> list[Row]:
+    """One ``Row`` per label, in display order (see ``markdown_table``).
+
+    ``reference`` is the method whose (single) label is the 100%-compute baseline for
+    ``compute_saved`` / ``seconds_saved``. Seeds of one label with different episode counts are
+    allowed (a ``ReportWarning``; the counts are kept in ``Row.episode_counts``).
+    """
+    groups = _group_runs(results)
+    stats: dict[str, tuple[list[Any], list[dict[str, Any]]]] = {}
+    for label, runs in groups.items():
+        per_seed = [_per_seed(_episode_arrays(r)) for r in runs]
+        counts = [s["n"] for s in per_seed]
+        if len(set(counts)) > 1:
+            warnings.warn(
+                f"label {label!r}: seeds have different episode counts {counts}; "
+                "per-seed rates are still averaged with equal weight",
+                ReportWarning,
+                stacklevel=2,
+            )
+        stats[label] = ([r["seed"] for r in runs], per_seed)
+
+    ref_labels = [lab for lab, runs in groups.items() if runs[0]["method"] == reference]
+    if len(ref_labels) != 1:
+        what = "no label has" if not ref_labels else f"{len(ref_labels)} labels ({', '.join(ref_labels)}) have"
+        raise ReportError(
+            f"{what} method {reference!r}, so compute saved has no single reference; labels: "
+            + ", ".join(f"{lab} ({runs[0]['method']})" for lab, runs in groups.items())
+            + f". Include exactly one {reference!r} configuration or pass reference=<method>"
+        )
+    ref_seeds, ref_stats = stats[ref_labels[0]]
+    ref_flops = {sd: float(s["flops_ep"].mean()) for sd, s in zip(ref_seeds, ref_stats)}
+    ref_secs = {sd: float(s["seconds_ep"].mean()) for sd, s in zip(ref_seeds, ref_stats)}
+    ref_flops_mean = float(np.mean(list(ref_flops.values())))
+    if ref_flops_mean <= 0 or min(ref_flops.values()) <= 0:
+        raise ReportError(
+            f"reference {ref_labels[0]!r} records zero FLOPs per episode; fill quick_flops/deep_flops "
+            "so compute saved can be measured"
+        )
+    ref_secs_mean = float(np.mean(list(ref_secs.values())))
+    if min(ref_secs.values()) <= 0:
+        ref_secs_mean = 0.0  # seconds not measured: seconds_saved is reported as n/a
+
+    rows = []
+    for label, (seeds, per_seed) in stats.items():
+        run0 = groups[label][0]
+        n_seeds = len(per_seed)
+        success = [s["success"] for s in per_seed]
+        if n_seeds >= 2:
+            ci, ci_kind = _t_half_width(success), f"t over {n_seeds} seeds"
+        else:
+            ci = wilson_half_width(per_seed[0]["successes"], per_seed[0]["n"])
+            ci_kind = f"Wilson over {per_seed[0]['n']} episodes"
+        saved, saved_ci, saved_kind = _saving(per_seed, seeds, "flops_ep", ref_flops, ref_flops_mean)
+        secs, secs_ci, _ = _saving(per_seed, seeds, "seconds_ep", ref_secs, ref_secs_mean)
+        kinds: dict[str, list[float]] = {}
+        for s in per_seed:
+            for k, v in s["kinds"].items():
+                kinds.setdefault(k, []).append(v)
+        rows.append(
+            Row(
+                label=label,
+                method=str(run0["method"]),
+                params=dict(run0.get("params") or {}),
+                n_seeds=n_seeds,
+                n_episodes=sum(s["n"] for s in per_seed),
+                success=float(np.mean(success)),
+                success_ci=ci,
+                ci_kind=ci_kind,
+                mean_return=float(np.mean([s["return"] for s in per_seed])),
+                call_rate=float(np.mean([s["call_rate"] for s in per_seed])),
+                calls_per_episode=float(np.mean([s["calls"] for s in per_seed])),
+                flops_per_episode=float(np.mean([s["flops_ep"].mean() for s in per_seed])),
+                seconds_per_episode=float(np.mean([s["seconds_ep"].mean() for s in per_seed])),
+                compute_saved=saved,
+                compute_saved_ci=saved_ci,
+                seconds_saved=secs,
+                seconds_saved_ci=secs_ci,
+                saved_ci_kind=saved_kind,
+                violations=sum(s["violations"] for s in per_seed),
+                per_kind_success={k: float(np.mean(v)) for k, v in sorted(kinds.items())},
+                seeds=list(seeds),
+                episode_counts=[s["n"] for s in per_seed],
+                per_seed_success=success,
+            )
+        )
+    return sort_rows(rows)
+
+
+def _value_key(v: Any) -> tuple[int, float, str]:
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def _row_key(row: Row) -> tuple[Any, ...]:
+    fam = FAMILY_ORDER.index(row.method) if row.method in FAMILY_ORDER else len(FAMILY_ORDER)
+    primary = next((row.params[p] for p in _PRIMARY_PARAM.get(row.method, ()) if p in row.params), None)
+    prim_key = _value_key(primary) if primary is not None else (2, 0.0, "")
+    rest = tuple((k, _value_key(v)) for k, v in sorted(row.params.items()))
+    # "others" are grouped by method name before their parameters
+    return (fam, row.method if fam == len(FAMILY_ORDER) else "", prim_key, rest, row.label)
+
+
+def sort_rows(rows: Sequence[Row]) -> list[Row]:
+    """Display order: QUICK-only, DEEPTHINK-only, Random (by p), Threshold, SwiftSage,
+    LONDI (by c), LONDI-B (by budget), then other methods (by name)."""
+    return sorted(rows, key=_row_key)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _pct(x: float, ci: float | None = None, suffix: str = "%") -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    s = f"{100 * x:.1f}"
+    if ci is not None and math.isfinite(ci):
+        s += f" ± {100 * ci:.1f}"
+    return s + suffix
+
+
+def _fmt_param(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Row], per_kind: bool = True) -> str:
+    """The results table (GitHub markdown), rows in display order, percentages with 1 decimal."""
+    rows = sort_rows(rows)
+    kinds = sorted({k for r in rows for k in r.per_kind_success}) if per_kind else []
+    header = [
+        "Method", "params", "success (±CI)", "return", "DEEPTHINK call rate",
+        "compute saved (FLOPs)", "model-seconds saved", "violations",
+    ] + [f"{k} success" for k in kinds]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
+    for r in rows:
+        params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in r.params.items()) or "–"
+        cells = [
+            r.label,
+            params,
+            _pct(r.success, r.success_ci),
+            f"{r.mean_return:.3f}",
+            _pct(r.call_rate),
+            _pct(r.compute_saved, r.compute_saved_ci),
+            _pct(r.seconds_saved, r.seconds_saved_ci),
+            str(r.violations),
+        ] + [_pct(r.per_kind_success[k]) if k in r.per_kind_success else "–" for k in kinds]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same directory and ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str = "LONDI on BabyAI-Text: cost vs quality") -> Path:
+    """Success rate (%) against compute saved (% of DEEPTHINK-only FLOPs), one series per family.
+
+    Error bars are the 95% CIs; families with several configurations are joined by a line in
+    order of compute saved; LONDI points are annotated with c, LONDI-B points with the budget.
+    Uses a bare ``Figure`` on the Agg canvas (no pyplot state). Returns the path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ReportError("plot_cost_quality got no rows; call summarize(results) first")
+    path = Path(path)
+    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    markers = "osD^vP*Xh<>p"
+    families = list(dict.fromkeys(r.method for r in sort_rows(rows)))
+    for i, fam in enumerate(families):
+        pts = sorted((r for r in rows if r.method == fam), key=lambda r: (r.compute_saved, r.success))
+        x = np.array([100 * r.compute_saved for r in pts])
+        y = np.array([100 * r.success for r in pts])
+        xerr = np.nan_to_num(np.array([100 * r.compute_saved_ci for r in pts]))
+        yerr = np.nan_to_num(np.array([100 * r.success_ci for r in pts]))
+        ax.errorbar(
+            x, y, xerr=xerr, yerr=yerr, color=f"C{i % 10}", marker=markers[i % len(markers)],
+            linestyle="-" if len(pts) > 1 else "none", capsize=3, markersize=6, label=fam,
+        )
+        if fam in _ANNOTATE:
+            key, short = _ANNOTATE[fam]
+            for r, xi, yi in zip(pts, x, y):
+                if key in r.params:
+                    ax.annotate(
+                        f"{short}={_fmt_param(r.params[key])}", (xi, yi), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8, color=f"C{i % 10}",
+                    )
+    ax.set_xlabel("compute saved (% of DEEPTHINK-only FLOPs)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    return path
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _target(name: str, value: Any, threshold: Any, passed: bool | None, detail: str) -> dict[str, Any]:
+    return {"name": name, "value": value, "threshold": threshold, "passed": passed, "detail": detail}
+
+
+def _one(rows: Sequence[Row], method: str) -> Row | None:
+    found = [r for r in rows if r.method == method]
+    if len(found) > 1:
+        raise ReportError(
+            f"{len(found)} rows have method {method!r} ({', '.join(r.label for r in found)}); "
+            "targets need exactly one"
+        )
+    return found[0] if found else None
+
+
+def _pick_londi(rows: Sequence[Row], deep: Row | None, londi_label: str | None) -> Row | None:
+    if londi_label is not None:
+        for r in rows:
+            if r.label == londi_label:
+                return r
+        raise ReportError(f"londi_label {londi_label!r} is not a row; labels: {', '.join(r.label for r in rows)}")
+    londi = [r for r in rows if r.method == "LONDI"]
+    if not londi:
+        return None
+    if deep is not None:
+        good = [r for r in londi if r.success >= 0.95 * deep.success]
+        if good:
+            return max(good, key=lambda r: (r.compute_saved, r.success))
+    return max(londi, key=lambda r: (r.success, r.compute_saved))
+
+
+def _random_success_at(
+    rate: float, randoms: Sequence[Row], anchors: Sequence[Row]
+) -> tuple[float | None, str]:
+    """Random switching's success at call rate ``rate``: the nearest Random row when one is within
+    0.05, else linear interpolation between the bracketing points of the Random rows together with
+    QUICK-only (p=0) and DEEPTHINK-only (p=1), which are random switching's end points."""
+    near = min(randoms, key=lambda r: abs(r.call_rate - rate))
+    if abs(near.call_rate - rate) <= 0.05:
+        return near.success, f"nearest Random row {near.label!r} (call rate {_pct(near.call_rate)})"
+    pts = sorted({(r.call_rate, r.success, r.label) for r in list(randoms) + list(anchors)})
+    lo = [p for p in pts if p[0] <= rate]
+    hi = [p for p in pts if p[0] >= rate]
+    if not lo or not hi:
+        return None, (
+            f"no Random row within 0.05 of call rate {_pct(rate)} and it lies outside the measured "
+            f"range [{_pct(pts[0][0])}, {_pct(pts[-1][0])}]; cannot interpolate"
+        )
+    (x0, y0, l0), (x1, y1, l1) = lo[-1], hi[0]
+    y = y0 if x1 == x0 else y0 + (y1 - y0) * (rate - x0) / (x1 - x0)
+    return y, (
+        f"no Random row within 0.05 call rate (nearest {near.label!r} at {_pct(near.call_rate)}); "
+        f"Random success linearly interpolated between {l0!r} ({_pct(x0)}, {_pct(y0)}) and "
+        f"{l1!r} ({_pct(x1)}, {_pct(y1)})"
+    )
+
+
+def targets(
+    rows: Sequence[Row], *, quick: str = "QUICK-only", deep: str = "DEEPTHINK-only", londi_label: str | None = None
+) -> list[dict[str, Any]]:
+    """The experiment's targets as ``{name, value, threshold, passed, detail}`` dicts.
+
+    1. ``deep_beats_quick``: DEEPTHINK-only success - QUICK-only success >= 20 points.
+    2a. ``londi_quality``: LONDI success / DEEPTHINK-only success >= 0.95.
+    2b. ``londi_compute_saved``: LONDI compute saved >= 30%.
+    3. ``londi_beats_random``: LONDI success > Random success at LONDI's call rate.
+    4. ``londi_b_no_violations``: zero budget violations over all LONDI-B rows.
+
+    Values are fractions (target 1 in points). The LONDI row is ``londi_label`` or, by default,
+    the LONDI row with the most compute saved among those meeting 2a (else the best-success
+    one). ``passed`` is None when a target cannot be evaluated (its rows are missing).
+    """
+    q, d = _one(rows, quick), _one(rows, deep)
+    out = []
+    if q is None or d is None:
+        missing = " and ".join(m for m, r in ((quick, q), (deep, d)) if r is None)
+        out.append(_target("deep_beats_quick", None, 20.0, None, f"not evaluated: no {missing} row"))
+    else:
+        gap = 100 * (d.success - q.success)
+        out.append(_target(
+            "deep_beats_quick", gap, 20.0, gap >= 20.0 - 1e-9,
+            f"{deep} {_pct(d.success)} vs {quick} {_pct(q.success)}: {gap:+.1f} points (need >= +20)",
+        ))
+    lon = _pick_londi(rows, d, londi_label)
+    if lon is None:
+        for name, thr in (("londi_quality", 0.95), ("londi_compute_saved", 0.30), ("londi_beats_random", None)):
+            out.append(_target(name, None, thr, None, "not evaluated: no LONDI row"))
+    else:
+        if d is None or d.success <= 0:
+            out.append(_target("londi_quality", None, 0.95, None, f"not evaluated: no {deep} row with success > 0"))
+        else:
+            ratio = lon.success / d.success
+            out.append(_target(
+                "londi_quality", ratio, 0.95, ratio >= 0.95 - 1e-12,
+                f"{lon.label!r} success {_pct(lon.success)} = {100 * ratio:.1f}% of {deep}'s {_pct(d.success)} (need >= 95%)",
+            ))
+        out.append(_target(
+            "londi_compute_saved", lon.compute_saved, 0.30, bool(lon.compute_saved >= 0.30 - 1e-12),
+            f"{lon.label!r} saves {_pct(lon.compute_saved)} of {deep}'s FLOPs (need >= 30%)",
+        ))
+        randoms = [r for r in rows if r.method == "Random"]
+        if not randoms:
+            out.append(_target("londi_beats_random", None, None, None, "not evaluated: no Random rows"))
+        else:
+            anchors = [r for r in (q, d) if r is not None]
+            rs, how = _random_success_at(lon.call_rate, randoms, anchors)
+            head = f"{lon.label!r} call rate {_pct(lon.call_rate)}, success {_pct(lon.success)}; "
+            if rs is None:
+                out.append(_target("londi_beats_random", lon.success, None, None, head + how))
+            else:
+                out.append(_target(
+                    "londi_beats_random", lon.success, rs, bool(lon.success > rs),
+                    head + f"Random success {_pct(rs)} at that rate: {how}",
+                ))
+    lb = [r for r in rows if r.method == "LONDI-B"]
+    if not lb:
+        out.append(_target("londi_b_no_violations", None, 0, None, "not evaluated: no LONDI-B rows"))
+    else:
+        total = sum(r.violations for r in lb)
+        out.append(_target(
+            "londi_b_no_violations", total, 0, total == 0,
+            "; ".join(f"{r.label!r}: {r.violations} violations in {r.n_episodes} episodes" for r in lb),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN
+    return obj
+
+
+def _targets_markdown(tg: Sequence[Mapping[str, Any]]) -> str:
+    mark = {True: "PASS", False: "FAIL", None: "n/a"}
+    return "".join(f"- **{mark[t['passed']]}** `{t['name']}`: {t['detail']}\n" for t in tg)
+
+
+def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``results_table.md`` (table + targets), ``cost_quality.png`` and ``summary.json``
+    (rows + targets + meta) into ``out_dir``; ``results`` is the dict or a results.json path.
+    Returns ``{"table", "plot", "summary"}`` paths."""
+    if isinstance(results, (str, os.PathLike)):
+        try:
+            results = json.loads(Path(results).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ReportError(f"cannot read results file {results}: {e}") from e
+    out = Path(out_dir)
+    rows = summarize(results)
+    tg = targets(rows)
+    meta = dict(results.get("meta") or {})
+    head = "# LONDI experiment results\n\n"
+    if meta:
+        head += ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))) + "\n\n"
+    text = (
+        head + markdown_table(rows)
+        + "\nsuccess ± 95% CI (Student-t over seeds; Wilson over episodes for a single seed); "
+        "compute saved relative to DEEPTHINK-only FLOPs per episode.\n\n## Targets\n\n" + _targets_markdown(tg)
+    )
+    paths = {"table": out / "results_table.md", "plot": out / "cost_quality.png", "summary": out / "summary.json"}
+    _atomic_write(paths["table"], lambda fh: fh.write(text.encode()))
+    plot_cost_quality(rows, paths["plot"], title=f"LONDI cost vs quality ({meta.get('preset', 'results')})")
+    summary = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": tg}
+    _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2).encode()))
+    return paths
