@@ -37,6 +37,7 @@ __all__ = [
     "t_critical",
     "wilson_half_width",
     "summarize",
+    "sort_rows",
     "markdown_table",
     "plot_cost_quality",
     "targets",
@@ -657,5 +658,5 @@ def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | 
     _atomic_write(paths["table"], lambda fh: fh.write(text.encode()))
     plot_cost_quality(rows, paths["plot"], title=f"LONDI cost vs quality ({meta.get('preset', 'results')})")
     summary = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": tg}
-    _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2).encode()))
+    _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2, allow_nan=False).encode()))
     return paths
