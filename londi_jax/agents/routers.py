@@ -1,0 +1,404 @@
+"""Switch routers: who acts at each step, QUICK (small LM) or DEEPTHINK (large LM).
+
+The LONDI agent steps N envs in lockstep. At each step it shows a router a :class:`RouteInput`
+for the active envs, gets a boolean per env (True = DEEPTHINK acts), masks calls where no budget
+is left, steps the envs and reports back through ``observe``. Every LONDI baseline is a router:
+
+* :class:`QuickOnly` / :class:`DeepthinkOnly`: g = 0 / g = 1 everywhere.
+* :class:`RandomRouter`: Bernoulli(p) per step (p matched to another method's call rate).
+* :class:`ConfidenceRouter`: DEEPTHINK when QUICK's confidence is below a threshold (RouteLLM's
+  idea of a thresholded router calibrated to a target share of strong-model calls).
+* :class:`SwiftSageRouter`: SwiftSage's hand-written fast/slow switching rules.
+* :class:`SwitcherRouter`: the learned LONDI / LONDI-B switch, acting greedily.
+
+Routers are deterministic given ``reset(num_slots, seed)``. Attributes the agent reads:
+``name``; ``respects_budget`` (a router that promises never to ask for DEEPTHINK with no budget
+left, so that asking is a bug the agent reports); ``needs_quick`` (False when the decision does
+not read QUICK's output, so the agent runs QUICK only where it acts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from londi_jax.switcher import budget as budget_lib
+from londi_jax.switcher.config import SwitcherConfig
+from londi_jax.switcher.network import graphdef, q_values as network_q_values
+from londi_jax.utils.errors import LondiError, UnknownNameError
+
+__all__ = [
+    "RouteInput", "Router", "RouterError", "QuickOnly", "DeepthinkOnly", "RandomRouter",
+    "ConfidenceRouter", "SwiftSageRouter", "SwitcherRouter", "MEASURES", "confidence",
+    "calibrate_threshold",
+]
+
+MEASURES = ("margin", "max_prob", "entropy")
+_NEVER = 1 << 30  # "no DEEPTHINK call yet" in the steps-since counter
+
+
+class RouterError(LondiError):
+    """Bad router settings or inputs."""
+
+
+@dataclasses.dataclass
+class RouteInput:
+    """What a router sees for the n active envs at one step (row i is env slot slots[i])."""
+
+    slots: np.ndarray           # int (n,) env slot ids; routers keep per-slot state keyed by these
+    quick_logprobs: np.ndarray  # float (n, K) QUICK's action scores (summed token log-probs)
+    features: np.ndarray        # float32 (n, F) switcher features (no budget feature)
+    step: np.ndarray            # int (n,) steps already taken in the current episode (0 at its start)
+    max_steps: np.ndarray       # int (n,)
+    budget_left: np.ndarray     # int (n,) DEEPTHINK calls left this episode (a large int when unbudgeted)
+    budget: np.ndarray          # int (n,) the episode's budget n (large int when unbudgeted)
+    new_episode: np.ndarray     # bool (n,) first step of a new episode in that slot (reset slot state)
+
+    def __post_init__(self) -> None:
+        self.slots = np.asarray(self.slots, np.int64).reshape(-1)
+        n = self.slots.shape[0]
+        self.quick_logprobs = np.asarray(self.quick_logprobs, np.float64)
+        self.features = np.asarray(self.features, np.float32)
+        for name in ("quick_logprobs", "features"):
+            arr = getattr(self, name)
+            if arr.ndim != 2 or arr.shape[0] != n:
+                raise RouterError(f"RouteInput.{name} must have shape (n, .) with n = {n} slots, "
+                                  f"got {arr.shape}")
+        for name in ("step", "max_steps", "budget_left", "budget", "new_episode"):
+            arr = np.asarray(getattr(self, name)).reshape(-1)
+            if arr.shape[0] != n:
+                raise RouterError(f"RouteInput.{name} must have one entry per slot ({n}), got {arr.shape[0]}")
+            setattr(self, name, arr.astype(bool) if name == "new_episode" else arr.astype(np.int64))
+
+    @property
+    def n(self) -> int:
+        return int(self.slots.shape[0])
+
+
+@runtime_checkable
+class Router(Protocol):
+    """A per-step switch between QUICK and DEEPTHINK."""
+
+    name: str
+    respects_budget: bool
+
+    def reset(self, num_slots: int, seed: int) -> None: ...
+
+    def decide(self, inp: RouteInput) -> np.ndarray: ...
+
+    def observe(self, slots: np.ndarray, deep: np.ndarray, actions: np.ndarray,
+                rewards: np.ndarray, dones: np.ndarray) -> None: ...
+
+
+class _Stateless:
+    """Shared no-op ``reset`` / ``observe`` for routers without per-slot history."""
+
+    respects_budget = False
+    needs_quick = True
+
+    def reset(self, num_slots: int, seed: int) -> None:
+        _check_slots(num_slots)
+
+    def observe(self, slots, deep, actions, rewards, dones) -> None:
+        return None
+
+
+def _check_slots(num_slots: int) -> int:
+    if int(num_slots) < 1:
+        raise RouterError(f"num_slots must be >= 1, got {num_slots}")
+    return int(num_slots)
+
+
+class QuickOnly(_Stateless):
+    """QUICK everywhere (0% DEEPTHINK calls)."""
+
+    name = "quick-only"
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        return np.zeros(inp.n, bool)
+
+
+class DeepthinkOnly(_Stateless):
+    """DEEPTHINK everywhere (100% calls, or as many as the budget allows: the agent masks)."""
+
+    name = "deepthink-only"
+    needs_quick = False
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        return np.ones(inp.n, bool)
+
+
+class RandomRouter(_Stateless):
+    """DEEPTHINK with probability ``p`` at every step, independently (numpy Generator seeded in
+    ``reset``); used with ``p`` matched to another method's call rate."""
+
+    needs_quick = False
+
+    def __init__(self, p: float, name: str | None = None):
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise RouterError(f"RandomRouter needs a call probability p in [0, 1], got {p}")
+        self.p = p
+        self.name = name or f"random-{p:g}"
+        self._rng: np.random.Generator | None = None
+
+    def reset(self, num_slots: int, seed: int) -> None:
+        _check_slots(num_slots)
+        self._rng = np.random.default_rng(seed)
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        if self._rng is None:
+            raise RouterError("RandomRouter.decide called before reset(num_slots, seed)")
+        return self._rng.random(inp.n) < self.p
+
+
+# ----------------------------------------------------------------------------- confidence
+
+
+def confidence(quick_logprobs: np.ndarray, measure: str = "margin") -> np.ndarray:
+    """QUICK's confidence per row, ``(n,)`` in [0, 1], higher = more confident.
+
+    The K action scores are turned into QUICK's policy p = softmax(scores). ``"margin"``:
+    p_top1 - p_top2; ``"max_prob"``: p_top1; ``"entropy"``: 1 - H(p) / log K (so that, like
+    the others, a flatter distribution gives a lower value).
+    """
+    if measure not in MEASURES:
+        raise UnknownNameError("confidence measure", measure, MEASURES)
+    lp = np.asarray(quick_logprobs, np.float64)
+    if lp.ndim != 2 or lp.shape[1] < 2:
+        raise RouterError(f"quick_logprobs must be (n, K) with K >= 2 actions, got shape {lp.shape}")
+    if not np.all(np.isfinite(lp)):
+        raise RouterError("quick_logprobs contain NaN or inf; QUICK's scores must be finite")
+    z = np.exp(lp - lp.max(axis=1, keepdims=True))
+    p = z / z.sum(axis=1, keepdims=True)
+    if measure == "max_prob":
+        return p.max(axis=1)
+    if measure == "margin":
+        top2 = np.sort(p, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]
+    ent = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+    return 1.0 - ent / np.log(p.shape[1])
+
+
+def calibrate_threshold(confidences: np.ndarray, target_rate: float, measure: str = "margin") -> float:
+    """Threshold t for :class:`ConfidenceRouter` (DEEPTHINK iff confidence < t) whose share of
+    the given states sent to DEEPTHINK is closest to ``target_rate``.
+
+    The achievable shares are 0, and #{conf <= u}/N for each distinct value u: tied states
+    are always routed together, so with ties a target may fall between achievable shares; the
+    nearest one is taken, and of two equally near the lower (fewer expensive calls). The
+    threshold is the midpoint between consecutive distinct values (robust on new states);
+    share 0 gives ``-inf`` (never call) and share 1 gives ``+inf`` (always call).
+    ``measure`` only labels the values in messages (they must come from :func:`confidence`).
+    """
+    if measure not in MEASURES:
+        raise UnknownNameError("confidence measure", measure, MEASURES)
+    rate = float(target_rate)
+    if not 0.0 <= rate <= 1.0:  # also rejects NaN
+        raise RouterError(f"target_rate must be a call rate in [0, 1], got {target_rate}")
+    conf = np.asarray(confidences, np.float64).reshape(-1)
+    if conf.size == 0:
+        raise RouterError("calibrate_threshold needs at least one confidence value")
+    if not np.all(np.isfinite(conf)):
+        raise RouterError(f"{measure} confidences contain NaN or inf")
+    values, counts = np.unique(conf, return_counts=True)
+    shares = np.concatenate([[0.0], np.cumsum(counts) / conf.size])  # share for t just above values[j-1]
+    k = int(np.argmin(np.abs(shares - rate)))  # argmin takes the first, i.e. the lower share, on ties
+    if k == 0:
+        return float("-inf")
+    if k == len(values):
+        return float("inf")
+    return float(0.5 * (values[k - 1] + values[k]))
+
+
+class ConfidenceRouter(_Stateless):
+    """DEEPTHINK where QUICK's confidence (see :func:`confidence`) is below ``threshold``.
+
+    The thresholded-router idea of RouteLLM with QUICK's own scores as the router; pick the
+    threshold for a target call rate with :func:`calibrate_threshold`.
+    """
+
+    def __init__(self, threshold: float, measure: str = "margin", name: str | None = None):
+        if measure not in MEASURES:
+            raise UnknownNameError("confidence measure", measure, MEASURES)
+        if np.isnan(threshold):
+            raise RouterError("ConfidenceRouter threshold is NaN; pass a number (see calibrate_threshold)")
+        self.threshold = float(threshold)
+        self.measure = measure
+        self.name = name or f"confidence-{measure}"
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        return confidence(inp.quick_logprobs, self.measure) < self.threshold
+
+
+# ----------------------------------------------------------------------------- SwiftSage
+
+
+class SwiftSageRouter:
+    """SwiftSage's hand-written fast/slow switch, adapted to BabyAI-Text (QUICK = Swift, DEEPTHINK = Sage).
+
+    Source: ``SwiftSage/SwiftSage`` (``science_world`` branch), ``eval_utils.findValidActionWithSystem2``
+    (rule 3 of the project's reference note) and the loop in ``eval_agent_fast_slow.py`` (rule 7).
+    QUICK's top action (argmax of its scores) is kept if ANY of:
+
+    1. fewer than ``warmup_steps`` (10) actions were taken this episode (``len(recent_actions) < 10``;
+       the original's history starts with a dummy "look around", a one-step difference dropped here);
+    2. DEEPTHINK acted within the last ``deep_window`` (5) steps: at step t after a call at step s,
+       ``t - s < deep_window`` (the original's ``step - last_time_system2_steps[-1] < 5``);
+    3. reward was gained within the last ``reward_window`` (5) steps (``sum(recent_reward[-5:]) > 0``;
+       with BabyAI's non-negative rewards: a positive reward in that window);
+    4. the top action does not repeat one of the last ``repeat_window`` (3) actions taken (by either model).
+
+    Otherwise DEEPTHINK is called, except that QUICK is forced after ``force_quick_after`` (2)
+    consecutive DEEPTHINK calls (the original's ``consecutive_system2 >= 2``).
+
+    Dropped: Sage's action buffers (one action per DEEPTHINK call, as LONDI's MDP charges a call
+    per action); the validity conditions of rules 3-4 and the fall-back to Swift's other beams
+    (every one of BabyAI's 6 actions is always valid); rule 6's "force Sage" triggers (no-action
+    loops, failed-action messages and the ``focus on`` clause have no BabyAI analogue). Before the
+    first call the original acts as if Sage was used at step -1 (``last_time_system2_steps = [-1]``);
+    here "no call yet" never triggers rule 2, which only matters with ``warmup_steps < 5``.
+
+    Consequence in BabyAI-Text, applied literally: rewards arrive only at the end of an episode,
+    so rule 3 never fires mid-episode, and BabyAI policies repeat actions all the time ("go
+    forward"), so rule 4 rarely keeps QUICK. The heuristic therefore does NOT call on nearly
+    every step: rule 2 blocks calls for ``deep_window - 1`` steps after each one, so after the
+    warm-up it calls about once every ``deep_window`` steps (steps 10, 15, 20, ... whenever QUICK
+    repeats itself), at most a 1/``deep_window`` share. With ``deep_window >= 2`` two consecutive
+    calls are impossible, so the force-QUICK rule only binds for ``deep_window <= 1``.
+    """
+
+    respects_budget = False
+    needs_quick = True
+
+    def __init__(self, warmup_steps: int = 10, deep_window: int = 5, reward_window: int = 5,
+                 repeat_window: int = 3, force_quick_after: int = 2, name: str = "swiftsage"):
+        for key, val in (("warmup_steps", warmup_steps), ("deep_window", deep_window),
+                         ("reward_window", reward_window), ("repeat_window", repeat_window)):
+            if int(val) < 0:
+                raise RouterError(f"SwiftSageRouter {key} must be >= 0, got {val}")
+        if int(force_quick_after) < 1:
+            raise RouterError(f"SwiftSageRouter force_quick_after must be >= 1, got {force_quick_after}")
+        self.warmup_steps, self.deep_window = int(warmup_steps), int(deep_window)
+        self.reward_window, self.repeat_window = int(reward_window), int(repeat_window)
+        self.force_quick_after = int(force_quick_after)
+        self.name = name
+        self.num_slots = 0
+
+    def reset(self, num_slots: int, seed: int) -> None:
+        self.num_slots = _check_slots(num_slots)
+        self._actions = np.full((self.num_slots, self.repeat_window), -1, np.int64)  # oldest first
+        self._rewards = np.zeros((self.num_slots, self.reward_window))
+        self._since_deep = np.full(self.num_slots, _NEVER, np.int64)  # t - s at the next decision
+        self._consecutive = np.zeros(self.num_slots, np.int64)
+
+    def _reset_slots(self, slots: np.ndarray) -> None:
+        self._actions[slots] = -1
+        self._rewards[slots] = 0.0
+        self._since_deep[slots] = _NEVER
+        self._consecutive[slots] = 0
+
+    def _slots(self, slots) -> np.ndarray:
+        if not self.num_slots:
+            raise RouterError("SwiftSageRouter used before reset(num_slots, seed)")
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        if slots.size and (slots.min() < 0 or slots.max() >= self.num_slots):
+            raise RouterError(f"slot ids must be in [0, {self.num_slots}), got {slots.tolist()}; "
+                              "reset the router with the number of env slots")
+        return slots
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        slots = self._slots(inp.slots)
+        self._reset_slots(slots[inp.new_episode])
+        top = np.argmax(inp.quick_logprobs, axis=1)
+        keep = inp.step < self.warmup_steps                                   # rule 1
+        keep |= self._since_deep[slots] < self.deep_window                    # rule 2
+        keep |= self._rewards[slots].sum(axis=1) > 0                          # rule 3
+        keep |= ~np.any(self._actions[slots] == top[:, None], axis=1)         # rule 4
+        forced_quick = self._consecutive[slots] >= self.force_quick_after     # rule 7
+        return ~keep & ~forced_quick
+
+    def observe(self, slots, deep, actions, rewards, dones) -> None:
+        slots = self._slots(slots)
+        deep = np.asarray(deep, bool).reshape(-1)
+        if self.repeat_window:
+            self._actions[slots] = np.concatenate(
+                [self._actions[slots, 1:], np.asarray(actions, np.int64).reshape(-1, 1)], axis=1)
+        if self.reward_window:
+            self._rewards[slots] = np.concatenate(
+                [self._rewards[slots, 1:], np.asarray(rewards, np.float64).reshape(-1, 1)], axis=1)
+        self._since_deep[slots] = np.where(deep, 1, np.minimum(self._since_deep[slots] + 1, _NEVER))
+        self._consecutive[slots] = np.where(deep, self._consecutive[slots] + 1, 0)
+        self._reset_slots(slots[np.asarray(dones, bool).reshape(-1)])  # next episode starts fresh
+
+
+# ----------------------------------------------------------------------------- learned switch
+
+
+class SwitcherRouter:
+    """The learned LONDI switch, acting greedily: g = argmax Q(z, g) over admissible g.
+
+    ``z`` is the caller's features, with ``b / n`` appended when ``config.use_budget`` (LONDI-B),
+    where b = budget left and n = ``budget`` if given (the n the switcher was trained for), else
+    the episode's budget from the input. g = 1 is masked wherever ``budget_left == 0``, so the
+    router never asks for a call it cannot have; ``respects_budget = config.use_budget``.
+    Ties go to QUICK. One jitted function; batches are padded to a power of two so a shrinking
+    number of active envs compiles only a few shapes.
+    """
+
+    needs_quick = True
+
+    def __init__(self, config: SwitcherConfig, params, budget: int | None = None, name: str = "londi"):
+        if budget is not None and int(budget) < 0:
+            raise RouterError(f"budget must be >= 0 or None, got {budget}")
+        self.config = config
+        self.params = params
+        self.budget = None if budget is None else int(budget)
+        self.name = name
+        self.respects_budget = bool(config.use_budget)
+        gdef, use_budget = graphdef(config), config.use_budget
+
+        @jax.jit
+        def run(params, obs, b, n):
+            x = budget_lib.features(obs, b, n, use_budget)
+            q = network_q_values(gdef, params, x)
+            return q, budget_lib.masked_argmax(q, budget_lib.can_call(b, True))
+
+        self._run = run
+
+    def reset(self, num_slots: int, seed: int) -> None:
+        _check_slots(num_slots)
+
+    def observe(self, slots, deep, actions, rewards, dones) -> None:
+        return None
+
+    def _evaluate(self, inp: RouteInput) -> tuple[np.ndarray, np.ndarray]:
+        n, width = inp.features.shape
+        if width != self.config.obs_dim:
+            raise RouterError(f"switcher expects {self.config.obs_dim} features (SwitcherConfig.obs_dim) "
+                              f"but the input has {width}; use the feature encoding it was trained on")
+        if np.any(inp.budget_left < 0):
+            raise RouterError(f"budget_left must be >= 0, got {inp.budget_left.tolist()}")
+        nb = np.full(n, self.budget) if self.budget is not None else inp.budget
+        if self.config.use_budget and np.any(inp.budget_left > nb):
+            raise RouterError(f"budget left {inp.budget_left.max()} exceeds the switcher's budget n = "
+                              f"{nb.max()}: run the agent with the budget the switcher was trained for")
+        size = 1 << max(n - 1, 0).bit_length()
+        pad = size - n
+        obs = np.pad(inp.features, ((0, pad), (0, 0)))
+        cap = np.iinfo(np.int32).max
+        b = np.pad(np.minimum(inp.budget_left, cap), (0, pad)).astype(np.int32)
+        nn = np.pad(np.minimum(nb, cap), (0, pad)).astype(np.int32)
+        q, g = self._run(self.params, jnp.asarray(obs), jnp.asarray(b), jnp.asarray(nn))
+        return np.asarray(q)[:n], np.asarray(g)[:n].astype(bool)
+
+    def q_values(self, inp: RouteInput) -> np.ndarray:
+        """Unmasked Q-values ``(n, 2)``: column 0 = QUICK, 1 = DEEPTHINK."""
+        return self._evaluate(inp)[0]
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        return self._evaluate(inp)[1]
