@@ -11,6 +11,7 @@ from londi_jax.utils.errors import LondiError
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser: ``lm``, ``env``, ``toy``, ``demo``, ..."""
     from londi_jax.envs import cli as env_cli
+    from londi_jax.experiments import cli as experiments_cli
     from londi_jax.lm import cli as lm_cli
     from londi_jax.switcher import cli as switcher_cli
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="LONDI in JAX: learn when a small LM (QUICK) should call a large one (DEEPTHINK).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for area in (lm_cli, env_cli, switcher_cli):
+    for area in (lm_cli, env_cli, switcher_cli, experiments_cli):
         area.register(sub)
     return parser
 

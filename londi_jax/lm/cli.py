@@ -1,4 +1,4 @@
-"""``londi-jax lm score|generate|models`` and the top-level ``londi-jax demo``."""
+"""``londi-jax lm score|generate|models|demo``."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``lm`` (score / generate / models) and ``demo`` to ``londi-jax``."""
+    """Add ``lm`` (score / generate / models / demo) to ``londi-jax``."""
     lm = subparsers.add_parser("lm", help="language models: score candidates, generate, list models")
     sub = lm.add_subparsers(dest="lm_command", required=True, metavar="SUBCOMMAND")
 
@@ -149,7 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=_models)
 
-    p = subparsers.add_parser("demo", help="the main job: SmolLM2 scores BabyAI actions, chats, reports cost")
+    p = sub.add_parser("demo", help="SmolLM2 (offline GGUF) scores BabyAI actions, chats, reports its cost")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.set_defaults(func=_demo)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,14 @@ def write_demos(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    kinds: Sequence[str] | None = None,
+    **level_kwargs: Any,
 ) -> dict[str, Any]:
-    """Write ``episodes`` bot episodes of ``level`` to ``out_dir``; returns the metadata dict."""
+    """Write ``episodes`` bot episodes of ``level`` to ``out_dir``; returns the metadata dict.
+
+    ``kinds`` (Mixed levels): episode ``k`` gets task kind ``kinds[k % len(kinds)]`` instead of
+    one drawn from its seed; ``level_kwargs`` (e.g. ``room_size``, ``num_dists``) go to the level.
+    """
     if episodes < 1:
         raise LondiError(f"--episodes must be >= 1, got {episodes}")
     level = resolve_level(level)
@@ -86,9 +93,12 @@ def write_demos(
         meta_path.unlink(missing_ok=True)
     elif meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if (old.get("format"), old.get("level"), old.get("seed")) != (FORMAT, level, seed):
+        wanted = (FORMAT, level, seed, list(kinds) if kinds else None, dict(level_kwargs))
+        if (old.get("format"), old.get("level"), old.get("seed"), old.get("kinds"),
+                old.get("level_kwargs", {})) != wanted:
             raise DemoDirError(
-                f"{out} already holds demos for level={old.get('level')!r} seed={old.get('seed')!r}; "
+                f"{out} already holds demos for level={old.get('level')!r} seed={old.get('seed')!r} "
+                f"kinds={old.get('kinds')!r} level_kwargs={old.get('level_kwargs', {})!r}; "
                 "use another --out directory or pass --overwrite"
             )
         done = _read_done(ep_path)
@@ -102,6 +112,8 @@ def write_demos(
         "env": "babyai-text",
         "level": level,
         "seed": seed,
+        "kinds": list(kinds) if kinds else None,
+        "level_kwargs": dict(level_kwargs),
         "episodes_requested": max(episodes, len(done)),
         "actions": list(ACTIONS),
         "expert": "minigrid.utils.baby_ai_bot.BabyAIBot",
@@ -114,7 +126,10 @@ def write_demos(
 
     with ep_path.open("a") as f:
         for k in tqdm(range(len(done), episodes), desc=f"demos {level}", disable=not progress, unit="ep"):
-            ep = expert_episode(level, seed + k)
+            kw = dict(level_kwargs)
+            if kinds:
+                kw["kind"] = kinds[k % len(kinds)]
+            ep = expert_episode(level, seed + k, **kw)
             row = {"episode": k, **ep.to_json()}
             f.write(json.dumps(row) + "\n")
             f.flush()

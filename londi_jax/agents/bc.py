@@ -1,0 +1,310 @@
+"""Behaviour cloning of LM action-scoring policies on expert demos (GLAM prompt -> action).
+
+The policy is GLAM's: an LM scores each of the K action strings by the summed log-probability
+of its tokens after the prompt, and acts by softmax/argmax over the K scores. The BC losses:
+
+* ``"choice"``: cross-entropy of the expert action among the K candidate scores;
+* ``"tokens"``: the token-level negative log-likelihood of the expert action string;
+* ``"both"``: their sum.
+
+All K candidates share one prefill of the prompt (``lm.engine.score_candidates``, the same
+function the scoring program runs), so a step costs about one forward/backward of the prompt.
+Full fine-tuning or LoRA (``lm.lora``); one jitted step over ``(trainable, opt_state)`` with the
+frozen part passed as an argument; length-bucketed batches in a seeded order that is a pure
+function of (seed, epoch), so a run resumed from an orbax checkpoint replays exactly the batches
+an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from londi_jax.envs.babyai_text.prompt import ACTIONS
+from londi_jax.lm.engine import score_candidates
+from londi_jax.lm.layers import CausalLM
+from londi_jax.lm.lora import LoRAConfig, add_lora, merge_lora, merge_trainable, split_trainable
+from londi_jax.switcher.checkpoint import CheckpointStore
+from londi_jax.utils.errors import LondiError, UnknownNameError
+
+__all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
+           "bc_data_from_episodes", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
+
+LOSSES = ("choice", "tokens", "both")
+FINETUNE_MODES = ("full", "lora")
+
+
+class BCError(LondiError):
+    """Bad behaviour-cloning input or configuration."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+    """Static behaviour-cloning settings (one compile per config)."""
+
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    loss: str = "choice"
+    finetune: str = "full"
+    lora: LoRAConfig = LoRAConfig()
+    length_multiple: int = 32  # prompt lengths are padded to a multiple of this (few programs)
+    pool_batches: int = 16  # batches drawn together and sorted by length (less padding)
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (and at every epoch end)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise UnknownNameError("BC loss", self.loss, LOSSES)
+        if self.finetune not in FINETUNE_MODES:
+            raise UnknownNameError("fine-tuning mode", self.finetune, FINETUNE_MODES)
+        for name in ("epochs", "batch_size", "length_multiple", "pool_batches", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise BCError(f"BCConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise BCError(f"BCConfig.learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclasses.dataclass
+class BCData:
+    """Tokenized demos: one prompt and the index of the expert's action per example."""
+
+    prompt_ids: list[np.ndarray]
+    labels: np.ndarray  # int32 [N]
+    kinds: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+def bc_data_from_episodes(episodes: Iterable[Mapping[str, Any]], tokenizer: Any,
+                          actions: Sequence[str] = ACTIONS, successful_only: bool = True) -> BCData:
+    """Examples from demo episodes (``envs.babyai_text.demos`` rows: ``steps[*].prompt/action``)."""
+    index = {a: i for i, a in enumerate(actions)}
+    prompts: list[str] = []
+    labels: list[int] = []
+    kinds: list[str] = []
+    for ep in episodes:
+        if successful_only and not ep.get("success", True):
+            continue
+        for step in ep["steps"]:
+            if step["action"] not in index:
+                raise BCError(f"demo action {step['action']!r} is not one of the candidates {list(actions)}")
+            prompts.append(step["prompt"])
+            labels.append(index[step["action"]])
+            kinds.append(str(ep.get("task_kind", "")))
+    if not prompts:
+        raise BCError("no demo steps to clone (no successful episodes?); write more demos first")
+    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    return BCData([np.asarray(i, np.int32) for i in ids], np.asarray(labels, np.int32), kinds)
+
+
+def encode_candidates(tokenizer: Any, actions: Sequence[str] = ACTIONS) -> tuple[np.ndarray, np.ndarray]:
+    """The K action strings as right-padded token ids ``(K, L)`` and validity mask."""
+    rows = [list(tokenizer.encode(a, add_special_tokens=False)) for a in actions]
+    for a, r in zip(actions, rows):
+        if not r:
+            raise BCError(f"action {a!r} tokenizes to zero tokens")
+    L = max(map(len, rows))
+    tok = np.zeros((len(rows), L), np.int32)
+    valid = np.zeros((len(rows), L), bool)
+    for k, r in enumerate(rows):
+        tok[k, :len(r)] = r
+        valid[k, :len(r)] = True
+    return tok, valid
+
+
+def pad_prompts(rows: Sequence[np.ndarray], batch: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad ``rows`` to a length that is a multiple of ``multiple``; extra batch rows get
+    one valid dummy token (so no row is all padding)."""
+    length = multiple * math.ceil(max(len(r) for r in rows) / multiple)
+    tok = np.zeros((batch, length), np.int32)
+    valid = np.zeros((batch, length), bool)
+    for i, r in enumerate(rows):
+        tok[i, length - len(r):] = r
+        valid[i, length - len(r):] = True
+    valid[len(rows):, -1] = True
+    return tok, valid
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, pool_batches: int, seed: int,
+                  epoch: int) -> list[np.ndarray]:
+    """Full batches of example indices for one epoch: shuffled, then sorted by length within
+    pools of ``pool_batches`` batches, then the batches shuffled. A pure function of its inputs."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    pool = batch_size * pool_batches
+    batches = []
+    for s in range(0, len(order), pool):
+        chunk = order[s:s + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk) - batch_size + 1, batch_size)]
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+def bc_loss(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, labels: jax.Array,
+            row_valid: jax.Array, c_tok: jax.Array, c_valid: jax.Array, loss: str
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """BC loss of a batch (mean over ``row_valid`` rows) and metrics (choice CE, token NLL, accuracy)."""
+    B = p_tok.shape[0]
+    ct = jnp.broadcast_to(c_tok, (B, *c_tok.shape))
+    cv = jnp.broadcast_to(c_valid, (B, *c_valid.shape))
+    lp, _ = score_candidates(model, p_tok, p_valid, ct, cv)
+    scores = lp.sum(-1)  # (B, K) GLAM's action scores
+    picked = jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
+    choice = jax.nn.logsumexp(scores, axis=-1) - picked
+    tokens = -picked
+    per_row = {"choice": choice, "tokens": tokens, "both": choice + tokens}[loss]
+    w = row_valid.astype(jnp.float32)
+    n = jnp.maximum(w.sum(), 1.0)
+    acc = (jnp.argmax(scores, -1) == labels).astype(jnp.float32)
+    metrics = {"choice_ce": (choice * w).sum() / n, "token_nll": (tokens * w).sum() / n,
+               "accuracy": (acc * w).sum() / n}
+    return (per_row * w).sum() / n, metrics
+
+
+@dataclasses.dataclass
+class BCResult:
+    """A trained policy model plus its training history (one dict per epoch)."""
+
+    model: CausalLM  # LoRA folded in (plain model), ready for ``LanguageModel``
+    adapted: CausalLM | None  # the LoRA-adapted model (for ``save_lora``), None for full fine-tuning
+    history: list[dict[str, float]]
+    steps: int
+    resumed_from: int
+
+
+class BCTrainer:
+    """Behaviour cloning of one ``CausalLM`` on :class:`BCData`.
+
+    ``eval_fn(model) -> dict`` (optional) runs after every epoch, e.g. success rate of rollouts;
+    its numbers go into the history and the progress bar.
+    """
+
+    KIND = "bc-train"
+
+    def __init__(self, model: CausalLM, tokenizer: Any, data: BCData, config: BCConfig = BCConfig(),
+                 actions: Sequence[str] = ACTIONS):
+        if len(data) < config.batch_size:
+            raise BCError(f"{len(data)} examples are fewer than one batch ({config.batch_size}); "
+                          f"write more demos or lower batch_size")
+        self.config = config
+        self.data = data
+        self.lengths = np.asarray([len(p) for p in data.prompt_ids])
+        limit = model.config.context_window
+        if self.lengths.max() + 8 > limit:
+            raise BCError(f"the longest demo prompt has {self.lengths.max()} tokens, beyond the model's "
+                          f"context window ({limit}); raise max_position_embeddings")
+        if config.finetune == "lora":
+            model = add_lora(model, config.lora, seed=config.seed)
+        self.model_config = model.config
+        self.graphdef, trainable, frozen = split_trainable(model, config.finetune)
+        self.frozen = frozen
+        self._init_trainable = trainable
+        self.c_tok, self.c_valid = encode_candidates(tokenizer, actions)
+        self.steps_per_epoch = len(epoch_batches(self.lengths, config.batch_size, config.pool_batches,
+                                                 config.seed, 0))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, min(config.warmup_steps, max(self.total_steps // 4, 1)),
+            max(self.total_steps, 1))
+        self.tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                              optax.adamw(schedule, weight_decay=config.weight_decay))
+        self._step = jax.jit(self._step_impl, donate_argnums=(0, 1))
+
+    # ------------------------------------------------------------------ pure step
+    def _step_impl(self, trainable, opt_state, frozen, p_tok, p_valid, labels, row_valid):
+        def loss_fn(tr):
+            model = merge_trainable(self.graphdef, tr, frozen)
+            return bc_loss(model, p_tok, p_valid, labels, row_valid, self.c_tok, self.c_valid,
+                           self.config.loss)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = self.tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, {"loss": loss, **metrics}
+
+    def init_state(self) -> dict[str, Any]:
+        """Fresh ``{"trainable", "opt"}`` state."""
+        tr = jax.tree.map(jnp.copy, self._init_trainable)  # the step donates its inputs
+        return {"trainable": tr, "opt": self.tx.init(tr)}
+
+    def model_from(self, trainable: Any) -> CausalLM:
+        """The (possibly LoRA-adapted) model holding ``trainable``."""
+        return merge_trainable(self.graphdef, trainable, self.frozen)
+
+    def _batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        B = self.config.batch_size
+        p_tok, p_valid = pad_prompts([self.data.prompt_ids[i] for i in idx], B, self.config.length_multiple)
+        labels = np.zeros((B,), np.int32)
+        labels[:len(idx)] = self.data.labels[idx]
+        row_valid = np.arange(B) < len(idx)
+        return p_tok, p_valid, labels, row_valid
+
+    # ------------------------------------------------------------------ loop
+    def train(self, checkpoint_dir: str | os.PathLike | None = None,
+              eval_fn: Callable[[CausalLM], Mapping[str, float]] | None = None,
+              progress: bool = True, log: Callable[[dict[str, Any]], None] | None = None,
+              desc: str = "bc") -> BCResult:
+        """Run ``config.epochs`` epochs; with ``checkpoint_dir`` resume from / save to it."""
+        cfg = self.config
+        state = self.init_state()
+        store = CheckpointStore(checkpoint_dir, keep=2) if checkpoint_dir is not None else None
+        start = 0
+        history: list[dict[str, float]] = []
+        meta_config = {"bc": dataclasses.asdict(cfg), "examples": len(self.data),
+                       "model": dataclasses.asdict(self.model_config)}
+        try:
+            if store is not None and store.latest_step() is not None:
+                like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+                state, meta = store.restore(like, kind=self.KIND, config=meta_config)
+                start = int(meta["step"])
+                history = list(meta.get("extra", {}).get("history", []))
+            step = start
+            with tqdm(total=self.total_steps, initial=start, desc=desc, unit="step", disable=not progress) as bar:
+                for epoch in range(start // self.steps_per_epoch, cfg.epochs):
+                    batches = epoch_batches(self.lengths, cfg.batch_size, cfg.pool_batches, cfg.seed, epoch)
+                    sums: dict[str, float] = {}
+                    for b_idx in range(step - epoch * self.steps_per_epoch, len(batches)):
+                        tr, opt, metrics = self._step(state["trainable"], state["opt"], self.frozen,
+                                                      *self._batch(batches[b_idx]))
+                        state = {"trainable": tr, "opt": opt}
+                        step += 1
+                        for k, v in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + float(v)
+                        bar.update(1)
+                        if b_idx % 10 == 0:
+                            bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['accuracy']):.2f}")
+                        if store is not None and step % cfg.checkpoint_every == 0 and b_idx + 1 < len(batches):
+                            store.save(step, state, kind=self.KIND, config=meta_config, extra={"history": history})
+                    n = max(len(batches) - (start - epoch * self.steps_per_epoch if epoch == start // self.steps_per_epoch else 0), 1)
+                    row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                           **{f"train_{k}": v / n for k, v in sums.items()}}
+                    if eval_fn is not None:
+                        row.update({f"eval_{k}": float(v) for k, v in eval_fn(self.model_from(state["trainable"])).items()})
+                    history.append(row)
+                    if log is not None:
+                        log(row)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if isinstance(v, float)})
+                    if store is not None:
+                        store.save(step, state, kind=self.KIND, config=meta_config, extra={"history": history})
+        finally:
+            if store is not None:
+                store.wait()
+                store.close()
+        adapted = self.model_from(state["trainable"])
+        if cfg.finetune == "lora":
+            return BCResult(merge_lora(adapted), adapted, history, step, start)
+        return BCResult(adapted, None, history, step, start)

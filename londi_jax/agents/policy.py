@@ -1,0 +1,109 @@
+"""An LM as an action-scoring policy (GLAM style) and the switcher's features of its output.
+
+One QUICK forward gives everything the agent needs at a state: the action scores (its action
+and its confidence) and the prompt embedding (the switcher's state encoding), because
+``LanguageModel.score_tokens(..., with_embedding=True)`` pools the same prefill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+import numpy as np
+
+from londi_jax.envs.babyai_text.prompt import ACTIONS
+from londi_jax.lm.engine import LanguageModel
+from londi_jax.utils.errors import LondiError
+
+__all__ = ["PolicyOutput", "LMPolicy", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
+           "switch_features", "feature_dim"]
+
+
+@dataclasses.dataclass
+class PolicyOutput:
+    """Scores of the K actions for n prompts, plus the call's measured cost."""
+
+    logprobs: np.ndarray  # float64 (n, K): summed token log-probs of each action string
+    embedding: np.ndarray  # float32 (n, H): mean-pooled final hidden states of the prompt
+    seconds: float  # measured wall time of the call (outputs ready)
+    flops: float  # useful forward FLOPs of the call (real tokens only)
+
+    def actions(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Greedy action indices, or sampled from softmax(scores) when ``rng`` is given."""
+        if rng is None:
+            return np.argmax(self.logprobs, axis=-1)
+        p = action_probs(self.logprobs)
+        u = rng.random((p.shape[0], 1))
+        return np.minimum((np.cumsum(p, axis=-1) < u).sum(-1), p.shape[1] - 1)
+
+
+def action_probs(logprobs: np.ndarray) -> np.ndarray:
+    """GLAM's policy: softmax over the K action scores."""
+    z = logprobs - logprobs.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class LMPolicy:
+    """Score a fixed set of action strings after each prompt with one batched LM call."""
+
+    def __init__(self, lm: LanguageModel, actions: Sequence[str] = ACTIONS, name: str | None = None):
+        if lm.tokenizer is None:
+            raise LondiError(f"model {lm.name!r} has no tokenizer; an action-scoring policy needs one")
+        self.lm = lm
+        self.actions = tuple(actions)
+        self.name = name or lm.name
+        self._cand = [list(lm.tokenizer.encode(a, add_special_tokens=False)) for a in self.actions]
+        empty = [a for a, c in zip(self.actions, self._cand) if not c]
+        if empty:
+            raise LondiError(f"actions {empty} tokenize to zero tokens with {lm.name!r}'s tokenizer")
+        self.calls = 0
+        self.prompts = 0
+        self.seconds = 0.0
+        self.flops = 0.0
+
+    def __call__(self, prompts: Sequence[str]) -> PolicyOutput:
+        """Score the actions for each prompt (one model call for the whole batch)."""
+        if len(prompts) == 0:
+            return PolicyOutput(np.zeros((0, len(self.actions))),
+                                np.zeros((0, self.lm.config.hidden_size), np.float32), 0.0, 0.0)
+        ids = self.lm.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        res = self.lm.score_tokens(ids, [self._cand] * len(ids), with_embedding=True)
+        last = self.lm.cost().last_call
+        out = PolicyOutput(np.stack(res.logprobs), np.asarray(res.embeddings, np.float32),
+                           float(last.seconds), float(last.flops))
+        self.calls += 1
+        self.prompts += len(prompts)
+        self.seconds += out.seconds
+        self.flops += out.flops
+        return out
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.lm.config.hidden_size)
+
+
+NUM_CONFIDENCE_FEATURES = 4
+
+
+def confidence_features(logprobs: np.ndarray) -> np.ndarray:
+    """(n, 4): max probability, top-1 minus top-2 probability, normalised entropy, top-1 log-prob."""
+    p = action_probs(logprobs)
+    top = np.sort(p, axis=-1)[:, ::-1]
+    ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(p.shape[1])
+    return np.stack([top[:, 0], top[:, 0] - top[:, 1], ent, np.log(np.clip(top[:, 0], 1e-12, None))],
+                    axis=-1).astype(np.float32)
+
+
+def switch_features(quick: PolicyOutput, step: np.ndarray, max_steps: np.ndarray) -> np.ndarray:
+    """The switcher's state encoding: QUICK's prompt embedding, QUICK's confidence and the step
+    fraction, ``(n, H + 5)`` float32 (LONDI-B's budget fraction is appended by the switcher)."""
+    frac = (np.asarray(step, np.float32) / np.maximum(np.asarray(max_steps, np.float32), 1.0))[:, None]
+    return np.concatenate([quick.embedding.astype(np.float32), confidence_features(quick.logprobs), frac],
+                          axis=-1)
+
+
+def feature_dim(embedding_dim: int) -> int:
+    """Width of ``switch_features`` for a QUICK with ``embedding_dim`` hidden units."""
+    return int(embedding_dim) + NUM_CONFIDENCE_FEATURES + 1
+

@@ -1,0 +1,129 @@
+"""The LONDI agent's routing and accounting: only switched envs reach DEEPTHINK, call counts and
+budgets are exact, and every method plays the same episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from londi_jax.agents.londi import BudgetViolationError, LondiAgent, episode_specs
+from londi_jax.agents.policy import PolicyOutput
+from londi_jax.envs.babyai_text.prompt import ACTIONS
+
+LEVEL_KW = {"room_size": 5, "num_dists": 1}
+
+
+class FakePolicy:
+    """Deterministic stand-in for an LMPolicy: prefers one action, records every prompt it scores."""
+
+    def __init__(self, name: str, favourite: int, flops_per_prompt: float):
+        self.name, self.favourite, self.fpp = name, favourite, flops_per_prompt
+        self.seen: list[str] = []
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, prompts):
+        self.calls += 1
+        self.seen += list(prompts)
+        self.batch_sizes.append(len(prompts))
+        n = len(prompts)
+        lp = np.full((n, len(ACTIONS)), -5.0)
+        lp[:, self.favourite] = -0.1
+        # a prompt-dependent embedding so routers can key on it
+        emb = np.array([[len(p) % 7, hash(p) % 3] for p in prompts], np.float32).reshape(n, 2)
+        return PolicyOutput(lp, emb, seconds=0.001 * n, flops=self.fpp * n)
+
+
+class ParityRouter:
+    """Calls DEEPTHINK on even steps of each episode (a known, state-dependent pattern)."""
+
+    name = "parity"
+    respects_budget = False
+    needs_quick = True
+
+    def __init__(self):
+        self.decisions: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def reset(self, num_slots, seed):
+        pass
+
+    def decide(self, inp):
+        g = inp.step % 2 == 0
+        self.decisions.append((inp.slots.copy(), g.copy()))
+        return g
+
+    def observe(self, slots, deep, actions, rewards, dones):
+        pass
+
+
+def test_only_switched_envs_reach_deepthink_and_counts_are_exact():
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 6, seed=3, kinds=["goto", "pickup"], **LEVEL_KW)
+    quick, deep = FakePolicy("q", 0, 10.0), FakePolicy("d", 1, 100.0)  # QUICK turns left, DEEPTHINK right
+    router = ParityRouter()
+    res = LondiAgent(quick, deep, router).run(specs, num_envs=4, progress=False)
+    assert len(res.episodes) == 6
+    total_steps = sum(e.length for e in res.episodes)
+    switched = sum(int(g.sum()) for _, g in router.decisions)
+    # QUICK scores every active env every step; DEEPTHINK exactly the switched ones
+    assert len(quick.seen) == total_steps == res.env_steps
+    assert len(deep.seen) == switched
+    for e in res.episodes:  # even steps 0, 2, 4, ... went to DEEPTHINK
+        assert e.deep_calls == (e.length + 1) // 2
+        assert e.quick_calls == e.length
+        assert e.quick_flops == pytest.approx(10.0 * e.length)
+        assert e.deep_flops == pytest.approx(100.0 * e.deep_calls)
+    # one batched DEEPTHINK call per step with any switch, never more rows than switched envs
+    assert sum(deep.batch_sizes) == switched and max(quick.batch_sizes) <= 4
+
+
+class GreedyRouter(ParityRouter):
+    name = "always"
+
+    def decide(self, inp):
+        return np.ones(len(inp.slots), bool)
+
+
+def test_budget_is_enforced_and_a_promising_router_that_breaks_it_raises():
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 4, seed=0, kinds=["goto"], **LEVEL_KW)
+    quick, deep = FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0)  # both turn left forever: time-outs
+    res = LondiAgent(quick, deep, GreedyRouter(), budget=3).run(specs, num_envs=2, progress=False)
+    for e in res.episodes:
+        assert e.deep_calls == 3 and e.length == 25  # 5x5 room: max_steps = 25, calls masked after 3
+        assert not e.violated
+    promising = GreedyRouter()
+    promising.respects_budget = True
+    with pytest.raises(BudgetViolationError, match="no budget left"):
+        LondiAgent(FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0), promising, budget=1).run(
+            specs, num_envs=2, progress=False)
+
+
+class NoQuickRouter(GreedyRouter):
+    needs_quick = False
+
+    def decide(self, inp):
+        assert inp.features.shape[1] == 0  # it promised not to read QUICK
+        return inp.step % 3 == 0
+
+
+def test_routers_that_ignore_quick_are_not_charged_for_it():
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 3, seed=1, kinds=["goto"], **LEVEL_KW)
+    quick, deep = FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0)
+    res = LondiAgent(quick, deep, NoQuickRouter()).run(specs, num_envs=3, progress=False)
+    for e in res.episodes:
+        assert e.quick_calls + e.deep_calls == e.length  # exactly one model per step
+        assert e.deep_calls == len(range(0, e.length, 3))
+
+
+def test_same_episodes_whatever_the_method():
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 5, seed=7, kinds=["goto", "pickup"], **LEVEL_KW)
+    a = LondiAgent(FakePolicy("q", 2, 1.0), FakePolicy("d", 1, 1.0), ParityRouter()).run(specs, 2, progress=False)
+    b = LondiAgent(FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0), GreedyRouter()).run(specs, 3, progress=False)
+    assert [(e.seed, e.kind) for e in a.episodes] == [(e.seed, e.kind) for e in b.episodes] == \
+        [(s.seed, s.kind) for s in specs]
+
+
+def test_bad_arguments():
+    with pytest.raises(Exception, match="no episodes"):
+        LondiAgent(FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0), GreedyRouter()).run([], 2)
+    with pytest.raises(Exception, match="budget must be"):
+        LondiAgent(FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0), GreedyRouter(), budget=-1)
