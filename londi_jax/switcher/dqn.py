@@ -20,7 +20,7 @@ from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher import replay
 from londi_jax.switcher.config import HParams, SwitcherConfig
 from londi_jax.switcher.core import Transition, act, greedy, make_optimizer, switch_reward
-from londi_jax.switcher.network import graphdef, init_params, q_values
+from londi_jax.switcher.network import graphdef, init_params, q_of, q_values
 
 __all__ = ["DQNState", "init", "act", "greedy", "update", "double_q_target", "loss_fn"]
 
@@ -46,7 +46,7 @@ def double_q_target(q_next_online: jax.Array, q_next_target: jax.Array, reward_s
                     discount: jax.Array, next_can_call: jax.Array) -> jax.Array:
     """Double-Q bootstrap target with the admissibility mask on the argmax (batched over [...])."""
     g_star = budget_lib.masked_argmax(q_next_online, next_can_call)
-    q_star = jnp.take_along_axis(q_next_target, g_star[..., None], axis=-1)[..., 0]
+    q_star = q_of(q_next_target, g_star)
     return reward_sw + discount * q_star
 
 
@@ -54,7 +54,7 @@ def td_errors(gdef: nnx.GraphDef, params: nnx.State, target_params: nnx.State,
               batch: Transition, hparams: HParams) -> jax.Array:
     """Double-DQN TD errors ``y - Q(z, g)`` for a batch (target is stop-gradiented)."""
     q = q_values(gdef, params, batch.obs)
-    q_taken = jnp.take_along_axis(q, batch.g[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    q_taken = q_of(q, batch.g)
     q_next_online = q_values(gdef, params, batch.next_obs)
     q_next_target = q_values(gdef, target_params, batch.next_obs)
     discount = hparams.gamma * (1.0 - batch.terminated.astype(q.dtype))

@@ -21,7 +21,7 @@ from flax import nnx, struct
 from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher.config import HParams, SwitcherConfig
 from londi_jax.switcher.core import Transition, act, greedy, make_optimizer, switch_reward
-from londi_jax.switcher.network import graphdef, init_params, q_values
+from londi_jax.switcher.network import graphdef, init_params, q_of, q_values
 
 __all__ = ["PQNState", "init", "act", "greedy", "update", "lambda_returns", "rollout_targets"]
 
@@ -71,7 +71,7 @@ def rollout_targets(gdef: nnx.GraphDef, params: nnx.State, rollout: Transition,
 
 def _loss(params, gdef, obs, g, target):
     q = q_values(gdef, params, obs)
-    q_taken = jnp.take_along_axis(q, g[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    q_taken = q_of(q, g)
     return 0.5 * jnp.mean((q_taken - target) ** 2)
 
 
