@@ -257,8 +257,11 @@ class BCTrainer:
     def train(self, checkpoint_dir: str | os.PathLike | None = None,
               eval_fn: Callable[[CausalLM], Mapping[str, float]] | None = None,
               progress: bool = True, log: Callable[[dict[str, Any]], None] | None = None,
-              desc: str = "bc") -> BCResult:
-        """Run ``config.epochs`` epochs; with ``checkpoint_dir`` resume from / save to it."""
+              desc: str = "bc", eval_every: int = 1) -> BCResult:
+        """Run ``config.epochs`` epochs; with ``checkpoint_dir`` resume from / save to it.
+
+        ``eval_fn`` runs after every ``eval_every``-th epoch and after the last one.
+        """
         cfg = self.config
         state = self.init_state()
         store = CheckpointStore(checkpoint_dir, keep=2) if checkpoint_dir is not None else None
@@ -292,7 +295,7 @@ class BCTrainer:
                     n = max(len(batches) - (start - epoch * self.steps_per_epoch if epoch == start // self.steps_per_epoch else 0), 1)
                     row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
                                            **{f"train_{k}": v / n for k, v in sums.items()}}
-                    if eval_fn is not None:
+                    if eval_fn is not None and ((epoch + 1) % max(eval_every, 1) == 0 or epoch + 1 == cfg.epochs):
                         row.update({f"eval_{k}": float(v) for k, v in eval_fn(self.model_from(state["trainable"])).items()})
                     history.append(row)
                     if log is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from londi_jax.lm.lora import LoRAConfig
 from londi_jax.utils.errors import UnknownNameError
 
 __all__ = ["EnvConfig", "ModelSpec", "SwitchConfig", "EvalConfig", "PipelineConfig", "PRESETS", "preset",
-           "with_overrides", "config_to_dict"]
+           "with_overrides", "config_to_dict", "config_from_dict"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,8 @@ class ModelSpec:
     dtype: str = "float32"
     demo_kinds: tuple[str, ...] | None = None
     bc: BCConfig = BCConfig()
-    eval_episodes: int = 32  # rollouts after each BC epoch (0 = none)
+    eval_episodes: int = 32  # policy-alone rollouts during BC (0 = none)
+    eval_every: int = 1  # ... after every eval_every-th epoch and the last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +109,11 @@ class PipelineConfig:
 
 def _cpu_small() -> PipelineConfig:
     """Tiny from-scratch models, small rooms: the whole pipeline on a 2-core CPU in minutes."""
-    env = EnvConfig(kinds=("goto", "pickup"), room_size=6, num_dists=3, demo_episodes=1200)
+    env = EnvConfig(kinds=("goto", "pickup"), room_size=6, num_dists=2, demo_episodes=1000)
     quick = ModelSpec(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, demo_kinds=("goto",),
-                      bc=BCConfig(epochs=3, learning_rate=2e-3))
+                      bc=BCConfig(epochs=3, learning_rate=2e-3), eval_every=3)
     deep = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                     bc=BCConfig(epochs=5, learning_rate=3e-3))
+                     bc=BCConfig(epochs=4, learning_rate=3e-3), eval_every=2)
     return PipelineConfig(preset="cpu-small", env=env, quick=quick, deep=deep,
                           switch=SwitchConfig(), eval=EvalConfig())
 
@@ -140,9 +142,9 @@ def _tiny() -> PipelineConfig:
     env = EnvConfig(kinds=("goto", "pickup"), room_size=5, num_dists=1, demo_episodes=24)
     small = ModelSpec(hidden_size=16, num_layers=1, num_heads=1, head_dim=16, intermediate_size=32,
                       vocab_size=96, max_position_embeddings=512,
-                      bc=BCConfig(epochs=1, batch_size=8, checkpoint_every=1000), eval_episodes=2)
+                      bc=BCConfig(epochs=1, batch_size=8, checkpoint_every=1000, length_multiple=128), eval_episodes=2)
     return PipelineConfig(
-        preset="tiny", env=env, quick=dataclasses.replace(small, demo_kinds=("goto",)), deep=small,
+        preset="tiny", env=env, quick=dataclasses.replace(small, demo_kinds=("goto",), eval_episodes=0), deep=small,
         switch=SwitchConfig(collect_episodes=8, num_updates=50, batch_size=16, seeds=2, c_grid=(0.0, 0.05),
                             budgets=(1,), hidden=(16,)),
         eval=EvalConfig(episodes=4, num_envs=4, seeds=1, random_rates=(0.5,), threshold_rates=(0.5,)),
@@ -176,4 +178,21 @@ def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """JSON-able nested dict of a config."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def config_from_dict(d: Mapping[str, Any], cls: type = None) -> Any:
+    """Inverse of :func:`config_to_dict` (lists become tuples; nested dataclasses rebuilt)."""
+    cls = cls or PipelineConfig
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v, t = d[f.name], hints[f.name]
+        if dataclasses.is_dataclass(t) and isinstance(v, Mapping):
+            v = config_from_dict(v, t)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
 

@@ -78,6 +78,16 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self._models: dict[str, LanguageModel] = {}
 
+    @classmethod
+    def from_run_dir(cls, out_dir: str | os.PathLike) -> Pipeline:
+        """Reopen an existing run with the configuration it was started with."""
+        from londi_jax.experiments.config import config_from_dict
+
+        path = Path(out_dir) / "config.json"
+        if not path.exists():
+            raise PipelineError(f"{out_dir} is not a pipeline run directory (no config.json)")
+        return cls(config_from_dict(json.loads(path.read_text())), out_dir)
+
     # ------------------------------------------------------------------ bookkeeping
     def _check_config(self) -> None:
         path = self.out / "config.json"
@@ -204,7 +214,8 @@ class Pipeline:
                 self.log.scalars(f"bc/{name}", row, int(row["step"]))
 
             result = trainer.train(self.out / "checkpoints" / f"bc_{name}", eval_fn=self._policy_eval_fn(name, tok),
-                                   progress=self.config.progress, log=log, desc=f"bc {name}")
+                                   progress=self.config.progress, log=log, desc=f"bc {name}",
+                                   eval_every=spec.eval_every)
             save_hf_directory(result.model, target, tok)
             if result.adapted is not None:
                 save_lora(result.adapted, self.out / "models" / f"{name}_lora", base=spec.source)

@@ -1,0 +1,70 @@
+"""End-to-end smoke run of the LONDI pipeline on the ``tiny`` preset through ``londi-jax demo``:
+every stage runs, every output exists and is well-formed, a rerun resumes without redoing work,
+and a mismatched rerun is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from londi_jax.cli import main
+from londi_jax.experiments.config import preset
+from londi_jax.experiments.pipeline import Pipeline, PipelineError
+
+METHODS = {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "SwiftSage"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--json"]) == 0
+    return out
+
+
+def test_outputs_exist_and_are_well_formed(run_dir):
+    for stage in Pipeline.STAGES:
+        assert (run_dir / f"{stage}.done.json").exists(), stage
+    for name in ("quick", "deepthink"):
+        assert (run_dir / "models" / name / "config.json").exists()
+        assert (run_dir / "models" / name / "model.safetensors").exists()
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    cfg = preset("tiny")
+    assert {r["method"] for r in results["runs"]} == METHODS
+    for r in results["runs"]:
+        assert len(r["episodes"]) == cfg.eval.episodes
+        for e in r["episodes"]:
+            assert e["kind"] in cfg.env.kinds
+            assert e["quick_calls"] + e["deep_calls"] >= e["length"]  # every step ran at least one model
+            if r["method"] == "QUICK-only":
+                assert e["deep_calls"] == 0
+            if r["method"] == "DEEPTHINK-only":
+                assert e["deep_calls"] == e["length"] and e["quick_calls"] == 0
+            if r["method"] == "LONDI-B":
+                assert e["deep_calls"] <= r["params"]["budget"] and not e["violated"]
+    table = (run_dir / "report" / "results_table.md").read_text()
+    for m in METHODS:
+        assert m in table
+    png = (run_dir / "report" / "cost_quality.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert {t["name"] for t in summary["targets"]} >= {"deep_beats_quick", "londi_b_no_violations"}
+    logs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert any(row["prefix"].startswith("bc/") for row in logs)
+    assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tb").iterdir())
+    data = json.loads((run_dir / "switchers.done.json").read_text())
+    assert len(data["offline_call_rates"]) == len(cfg.switch.c_grid)
+
+
+def test_rerun_resumes_and_mismatch_is_refused(run_dir, capsys):
+    before = (run_dir / "eval" / "runs.jsonl").read_text()
+    res = Pipeline(preset("tiny"), run_dir).run()
+    assert res["timings"] == {}  # every stage was already done
+    assert (run_dir / "eval" / "runs.jsonl").read_text() == before
+    other = preset("tiny")
+    import dataclasses
+    other = dataclasses.replace(other, eval=dataclasses.replace(other.eval, episodes=8))
+    with pytest.raises(PipelineError, match="different configuration"):
+        Pipeline(other, run_dir)
+    assert main(["demo", "--preset", "tiny", "--out", str(run_dir), "--set", "eval.episodes=8"]) == 2
+    assert "different configuration" in capsys.readouterr().err
