@@ -134,7 +134,7 @@ def parity_check(steps: int = 3) -> dict[str, float]:
         rollout = _random_transition(k_data, (cfg.rollout_len, cfg.num_envs), cfg.input_dim)
         rollout = rollout.replace(truncated=jax.random.bernoulli(k_data, 0.1, rollout.g.shape))
         # the same shuffles pqn.update draws from its key
-        perms = [torch.from_numpy(np.asarray(jax.random.permutation(k, n)).copy())
+        perms = [torch.from_numpy(np.asarray(pqn.shuffle_indices(k, n)).copy())
                  for k in jax.random.split(k_upd, cfg.num_epochs)]
         pstate, _ = pupd(pstate, rollout, k_upd)
         pref.update(_torch_batch(rollout), perms)
