@@ -20,6 +20,7 @@ not read QUICK's output, so the agent runs QUICK only where it acts).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Protocol, runtime_checkable
 
 import jax
@@ -339,6 +340,21 @@ class SwiftSageRouter:
 # ----------------------------------------------------------------------------- learned switch
 
 
+@functools.lru_cache(maxsize=32)
+def _greedy_switch_program(config: SwitcherConfig):
+    """One jitted greedy-switch program per (hashable) config, shared by every router built on
+    it: a sweep's many switchers (c values, seeds) compile once per batch shape, not once each."""
+    gdef, use_budget = graphdef(config), config.use_budget
+
+    @jax.jit
+    def run(params, obs, b, n):
+        x = budget_lib.features(obs, b, n, use_budget)
+        q = network_q_values(gdef, params, x)
+        return q, budget_lib.masked_argmax(q, budget_lib.can_call(b, True))
+
+    return run
+
+
 class SwitcherRouter:
     """The learned LONDI switch, acting greedily: g = argmax Q(z, g) over admissible g.
 
@@ -360,15 +376,7 @@ class SwitcherRouter:
         self.budget = None if budget is None else int(budget)
         self.name = name
         self.respects_budget = bool(config.use_budget)
-        gdef, use_budget = graphdef(config), config.use_budget
-
-        @jax.jit
-        def run(params, obs, b, n):
-            x = budget_lib.features(obs, b, n, use_budget)
-            q = network_q_values(gdef, params, x)
-            return q, budget_lib.masked_argmax(q, budget_lib.can_call(b, True))
-
-        self._run = run
+        self._run = _greedy_switch_program(config)
 
     def reset(self, num_slots: int, seed: int) -> None:
         _check_slots(num_slots)

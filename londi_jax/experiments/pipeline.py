@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from londi_jax.agents.bc import BCTrainer, bc_data_from_episodes
 from londi_jax.agents.calibration import interpolate_cost
@@ -46,6 +47,7 @@ from londi_jax.utils.errors import LondiError
 __all__ = ["Pipeline", "run_pipeline", "PipelineError"]
 
 MODEL_NAMES = ("quick", "deepthink")
+MIN_BATCH = 8  # LM calls pad to >= 8 rows: 4 batch shapes (8..64) to compile instead of 7
 
 
 class PipelineError(LondiError):
@@ -180,9 +182,16 @@ class Pipeline:
         e = self.config.env
         specs = episode_specs(e.level, spec.eval_episodes, e.seed + 2_000_000, e.kinds, **e.level_kwargs())
 
+        holder: dict[str, LanguageModel] = {}
+
         def eval_fn(model) -> dict[str, float]:
-            lm = LanguageModel(model.config, model, tokenizer, name=name, batch_size=64)
-            pol = LMPolicy(lm, name=name)
+            # one LanguageModel across epochs, its weights swapped: its programs compile once
+            if "lm" not in holder:
+                holder["lm"] = LanguageModel(model.config, model, tokenizer, name=name,
+                                             batch_size=self.config.eval.num_envs, min_batch=MIN_BATCH)
+            else:
+                holder["lm"].state = nnx.state(model)
+            pol = LMPolicy(holder["lm"], name=name)
             res = LondiAgent(pol, pol, QuickOnly(), sample_actions=self.config.eval.sample_actions,
                              seed=0).run(specs, self.config.eval.num_envs, progress=False)
             out = {"success": res.summary()["success_rate"]}
@@ -230,6 +239,7 @@ class Pipeline:
                 raise PipelineError(f"no trained {name} model in {path}; run the 'models' stage first")
             lm = load_hf_directory(path, progress=False)
             lm.batch_size = max(self.config.eval.num_envs, 16)
+            lm.min_batch = MIN_BATCH
             lm.name = name
             self._models[name] = lm
         return self._models[name]

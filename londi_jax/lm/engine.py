@@ -129,16 +129,19 @@ def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_to
 class LanguageModel:
     """A loaded LM with ``score`` / ``generate`` / ``embed`` / ``cost`` (see ``interface.LM``).
 
-    ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked).
+    ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked);
+    ``min_batch`` pads smaller calls up to that many rows (fewer shapes to compile in a loop whose
+    batch shrinks, at the price of computing padding rows; FLOPs count real tokens only).
     ``trace_counts`` counts how often each program was traced (i.e. compiled).
     """
 
     def __init__(self, config: ModelConfig, model: CausalLM, tokenizer: Any = None, name: str = "lm",
-                 batch_size: int = 16):
+                 batch_size: int = 16, min_batch: int = 1):
         self.config = config
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = batch_size
+        self.min_batch = min_batch
         self.graphdef, self.state = nnx.split(model)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._score_jit = jax.jit(self._score_impl)
@@ -256,6 +259,11 @@ class LanguageModel:
                 valid[i, length - len(r):] = True
         return tok, valid
 
+    def _batch_bucket(self, n: int) -> int:
+        """Rows of a program call: ``n`` rounded up to a power of two, at least ``min_batch``
+        (capped at the batch size), so a shrinking batch meets few shapes (few compiles)."""
+        return max(bucket(n), min(bucket(self.min_batch), bucket(self.batch_size)))
+
     def _chunks(self, n: int, lengths: Sequence[int], desc: str) -> Any:
         """Index chunks of at most ``batch_size``, similar lengths together (less padding)."""
         order = sorted(range(n), key=lambda i: lengths[i])
@@ -328,7 +336,7 @@ class LanguageModel:
         emb = np.zeros((n, self.config.hidden_size), np.float32)
         spans: list[tuple[float, float]] = []
         for chunk in self._chunks(n, [len(p) for p in prompt_ids], f"{self.name}: scoring"):
-            B = bucket(len(chunk))
+            B = self._batch_bucket(len(chunk))
             P = bucket(max(len(prompt_ids[i]) for i in chunk), 16)
             K = bucket(max(len(candidate_ids[i]) for i in chunk))
             L = bucket(max(len(c) for i in chunk for c in candidate_ids[i]), 4)
@@ -368,7 +376,7 @@ class LanguageModel:
         self._check_prompts(prompt_ids)
         out = np.zeros((len(prompt_ids), self.config.hidden_size), np.float32)
         for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: embedding"):
-            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], bucket(len(chunk)),
+            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], self._batch_bucket(len(chunk)),
                                         bucket(max(len(prompt_ids[i]) for i in chunk), 16))
             pooled = np.asarray(jax.block_until_ready(self._embed_jit(self.state, tok, valid)))
             out[chunk] = pooled[:len(chunk)]
@@ -383,7 +391,7 @@ class LanguageModel:
         out: list[Any] = [None] * len(token_ids)
         for chunk in self._chunks(len(token_ids), [len(p) for p in token_ids], f"{self.name}: logits"):
             T = bucket(max(len(token_ids[i]) for i in chunk), 16)
-            tok, valid = self._left_pad([token_ids[i] for i in chunk], bucket(len(chunk)), T)
+            tok, valid = self._left_pad([token_ids[i] for i in chunk], self._batch_bucket(len(chunk)), T)
             lg = np.asarray(jax.block_until_ready(self._logits_jit(self.state, tok, valid)))
             for r, i in enumerate(chunk):
                 out[i] = lg[r, T - len(token_ids[i]):]
@@ -465,7 +473,7 @@ class LanguageModel:
         spans: list[tuple[float, float]] = []
         for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: generating"):
             key, sub = jax.random.split(key)
-            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], bucket(len(chunk)),
+            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], self._batch_bucket(len(chunk)),
                                         bucket(max(len(prompt_ids[i]) for i in chunk), 16))
             out, n_gen = jax.block_until_ready(self._generate_jit(
                 self.state, tok, valid, jnp.int32(max_new_tokens), jnp.float32(temperature),
