@@ -162,7 +162,7 @@ def bc_loss(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, labels: jax.A
     B = p_tok.shape[0]
     ct = jnp.broadcast_to(c_tok, (B, *c_tok.shape))
     cv = jnp.broadcast_to(c_valid, (B, *c_valid.shape))
-    lp, _ = score_candidates(model, p_tok, p_valid, ct, cv)
+    lp, _, _ = score_candidates(model, p_tok, p_valid, ct, cv)
     scores = lp.sum(-1)  # (B, K) GLAM's action scores
     picked = jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
     choice = jax.nn.logsumexp(scores, axis=-1) - picked

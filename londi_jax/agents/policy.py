@@ -24,7 +24,7 @@ class PolicyOutput:
     """Scores of the K actions for n prompts, plus the call's measured cost."""
 
     logprobs: np.ndarray  # float64 (n, K): summed token log-probs of each action string
-    embedding: np.ndarray  # float32 (n, H): mean-pooled final hidden states of the prompt
+    embedding: np.ndarray  # float32 (n, 2H): the prompt's mean-pooled and last-token final hidden states
     seconds: float  # measured wall time of the call (outputs ready)
     flops: float  # useful forward FLOPs of the call (real tokens only)
 
@@ -66,12 +66,12 @@ class LMPolicy:
         """Score the actions for each prompt (one model call for the whole batch)."""
         if len(prompts) == 0:
             return PolicyOutput(np.zeros((0, len(self.actions))),
-                                np.zeros((0, self.lm.config.hidden_size), np.float32), 0.0, 0.0)
+                                np.zeros((0, self.embedding_dim), np.float32), 0.0, 0.0)
         ids = self.lm.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         res = self.lm.score_tokens(ids, [self._cand] * len(ids), with_embedding=True)
         last = self.lm.cost().last_call
-        out = PolicyOutput(np.stack(res.logprobs), np.asarray(res.embeddings, np.float32),
-                           float(last.seconds), float(last.flops))
+        emb = np.concatenate([res.embeddings, res.last_hidden], axis=-1).astype(np.float32)
+        out = PolicyOutput(np.stack(res.logprobs), emb, float(last.seconds), float(last.flops))
         self.calls += 1
         self.prompts += len(prompts)
         self.seconds += out.seconds
@@ -80,7 +80,8 @@ class LMPolicy:
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.lm.config.hidden_size)
+        """Width of ``PolicyOutput.embedding``: mean-pooled and last-token states side by side."""
+        return 2 * int(self.lm.config.hidden_size)
 
 
 NUM_CONFIDENCE_FEATURES = 4
@@ -96,14 +97,15 @@ def confidence_features(logprobs: np.ndarray) -> np.ndarray:
 
 
 def switch_features(quick: PolicyOutput, step: np.ndarray, max_steps: np.ndarray) -> np.ndarray:
-    """The switcher's state encoding: QUICK's prompt embedding, QUICK's confidence and the step
-    fraction, ``(n, H + 5)`` float32 (LONDI-B's budget fraction is appended by the switcher)."""
+    """The switcher's state encoding: QUICK's prompt encoding (mean-pooled and last-token hidden
+    states: what the prompt says and what QUICK is about to decide), QUICK's confidence and the
+    step fraction, ``(n, 2H + 5)`` float32 (LONDI-B's budget fraction is appended by the switcher)."""
     frac = (np.asarray(step, np.float32) / np.maximum(np.asarray(max_steps, np.float32), 1.0))[:, None]
     return np.concatenate([quick.embedding.astype(np.float32), confidence_features(quick.logprobs), frac],
                           axis=-1)
 
 
-def feature_dim(embedding_dim: int) -> int:
-    """Width of ``switch_features`` for a QUICK with ``embedding_dim`` hidden units."""
-    return int(embedding_dim) + NUM_CONFIDENCE_FEATURES + 1
+def feature_dim(hidden_size: int) -> int:
+    """Width of ``switch_features`` for a QUICK with ``hidden_size`` hidden units."""
+    return 2 * int(hidden_size) + NUM_CONFIDENCE_FEATURES + 1
 

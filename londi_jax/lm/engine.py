@@ -111,9 +111,9 @@ def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_to
     """Per-token log-probs of K continuations per prompt, sharing one prefill of the prompt.
 
     ``p_tok/p_valid (B, P)`` left-padded prompts; ``c_tok/c_valid (B, K, L)`` right-padded
-    candidates. Returns log-probs ``(B, K, L)`` (0 at padding) and the mean-pooled prompt
-    embedding ``(B, H)``. Pure and differentiable: the scoring program and behaviour cloning
-    (``londi_jax.agents.bc``) both use it.
+    candidates. Returns log-probs ``(B, K, L)`` (0 at padding), the mean-pooled prompt
+    embedding ``(B, H)`` and the last prompt token's hidden state ``(B, H)``. Pure and
+    differentiable: the scoring program and behaviour cloning (``londi_jax.agents.bc``) both use it.
     """
     hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
     last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
@@ -123,7 +123,7 @@ def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_to
     first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
     rest = token_logprobs(model.logits(c_hidden[:, :, :-1]), c_tok[:, :, 1:])  # (B, K, L-1)
     lp = jnp.concatenate([first[..., None], rest], axis=-1)
-    return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid)
+    return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid), hidden[:, -1]
 
 
 class LanguageModel:
@@ -334,6 +334,7 @@ class LanguageModel:
         n = len(prompt_ids)
         lp_out: list[Any] = [None] * n
         emb = np.zeros((n, self.config.hidden_size), np.float32)
+        last_h = np.zeros((n, self.config.hidden_size), np.float32)
         spans: list[tuple[float, float]] = []
         for chunk in self._chunks(n, [len(p) for p in prompt_ids], f"{self.name}: scoring"):
             B = self._batch_bucket(len(chunk))
@@ -347,12 +348,13 @@ class LanguageModel:
                 for k, c in enumerate(candidate_ids[i]):
                     c_tok[r, k, :len(c)] = c
                     c_valid[r, k, :len(c)] = True
-            lp, pooled = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid))
-            lp, pooled = np.asarray(lp), np.asarray(pooled)
+            lp, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid))
+            lp, pooled, last = np.asarray(lp), np.asarray(pooled), np.asarray(last)
             for r, i in enumerate(chunk):
                 lens = [len(c) for c in candidate_ids[i]]
                 lp_out[i] = [lp[r, k, :m].astype(np.float64) for k, m in enumerate(lens)]
                 emb[i] = pooled[r]
+                last_h[i] = last[r]
                 pl = len(prompt_ids[i])
                 spans.append(self._span(0, pl, 1))  # the prompt's last logits score candidate token 0
                 spans.extend(self._span(pl, m, m - 1) for m in lens)
@@ -363,6 +365,7 @@ class LanguageModel:
             num_tokens=[np.array([len(c) for c in cs]) for cs in candidate_ids],
             token_logprobs=lp_out,
             embeddings=emb if with_embedding else None,
+            last_hidden=last_h if with_embedding else None,
         )
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:

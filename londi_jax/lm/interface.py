@@ -37,12 +37,15 @@ class TokenizerLike(Protocol):
 class ScoreResult:
     """Per prompt i: ``logprobs[i][k]`` = summed log-probability of candidate k's tokens given the
     prompt, ``num_tokens[i][k]`` its token count, ``token_logprobs[i][k]`` the per-token values.
-    ``embeddings (B, D)``: prompt embeddings from the same forward pass (``with_embedding``)."""
+    ``embeddings (B, D)``: prompt embeddings from the same forward pass (``with_embedding``);
+    ``last_hidden (B, D)``: the final-normed hidden state of each prompt's last token (the state
+    the next-token prediction reads), also from that pass (``with_embedding``)."""
 
     logprobs: list[np.ndarray]
     num_tokens: list[np.ndarray]
     token_logprobs: list[list[np.ndarray]]
     embeddings: np.ndarray | None = None
+    last_hidden: np.ndarray | None = None
 
     def mean_logprobs(self) -> list[np.ndarray]:
         """Length-normalised scores (sum / token count) per prompt."""

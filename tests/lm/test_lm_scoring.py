@@ -80,6 +80,10 @@ def test_embedding_is_masked_mean_of_final_hidden(tiny):
         with torch.no_grad():
             h = base(input_ids=torch.tensor([p])).last_hidden_state[0].numpy()
         np.testing.assert_allclose(e, h.mean(0), rtol=1e-4, atol=1e-5)
+    for p, last in zip(PROMPTS, res.last_hidden):  # the last prompt token's state, from the same pass
+        with torch.no_grad():
+            h = base(input_ids=torch.tensor([p])).last_hidden_state[0].numpy()
+        np.testing.assert_allclose(last, h[-1], rtol=1e-4, atol=1e-5)
 
 
 def test_text_api_tokenizes_prompt_then_candidate_as_given(tiny_llama):
