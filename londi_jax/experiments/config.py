@@ -69,13 +69,13 @@ class SwitchConfig:
     collect_episodes: int = 256
     deep_probs: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     hidden: tuple[int, ...] = (64, 64)
-    num_updates: int = 3000
+    num_updates: int = 5000
     batch_size: int = 128
     lr: float = 1e-3
     gamma: float = 0.95
     target_period: int = 100
-    c_grid: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1)
-    budgets: tuple[int, ...] = (1, 2, 4)
+    c_grid: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
+    budgets: tuple[int, ...] = (2, 4, 8)
     budget_c: float = 0.01  # per-call cost kept in LONDI-B (discourages wasting calls early)
     seeds: int = 3
     target_call_rate: float = 0.2  # calibrated LONDI operating point (reported with the c grid)
