@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -151,6 +152,14 @@ def updates_per_call(learner: str, members: int) -> int:
     return max(8 if learner == "pqn" else 20, base // max(1, members // 8))
 
 
+def _load() -> list[float] | None:
+    """1/5/15-minute load averages: on a shared machine other jobs skew every timing."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _timed(fn):
     """``(result, wall_s, cpu_s)``; CPU time (all threads of this process) is far less skewed
     than wall time when other jobs share the machine."""
@@ -183,7 +192,7 @@ def bench_jax(learner: str, members: int, repeats: int) -> dict[str, Any]:
             "lower_s": lower_s, "compile_s": compile_s, "warmup_call_s": warm_s,
             "wall_s": walls, "cpu_s": cpus,
             "updates_per_s": n / statistics.median(walls),
-            "updates_per_cpu_s": n / statistics.median(cpus)}
+            "updates_per_cpu_s": n / statistics.median(cpus), "load_avg": _load()}
 
 
 # ----------------------------------------------------------------------------- torch side
@@ -227,7 +236,7 @@ def bench_torch(learner: str, threads: int, members: int, updates: int,
     return {"learner": learner, "impl": f"torch ({threads} thread{'s' if threads > 1 else ''})",
             "threads": threads, "members": members, "updates_timed": done,
             "wall_s": wall, "cpu_s": cpu,
-            "updates_per_s": done / wall, "updates_per_cpu_s": done / cpu}
+            "updates_per_s": done / wall, "updates_per_cpu_s": done / cpu, "load_avg": _load()}
 
 
 # ----------------------------------------------------------------------------- main
@@ -248,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_seconds = 5.0 if args.quick else 30.0  # cap per torch measurement (loaded machines)
 
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    load_start = _load()
     parity = parity_check()
     log("parity JAX vs torch (max |param diff| after 3 updates):", parity)
     if max(parity.values()) > 1e-4:
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = bench_torch(learner, threads, torch_members, n_upd, torch_seconds)
                 r["round"] = tag
                 log(f"{learner} {r['impl']} [{tag}]: {r['updates_per_s']:.1f} updates/s "
-                    f"({r['updates_per_cpu_s']:.1f} per CPU-s)")
+                    f"({r['updates_per_cpu_s']:.1f} per CPU-s; load {r['load_avg']})")
                 out.append(r)
             return out
 
@@ -274,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in sizes:
             r = bench_jax(learner, g, repeats)
             log(f"{learner} jax G={g}: {r['updates_per_s']:.1f} updates/s "
-                f"({r['updates_per_cpu_s']:.1f} per CPU-s; compile {r['compile_s']:.1f}s)")
+                f"({r['updates_per_cpu_s']:.1f} per CPU-s; compile {r['compile_s']:.1f}s; "
+                f"load {r['load_avg']})")
             jax_rows.append(r)
         ref_rows += torch_round("after")
         best_wall = max(r["updates_per_s"] for r in ref_rows)
@@ -297,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                        "process's CPU time (all threads), which other jobs on a shared machine skew far "
                        "less. ratio_vs_torch / ratio_vs_torch_cpu compare each.",
         "quick": args.quick, "parity": parity, "rows": rows,
+        "load_avg_start": load_start, "load_avg_end": _load(),
+        "load_note": "os.getloadavg() (1, 5, 15 min) at the start, after each row and at the end; "
+                     "on the 2-core machine a 1-minute load above 2 means other jobs shared the cores",
         "reproduce": "python benchmarks/switcher_throughput.py" + (" --quick" if args.quick else ""),
     }
     name = f"switcher_throughput_{device_tag()}" + ("_quick" if args.quick else "")
@@ -305,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**result, "machine": machine_info(), "path": str(path)}, indent=2, default=str))
     else:
         cols = ["learner", "impl", "members", "updates_per_s", "ratio_vs_torch",
-                "updates_per_cpu_s", "ratio_vs_torch_cpu", "compile_s"]
+                "updates_per_cpu_s", "ratio_vs_torch_cpu", "compile_s", "load_avg"]
         print(render_table(rows, cols, floatfmt=".4g"))
         print(f"written {path}")
     return 0
