@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from londi_jax.agents.policy import LMPolicy, PolicyOutput, switch_features
+from londi_jax.agents.policy import LMPolicy, PolicyOutput, SwitchEncoder, switch_features
 from londi_jax.agents.routers import RouteInput, Router
 from londi_jax.envs.babyai_text.env import make_babyai_text
 from londi_jax.envs.babyai_text.prompt import ACTIONS
@@ -132,6 +132,14 @@ class _Slot:
         self.new = True
 
 
+def encode(encoder: SwitchEncoder | None, out: PolicyOutput, prompts: Sequence[str], step: np.ndarray,
+           max_steps: np.ndarray) -> np.ndarray:
+    """Switcher features of a QUICK call (``encoder`` or, by default, QUICK's own features)."""
+    if encoder is None:
+        return switch_features(out, step, max_steps)
+    return encoder(out, prompts, step, max_steps)
+
+
 def _charge(out: PolicyOutput, n: int) -> tuple[float, float]:
     """Per-row share (FLOPs, seconds) of one batched call."""
     return out.flops / max(n, 1), out.seconds / max(n, 1)
@@ -144,16 +152,18 @@ class LondiAgent:
     always masks calls once the budget is spent; a router with ``respects_budget = True`` that
     still asks is a bug and raises :class:`BudgetViolationError`.
     ``sample_actions``: sample each model's action from softmax(scores) instead of argmax.
+    ``encoder``: the switcher's state encoder (``policy.SwitchEncoder``); default QUICK's features.
     """
 
     def __init__(self, quick: LMPolicy, deep: LMPolicy, router: Router, *, budget: int | None = None,
-                 sample_actions: bool = False, seed: int = 0):
+                 sample_actions: bool = False, seed: int = 0, encoder: SwitchEncoder | None = None):
         if budget is not None and budget < 0:
             raise LondiError(f"budget must be >= 0 or None, got {budget}")
         self.quick, self.deep, self.router = quick, deep, router
         self.budget = budget
         self.sample_actions = sample_actions
         self.seed = seed
+        self.encoder = encoder
 
     def run(self, specs: Sequence[EpisodeSpec], num_envs: int = 32, *, progress: bool = True,
             desc: str | None = None) -> RolloutResult:
@@ -189,7 +199,7 @@ class LondiAgent:
             q_out = None
             if needs_quick:
                 q_out = self.quick(prompts)
-                feats = switch_features(q_out, step, max_steps)
+                feats = encode(self.encoder, q_out, prompts, step, max_steps)
                 q_lp = q_out.logprobs
             else:
                 feats = np.zeros((n, 0), np.float32)
@@ -263,8 +273,8 @@ class LondiAgent:
 
 def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[EpisodeSpec], *,
                         num_envs: int = 32, deep_probs: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-                        seed: int = 0, sample_actions: bool = False, progress: bool = True
-                        ) -> tuple[OfflineDataset, dict[str, Any]]:
+                        seed: int = 0, sample_actions: bool = False, progress: bool = True,
+                        encoder: SwitchEncoder | None = None) -> tuple[OfflineDataset, dict[str, Any]]:
     """Log both models' outcomes in every visited state (for offline switcher training).
 
     In each state QUICK and DEEPTHINK both score the actions; when their actions differ the env
@@ -296,7 +306,7 @@ def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[Episode
         max_steps = np.array([s.max_steps for s in act])
         q_out = quick(prompts)
         d_out = deep(prompts)
-        feats = switch_features(q_out, step, max_steps)
+        feats = encode(encoder, q_out, prompts, step, max_steps)
         if logger is None:
             logger = OfflineLogger(feats.shape[1])
         a_q, a_d = q_out.actions(act_rng), d_out.actions(act_rng)
@@ -334,8 +344,8 @@ def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[Episode
         pos = {p: i for i, p in enumerate(uniq)}
         nq = quick(uniq)
         order = [np.array([pos[p] for p in next_prompts[b]]) for b in (0, 1)]
-        nfeat = np.stack([switch_features(PolicyOutput(nq.logprobs[o], nq.embedding[o], 0.0, 0.0),
-                                          next_steps, max_steps) for o in order], axis=1)
+        nfeat = np.stack([encode(encoder, PolicyOutput(nq.logprobs[o], nq.embedding[o], 0.0, 0.0),
+                                 next_prompts[b], next_steps, max_steps) for b, o in enumerate(order)], axis=1)
         logger.record(feats, reward, nfeat, term)
         stats["states"] += len(act)
         for j, i in enumerate(active):

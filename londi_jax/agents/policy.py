@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 import numpy as np
 
-from londi_jax.envs.babyai_text.prompt import ACTIONS
+from londi_jax.envs.babyai_text.prompt import ACTIONS, parse_glam_prompt
 from londi_jax.lm.engine import LanguageModel
-from londi_jax.utils.errors import LondiError
+from londi_jax.utils.errors import LondiError, UnknownNameError
 
 __all__ = ["PolicyOutput", "LMPolicy", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
-           "switch_features", "feature_dim"]
+           "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS"]
 
 
 @dataclasses.dataclass
@@ -108,4 +109,45 @@ def switch_features(quick: PolicyOutput, step: np.ndarray, max_steps: np.ndarray
 def feature_dim(hidden_size: int) -> int:
     """Width of ``switch_features`` for a QUICK with ``hidden_size`` hidden units."""
     return 2 * int(hidden_size) + NUM_CONFIDENCE_FEATURES + 1
+
+
+ENCODERS = ("quick", "quick+bow")
+
+
+class SwitchEncoder:
+    """The switcher's state encoder phi.
+
+    ``"quick"``: :func:`switch_features` (QUICK's own encoding and confidence; free, QUICK runs
+    anyway). ``"quick+bow"``: plus two bags of words (presence of each token of QUICK's
+    tokenizer) over the mission and over the newest observation of the GLAM prompt: a cheap text
+    encoder that lets the switch see what the state says without running another model.
+    """
+
+    def __init__(self, kind: str, hidden_size: int, tokenizer: Any = None):
+        if kind not in ENCODERS:
+            raise UnknownNameError("switch encoder", kind, ENCODERS)
+        if kind == "quick+bow" and tokenizer is None:
+            raise LondiError("the 'quick+bow' switch encoder needs QUICK's tokenizer")
+        self.kind = kind
+        self.hidden_size = int(hidden_size)
+        self.tokenizer = tokenizer
+        self.vocab = len(tokenizer) if tokenizer is not None else 0
+
+    @property
+    def dim(self) -> int:
+        return feature_dim(self.hidden_size) + (2 * self.vocab if self.kind == "quick+bow" else 0)
+
+    def __call__(self, quick: PolicyOutput, prompts: Sequence[str], step: np.ndarray,
+                 max_steps: np.ndarray) -> np.ndarray:
+        base = switch_features(quick, step, max_steps)
+        if self.kind == "quick":
+            return base
+        parts = [parse_glam_prompt(p) for p in prompts]
+        bags = []
+        for texts in (list(m for m, _ in parts), list(o for _, o in parts)):
+            bag = np.zeros((len(prompts), self.vocab), np.float32)
+            for i, ids in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+                bag[i, ids] = 1.0
+            bags.append(bag)
+        return np.concatenate([base, *bags], axis=-1)
 

@@ -66,6 +66,7 @@ class ModelSpec:
 class SwitchConfig:
     """Switch data collection and offline switcher training (a c x budget grid in one program)."""
 
+    encoder: str = "quick"  # the switcher's state encoder: "quick" or "quick+bow" (policy.SwitchEncoder)
     collect_episodes: int = 256
     deep_probs: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     hidden: tuple[int, ...] = (64, 64)

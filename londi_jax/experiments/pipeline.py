@@ -25,7 +25,7 @@ from flax import nnx
 from londi_jax.agents.bc import BCTrainer, bc_data_from_episodes
 from londi_jax.agents.calibration import interpolate_cost
 from londi_jax.agents.londi import EpisodeSpec, LondiAgent, collect_switch_data, episode_specs
-from londi_jax.agents.policy import LMPolicy, feature_dim
+from londi_jax.agents.policy import LMPolicy, SwitchEncoder
 from londi_jax.agents.routers import (ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter, SwiftSageRouter,
                                       SwitcherRouter, calibrate_threshold)
 from londi_jax.envs.babyai_text.demos import read_demos, write_demos
@@ -256,15 +256,20 @@ class Pipeline:
         ds, stats = collect_switch_data(quick, deep, specs, num_envs=self.config.eval.num_envs,
                                         deep_probs=s.deep_probs, seed=e.seed,
                                         sample_actions=self.config.eval.sample_actions,
-                                        progress=self.config.progress)
+                                        progress=self.config.progress, encoder=self.encoder())
         save_dataset(self.out / "switch_data.npz", ds)
         stats["quick_seconds"], stats["deep_seconds"] = quick.seconds, deep.seconds
         return stats
 
+    def encoder(self) -> SwitchEncoder:
+        """The switcher's state encoder over QUICK's outputs (``switch.encoder``)."""
+        q = self.model("quick")
+        return SwitchEncoder(self.config.switch.encoder, q.config.hidden_size, q.tokenizer)
+
     # ------------------------------------------------------------------ stage 4: switchers
     def switcher_config(self, use_budget: bool) -> SwitcherConfig:
         s = self.config.switch
-        obs_dim = feature_dim(self.model("quick").config.hidden_size)
+        obs_dim = self.encoder().dim
         return SwitcherConfig(obs_dim=obs_dim, hidden=s.hidden, learner="dqn", use_budget=use_budget,
                               num_updates=s.num_updates, batch_size=s.batch_size, buffer_size=max(s.batch_size, 1),
                               learning_starts=1)
@@ -343,10 +348,12 @@ class Pipeline:
     def stage_evaluate(self) -> dict[str, Any]:
         s, v = self.config.switch, self.config.eval
         tree, extra = self._switchers()
+        encoder = self.encoder()
         c_star = float(extra["c_star"])
         cfg, cfg_b = self.switcher_config(False), self.switcher_config(True)
         ds = load_dataset(self.out / "switch_data.npz")
-        conf = {m: _confidence_from_features(ds.obs, m) for m in ("margin",)}
+        conf = {m: _confidence_from_features(ds.obs, m, self.model("quick").config.hidden_size)
+                for m in ("margin",)}
         runs_path = self.out / "eval" / "runs.jsonl"
         runs_path.parent.mkdir(parents=True, exist_ok=True)
         done = {}
@@ -364,7 +371,8 @@ class Pipeline:
             if (label, seed) in done:
                 return done[(label, seed)]
             quick, deep = self.policies()
-            agent = LondiAgent(quick, deep, router, budget=budget, sample_actions=v.sample_actions, seed=seed)
+            agent = LondiAgent(quick, deep, router, budget=budget, sample_actions=v.sample_actions, seed=seed,
+                               encoder=encoder)
             res = agent.run(self.eval_specs(seed), v.num_envs, progress=self.config.progress, desc=f"{label} s{seed}")
             row = {"method": method, "label": label, "params": params, "seed": seed,
                    "episodes": [e.to_json() for e in res.episodes],
@@ -425,11 +433,12 @@ class Pipeline:
         return {"paths": {k: str(v) for k, v in paths.items()}}
 
 
-def _confidence_from_features(obs: np.ndarray, measure: str) -> np.ndarray:
+def _confidence_from_features(obs: np.ndarray, measure: str, hidden_size: int) -> np.ndarray:
     """QUICK's confidence in logged states, read back from the switcher features
-    (``policy.switch_features`` layout: embedding, [max prob, margin, entropy, top-1 log-prob], step)."""
+    (``policy.switch_features`` layout: 2H embedding, [max prob, margin, entropy, top-1 log-prob],
+    step fraction, then any encoder extras)."""
     obs = np.asarray(obs)
-    conf = obs[:, -5:-1]
+    conf = obs[:, 2 * hidden_size:2 * hidden_size + 4]
     if measure == "margin":
         return conf[:, 1]
     if measure == "max_prob":
