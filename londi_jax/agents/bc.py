@@ -218,9 +218,10 @@ class BCTrainer:
         self.steps_per_epoch = len(epoch_batches(self.lengths, config.batch_size, config.pool_batches,
                                                  config.seed, 0))
         self.total_steps = self.steps_per_epoch * config.epochs
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.learning_rate, min(config.warmup_steps, max(self.total_steps // 4, 1)),
-            max(self.total_steps, 1))
+        # warm-up at most a quarter of the run; the cosine part always has >= 1 step (tiny runs)
+        warmup = min(config.warmup_steps, self.total_steps // 4)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                                      max(self.total_steps, warmup + 1))
         self.tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
                               optax.adamw(schedule, weight_decay=config.weight_decay))
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 1))

@@ -121,3 +121,14 @@ def test_bad_config_and_data(demos):
     data = bc_data_from_episodes(eps[:1], tok)
     with pytest.raises(BCError, match="fewer than one batch"):
         BCTrainer(tiny_model(tok), tok, data, BCConfig(batch_size=64))
+
+
+def test_a_one_step_run_has_a_valid_schedule(demos):
+    eps, tok = demos
+    data = bc_data_from_episodes(eps, tok)
+    data.prompt_ids, data.labels, data.kinds = data.prompt_ids[:8], data.labels[:8], data.kinds[:8]
+    tr = BCTrainer(tiny_model(tok), tok, data, BCConfig(epochs=1, batch_size=8, warmup_steps=100,
+                                                        length_multiple=256))
+    assert tr.total_steps == 1
+    res = tr.train(progress=False)
+    assert res.steps == 1 and np.isfinite(res.history[0]["train_loss"])
