@@ -68,3 +68,33 @@ def test_rerun_resumes_and_mismatch_is_refused(run_dir, capsys):
         Pipeline(other, run_dir)
     assert main(["demo", "--preset", "tiny", "--out", str(run_dir), "--set", "eval.episodes=8"]) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def _script(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_experiment_scripts_work_on_a_finished_run(run_dir, capsys):
+    import re
+
+    from londi_jax.agents.calibration import CalibrationError
+
+    calibrate = _script("calibrate").main
+    args = ["--run", str(run_dir), "--c-grid", "0.0", "0.05", "0.5", "--seeds", "1", "--target-rate"]
+    try:  # an all-DEEPTHINK target is usually out of reach: the error names the achievable range
+        out = calibrate(args + ["0.999"])
+    except CalibrationError as err:
+        lo, hi = map(float, re.search(r"range \[([-0-9.e]+), ([-0-9.e]+)\]", str(err)).groups())
+        out = calibrate(args + [str((lo + hi) / 2)])
+    assert 0.0 <= out["c"] <= 0.5 and len(out["offline_call_rates"]) == 3
+    res = _script("run").main(["--preset", "tiny", "--out", str(run_dir), "--stages", "report"])
+    assert res["timings"] == {}  # already done: resumed, nothing redone

@@ -100,7 +100,7 @@ def test_generate_real_model_chat_json(capsys, real_model_cli):
 
 @pytest.mark.slow
 def test_demo_json(capsys, real_model_cli):
-    rc, out, _ = run_cli(capsys, "demo", "--json")
+    rc, out, _ = run_cli(capsys, "lm", "demo", "--json")
     assert rc == 0
     r = json.loads(out)
     assert [a["action"] for a in r["actions"]] == list(BABYAI_ACTIONS)
@@ -110,5 +110,5 @@ def test_demo_json(capsys, real_model_cli):
     assert probs.sum() == pytest.approx(1.0) and r["best_action"] == BABYAI_ACTIONS[int(probs.argmax())]
     assert r["chat_answer"] and r["cost"]["num_params"] == 134_515_008
     assert r["cost"]["flops_per_generated_token"] > 2 * 100e6 and r["cost"]["device_seconds_total"] > 0
-    rc, text_out, _ = run_cli(capsys, "demo")
+    rc, text_out, _ = run_cli(capsys, "lm", "demo")
     assert rc == 0 and "go forward" in text_out and "MFLOPs per generated token" in text_out
