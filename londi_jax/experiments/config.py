@@ -81,6 +81,12 @@ class SwitchConfig:
     seeds: int = 3
     target_call_rate: float = 0.2  # calibrated LONDI operating point (reported with the c grid)
 
+    def __post_init__(self) -> None:  # fail at start-up, not after minutes of behaviour cloning
+        from londi_jax.agents.policy import ENCODERS
+
+        if self.encoder not in ENCODERS:
+            raise UnknownNameError("switch encoder", self.encoder, ENCODERS)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -169,7 +175,7 @@ def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         head, _, rest = key.partition(".")
         names = [f.name for f in dataclasses.fields(config)]
         if head not in names:
-            raise UnknownNameError(f"field of {type(config).__name__}", head, names)
+            raise UnknownNameError(f"{type(config).__name__} field", head, names)
         if rest:
             value = with_overrides(getattr(config, head), {rest: value})
         config = dataclasses.replace(config, **{head: value})
