@@ -280,22 +280,22 @@ class BCTrainer:
             with tqdm(total=self.total_steps, initial=start, desc=desc, unit="step", disable=not progress) as bar:
                 for epoch in range(start // self.steps_per_epoch, cfg.epochs):
                     batches = epoch_batches(self.lengths, cfg.batch_size, cfg.pool_batches, cfg.seed, epoch)
-                    sums: dict[str, float] = {}
+                    epoch_metrics: list[dict[str, jax.Array]] = []  # read back once per epoch, not per step
                     for b_idx in range(step - epoch * self.steps_per_epoch, len(batches)):
                         tr, opt, metrics = self._step(state["trainable"], state["opt"], self.frozen,
                                                       *self._batch(batches[b_idx]))
                         state = {"trainable": tr, "opt": opt}
                         step += 1
-                        for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + float(v)
+                        epoch_metrics.append(metrics)
                         bar.update(1)
                         if b_idx % 10 == 0:
                             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['accuracy']):.2f}")
                         if store is not None and step % cfg.checkpoint_every == 0 and b_idx + 1 < len(batches):
                             store.save(step, state, kind=self.KIND, config=meta_config, extra={"history": history})
-                    n = max(len(batches) - (start - epoch * self.steps_per_epoch if epoch == start // self.steps_per_epoch else 0), 1)
+                    means = {k: float(np.mean(v)) for k, v in
+                             jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *epoch_metrics)).items()}
                     row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
-                                           **{f"train_{k}": v / n for k, v in sums.items()}}
+                                           **{f"train_{k}": v for k, v in means.items()}}
                     if eval_fn is not None and ((epoch + 1) % max(eval_every, 1) == 0 or epoch + 1 == cfg.epochs):
                         row.update({f"eval_{k}": float(v) for k, v in eval_fn(self.model_from(state["trainable"])).items()})
                     history.append(row)

@@ -23,7 +23,7 @@ from londi_jax.switcher.network import graphdef, q_values
 from londi_jax.switcher.offline import OfflineDataset, grid_hparams, make_offline_train, validate
 from londi_jax.utils.errors import LondiError
 
-__all__ = ["CalibrationError", "CalibrationResult", "monotone_rates", "interpolate_cost",
+__all__ = ["CalibrationError", "CalibrationResult", "monotone_rates", "interpolate_cost", "greedy_call_rate",
            "offline_call_rates", "calibrate_cost", "calibrate_cost_for_budget"]
 
 
@@ -100,6 +100,13 @@ def _check_grid(c_grid: Sequence[float]) -> np.ndarray:
     return c
 
 
+def greedy_call_rate(gdef, params, obs: jax.Array) -> jax.Array:
+    """Fraction of the states ``obs`` where a switcher's greedy choice is DEEPTHINK (ties -> QUICK)."""
+    q = q_values(gdef, params, obs)
+    g = budget_lib.masked_argmax(q, jnp.ones(q.shape[:-1], bool))
+    return jnp.mean(g.astype(jnp.float32))
+
+
 @functools.lru_cache(maxsize=16)
 def _rates_program(cfg: SwitcherConfig):
     """``jit(vmap(train -> greedy call rate))`` over members, dataset shared (cached per config,
@@ -108,9 +115,7 @@ def _rates_program(cfg: SwitcherConfig):
 
     def call_rate(key, h, ds):
         state, _ = train(key, h, ds)
-        q = q_values(gdef, state.params, ds.obs)
-        g = budget_lib.masked_argmax(q, jnp.ones(q.shape[:-1], bool))  # ties -> QUICK
-        return jnp.mean(g.astype(jnp.float32))
+        return greedy_call_rate(gdef, state.params, ds.obs)
 
     return jax.jit(jax.vmap(call_rate, in_axes=(0, 0, None)))
 

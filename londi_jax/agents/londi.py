@@ -132,17 +132,59 @@ class _Slot:
         self.new = True
 
 
+class _Slots:
+    """Episode scheduling shared by rollouts and data collection: ``min(num_envs, len(specs))``
+    slots, slot ``i`` playing specs ``i, i + N, ...`` as its episodes end."""
+
+    def __init__(self, specs: Sequence[EpisodeSpec], num_envs: int, budget: int | None):
+        self.specs, self.budget = specs, budget
+        self.queue = list(range(len(specs)))
+        n = min(num_envs, len(specs))
+        self.slots: list[_Slot | None] = [None] * n
+        self.owner = [-1] * n  # index of the spec each slot is playing
+        for i in range(n):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        self.owner[i] = self.queue.pop(0)
+        self.slots[i] = _Slot(self.specs[self.owner[i]], self.budget)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __bool__(self) -> bool:
+        return any(s is not None for s in self.slots)
+
+    def active(self) -> list[int]:
+        return [i for i, s in enumerate(self.slots) if s is not None]
+
+    def finish(self, i: int) -> tuple[int, EpisodeRecord]:
+        """Close slot ``i``'s episode and start its next spec (if any); returns (spec index, record)."""
+        slot, k = self.slots[i], self.owner[i]
+        slot.env.close()
+        if self.queue:
+            self._start(i)
+        else:
+            self.slots[i] = None
+        return k, slot.record
+
+
+def _bill(slots: Sequence[_Slot], rows: Sequence[int], out: PolicyOutput, model: str) -> None:
+    """Charge one batched call of ``model`` ('quick' or 'deep') evenly to the episodes of ``rows``."""
+    n = max(len(rows), 1)
+    for i in rows:
+        rec = slots[i].record
+        setattr(rec, f"{model}_calls", getattr(rec, f"{model}_calls") + 1)
+        setattr(rec, f"{model}_flops", getattr(rec, f"{model}_flops") + out.flops / n)
+        setattr(rec, f"{model}_seconds", getattr(rec, f"{model}_seconds") + out.seconds / n)
+
+
 def encode(encoder: SwitchEncoder | None, out: PolicyOutput, prompts: Sequence[str], step: np.ndarray,
            max_steps: np.ndarray) -> np.ndarray:
     """Switcher features of a QUICK call (``encoder`` or, by default, QUICK's own features)."""
     if encoder is None:
         return switch_features(out, step, max_steps)
     return encoder(out, prompts, step, max_steps)
-
-
-def _charge(out: PolicyOutput, n: int) -> tuple[float, float]:
-    """Per-row share (FLOPs, seconds) of one batched call."""
-    return out.flops / max(n, 1), out.seconds / max(n, 1)
 
 
 class LondiAgent:
@@ -172,24 +214,18 @@ class LondiAgent:
             raise LondiError("no episodes to run; give at least one EpisodeSpec")
         if num_envs < 1:
             raise LondiError(f"num_envs must be >= 1, got {num_envs}")
-        n_slots = min(num_envs, len(specs))
         rng = np.random.default_rng(self.seed) if self.sample_actions else None
-        self.router.reset(n_slots, self.seed)
         needs_quick = getattr(self.router, "needs_quick", True)
-        queue = list(range(len(specs)))
-        slots: list[_Slot | None] = [None] * n_slots
-        owner = [-1] * n_slots
+        slots = _Slots(specs, num_envs, self.budget)
+        self.router.reset(len(slots), self.seed)
         records: list[EpisodeRecord | None] = [None] * len(specs)
-        for s in range(n_slots):
-            owner[s] = queue.pop(0)
-            slots[s] = _Slot(specs[owner[s]], self.budget)
         env_steps = 0
         t0 = time.perf_counter()
         bar = tqdm(total=len(specs), desc=desc or f"{getattr(self.router, 'name', 'rollout')}", unit="ep",
                    disable=not progress, leave=False)
-        while any(s is not None for s in slots):
-            active = np.array([i for i, s in enumerate(slots) if s is not None])
-            act_slots = [slots[i] for i in active]
+        while slots:
+            active = np.array(slots.active())
+            act_slots = [slots.slots[i] for i in active]
             prompts = [s.prompt for s in act_slots]
             n = len(active)
             step = np.array([s.record.length for s in act_slots])
@@ -215,32 +251,19 @@ class LondiAgent:
             deep &= can_call
             actions = np.zeros(n, np.int64)
             if q_out is not None:
-                fq, sq = _charge(q_out, n)
-                for s in act_slots:
-                    s.record.quick_calls += 1
-                    s.record.quick_flops += fq
-                    s.record.quick_seconds += sq
+                _bill(act_slots, range(n), q_out, "quick")
                 actions[:] = q_out.actions(rng)
             elif np.any(~deep):  # the router did not need QUICK: run it only where it acts
                 idx = np.flatnonzero(~deep)
                 out = self.quick([prompts[i] for i in idx])
-                fq, sq = _charge(out, len(idx))
-                for j, i in enumerate(idx):
-                    rec = act_slots[i].record
-                    rec.quick_calls += 1
-                    rec.quick_flops += fq
-                    rec.quick_seconds += sq
+                _bill(act_slots, idx, out, "quick")
                 actions[idx] = out.actions(rng)
             if np.any(deep):
                 idx = np.flatnonzero(deep)
                 d_out = self.deep([prompts[i] for i in idx])
-                fd, sd = _charge(d_out, len(idx))
+                _bill(act_slots, idx, d_out, "deep")
                 actions[idx] = d_out.actions(rng)
                 for i in idx:
-                    rec = act_slots[i].record
-                    rec.deep_calls += 1
-                    rec.deep_flops += fd
-                    rec.deep_seconds += sd
                     act_slots[i].budget_left -= 1
             rewards = np.zeros(n)
             dones = np.zeros(n, bool)
@@ -257,15 +280,8 @@ class LondiAgent:
             self.router.observe(active, deep, actions, rewards, dones)
             for j, i in enumerate(active):
                 if dones[j]:
-                    s = slots[i]
-                    records[owner[i]] = s.record
-                    s.env.close()
+                    k, records[k] = slots.finish(int(i))
                     bar.update(1)
-                    if queue:
-                        owner[i] = queue.pop(0)
-                        slots[i] = _Slot(specs[owner[i]], self.budget)
-                    else:
-                        slots[i] = None
         bar.close()
         return RolloutResult([r for r in records if r is not None], env_steps, time.perf_counter() - t0,
                              {"quick": self.quick.calls, "deep": self.deep.calls})
@@ -287,20 +303,12 @@ def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[Episode
     rng = np.random.default_rng(seed)
     act_rng = np.random.default_rng(seed + 1) if sample_actions else None
     logger: OfflineLogger | None = None
-    queue = list(range(len(specs)))
-    n_slots = min(num_envs, len(specs))
-    slots: list[_Slot | None] = []
-    probs: list[float] = []
-    for _ in range(n_slots):
-        k = queue.pop(0)
-        slots.append(_Slot(specs[k], None))
-        probs.append(float(deep_probs[k % len(deep_probs)]))
+    slots = _Slots(specs, num_envs, None)
     stats = {"states": 0, "branched": 0, "episodes": 0, "successes": 0, "t0": time.perf_counter()}
     bar = tqdm(total=len(specs), desc="collect switch data", unit="ep", disable=not progress, leave=False)
-    q_out = None
-    while any(s is not None for s in slots):
-        active = [i for i, s in enumerate(slots) if s is not None]
-        act = [slots[i] for i in active]
+    while slots:
+        active = slots.active()
+        act = [slots.slots[i] for i in active]
         prompts = [s.prompt for s in act]
         step = np.array([s.record.length for s in act])
         max_steps = np.array([s.max_steps for s in act])
@@ -310,7 +318,8 @@ def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[Episode
         if logger is None:
             logger = OfflineLogger(feats.shape[1])
         a_q, a_d = q_out.actions(act_rng), d_out.actions(act_rng)
-        g = rng.random(len(act)) < np.array([probs[i] for i in active])
+        # behaviour switch: episode k calls DEEPTHINK with probability deep_probs[k % len]
+        g = rng.random(len(act)) < np.array([deep_probs[slots.owner[i] % len(deep_probs)] for i in active])
         reward = np.zeros((len(act), 2), np.float32)
         term = np.zeros((len(act), 2), bool)
         next_prompts: list[list[str]] = [[], []]
@@ -350,16 +359,10 @@ def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[Episode
         stats["states"] += len(act)
         for j, i in enumerate(active):
             if done_exec[j]:
+                _, record = slots.finish(i)
                 stats["episodes"] += 1
-                stats["successes"] += int(slots[i].record.success)
-                slots[i].env.close()
+                stats["successes"] += int(record.success)
                 bar.update(1)
-                if queue:
-                    k = queue.pop(0)
-                    slots[i] = _Slot(specs[k], None)
-                    probs[i] = float(deep_probs[k % len(deep_probs)])
-                else:
-                    slots[i] = None
     bar.close()
     stats["seconds"] = time.perf_counter() - stats.pop("t0")
     stats["quick_calls"], stats["deep_calls"] = quick.calls, deep.calls

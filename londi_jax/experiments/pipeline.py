@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from londi_jax.agents.bc import BCTrainer, bc_data_from_episodes
-from londi_jax.agents.calibration import interpolate_cost
+from londi_jax.agents.calibration import greedy_call_rate, interpolate_cost
 from londi_jax.agents.londi import EpisodeSpec, LondiAgent, collect_switch_data, episode_specs
 from londi_jax.agents.policy import LMPolicy, SwitchEncoder
 from londi_jax.agents.routers import (ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter, SwiftSageRouter,
@@ -39,7 +39,7 @@ from londi_jax.lm.lora import save_lora
 from londi_jax.lm.tokenizer import train_word_tokenizer
 from londi_jax.switcher.checkpoint import CheckpointStore
 from londi_jax.switcher.config import SwitcherConfig
-from londi_jax.switcher.network import graphdef, q_values
+from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, load_dataset, make_offline_train, save_dataset
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
@@ -317,8 +317,7 @@ class Pipeline:
     @staticmethod
     def _offline_rates(cfg: SwitcherConfig, params: Any, ds: OfflineDataset) -> np.ndarray:
         gdef = graphdef(cfg)
-        q = jax.vmap(lambda p: q_values(gdef, p, ds.obs))(params)
-        return np.asarray((q[..., 1] > q[..., 0]).mean(-1))
+        return np.asarray(jax.vmap(lambda p: greedy_call_rate(gdef, p, ds.obs))(params))
 
     def _switchers(self) -> tuple[dict[str, Any], dict[str, Any]]:
         s = self.config.switch
