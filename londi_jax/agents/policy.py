@@ -8,6 +8,7 @@ and its confidence) and the prompt embedding (the switcher's state encoding), be
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Sequence
 from typing import Any
 import numpy as np
@@ -17,7 +18,7 @@ from londi_jax.lm.engine import LanguageModel
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
 __all__ = ["PolicyOutput", "LMPolicy", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
-           "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS"]
+           "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features"]
 
 
 @dataclasses.dataclass
@@ -111,7 +112,43 @@ def feature_dim(hidden_size: int) -> int:
     return 2 * int(hidden_size) + NUM_CONFIDENCE_FEATURES + 1
 
 
-ENCODERS = ("quick", "quick+bow")
+ENCODERS = ("quick", "quick+bow", "quick+match")
+
+# Function words are never "matches": "a"/"the" in the goal would otherwise mark every item.
+_STOPWORDS = frozenset("a an the to up go pick put open next and then after you of is your on in".split())
+
+
+def _stable_bucket(text: str, buckets: int) -> int:
+    # crc32, not hash(): Python salts str hashes per process, features must not change between runs
+    return zlib.crc32(text.encode()) % buckets
+
+
+def match_ngram_features(mission: str, observation: str, *, mission_buckets: int = 128,
+                         obs_buckets: int = 512, max_n: int = 4) -> np.ndarray:
+    """A cheap text encoding of (goal, newest observation) that keeps their relation.
+
+    Goal: hashed bag of its words and word bigrams. Observation: each comma-separated item has the
+    words it shares with the goal replaced by a marker (the "exact match" feature of reading
+    comprehension, e.g. DrQA), then a hashed bag of its word n-grams (n <= ``max_n``). So "the
+    goal's object 1 step forward" is one n-gram whatever the object is, and a small MLP can read
+    where goal objects are without a learned text model. Returns ``(mission_buckets + obs_buckets,)``
+    float32 presence features.
+    """
+    out = np.zeros(mission_buckets + obs_buckets, np.float32)
+    goal = mission.lower().replace(",", " ").split()
+    for n in (1, 2):
+        for i in range(len(goal) - n + 1):
+            out[_stable_bucket(" ".join(goal[i:i + n]), mission_buckets)] = 1.0
+    keys = {w for w in goal if w not in _STOPWORDS}
+    for item in observation.lower().split(","):
+        words = ["<m>" if w in keys else w for w in item.split()]
+        for n in range(1, max_n + 1):
+            for i in range(len(words) - n + 1):
+                out[mission_buckets + _stable_bucket(" ".join(words[i:i + n]), obs_buckets)] = 1.0
+    return out
+
+
+MATCH_FEATURES = 128 + 512  # width of match_ngram_features at its defaults
 
 
 class SwitchEncoder:
@@ -121,6 +158,9 @@ class SwitchEncoder:
     anyway). ``"quick+bow"``: plus two bags of words (presence of each token of QUICK's
     tokenizer) over the mission and over the newest observation of the GLAM prompt: a cheap text
     encoder that lets the switch see what the state says without running another model.
+    ``"quick+match"``: plus :func:`match_ngram_features` of the goal and newest observation
+    (goal-matched words marked, hashed n-grams): where the goal's objects are, not only which
+    words occur.
     """
 
     def __init__(self, kind: str, hidden_size: int, tokenizer: Any = None):
@@ -135,7 +175,8 @@ class SwitchEncoder:
 
     @property
     def dim(self) -> int:
-        return feature_dim(self.hidden_size) + (2 * self.vocab if self.kind == "quick+bow" else 0)
+        extra = {"quick": 0, "quick+bow": 2 * self.vocab, "quick+match": MATCH_FEATURES}[self.kind]
+        return feature_dim(self.hidden_size) + extra
 
     def __call__(self, quick: PolicyOutput, prompts: Sequence[str], step: np.ndarray,
                  max_steps: np.ndarray) -> np.ndarray:
@@ -143,6 +184,10 @@ class SwitchEncoder:
         if self.kind == "quick":
             return base
         parts = [parse_glam_prompt(p) for p in prompts]
+        if self.kind == "quick+match":
+            extra = np.stack([match_ngram_features(m, o) for m, o in parts]) if parts else \
+                np.zeros((0, MATCH_FEATURES), np.float32)
+            return np.concatenate([base, extra], axis=-1)
         bags = []
         for texts in (list(m for m, _ in parts), list(o for _, o in parts)):
             bag = np.zeros((len(prompts), self.vocab), np.float32)
@@ -150,4 +195,3 @@ class SwitchEncoder:
                 bag[i, ids] = 1.0
             bags.append(bag)
         return np.concatenate([base, *bags], axis=-1)
-

@@ -57,3 +57,49 @@ def test_encoder_errors():
         SwitchEncoder("sentence-bert", 4)
     with pytest.raises(Exception, match="tokenizer"):
         SwitchEncoder("quick+bow", 4)
+
+
+def _ngrams(words, max_n):
+    return {" ".join(words[i:i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1)}
+
+
+def test_match_features_are_hashed_ngrams_of_the_goal_marked_observation():
+    import zlib
+
+    from londi_jax.agents.policy import match_ngram_features
+
+    mission, obs = "pick up the red ball", "You see a red ball 1 step forward, You see a wall 2 steps left, "
+    f = match_ngram_features(mission, obs, mission_buckets=64, obs_buckets=256, max_n=3)
+    # independent recomputation: the goal's content words become <m> item by item
+    goal_grams = _ngrams(mission.split(), 2)
+    items = [["<m>" if w in ("red", "ball") else w for w in it.lower().split()] for it in obs.split(",")]
+    obs_grams = set().union(*(_ngrams(it, 3) for it in items))
+    expect = np.zeros(64 + 256, np.float32)
+    for g in goal_grams:
+        expect[zlib.crc32(g.encode()) % 64] = 1
+    for g in obs_grams:
+        expect[64 + zlib.crc32(g.encode()) % 256] = 1
+    np.testing.assert_array_equal(f, expect)
+    assert "<m> 1 step" in obs_grams and "a <m> <m>" in obs_grams and "a red" not in obs_grams
+    # relation, not words: the same n-gram fires for any goal object seen 1 step forward,
+    # and not for a goal object seen elsewhere
+    key = 64 + zlib.crc32(b"<m> 1 step") % 256
+    other = match_ngram_features("go to the blue key", "You see a blue key 1 step forward",
+                                 mission_buckets=64, obs_buckets=256, max_n=3)
+    elsewhere = match_ngram_features("go to the blue key", "You see a blue key 3 steps right",
+                                     mission_buckets=64, obs_buckets=256, max_n=3)
+    assert other[key] == 1 and elsewhere[key] == 0
+
+
+def test_match_encoder_appends_match_features():
+    from londi_jax.agents.policy import MATCH_FEATURES, match_ngram_features
+
+    prompts = [build_glam_prompt("pick up the blue key", OBS, ["turn left", "go forward"])]
+    H = 2
+    out = PolicyOutput(np.zeros((1, 6)), np.ones((1, 2 * H), np.float32), 0.0, 0.0)
+    enc = SwitchEncoder("quick+match", H)
+    feats = enc(out, prompts, np.array([3]), np.array([10]))
+    assert enc.dim == feats.shape[1] == 2 * H + 5 + MATCH_FEATURES
+    np.testing.assert_array_equal(feats[0, 2 * H + 5:], match_ngram_features(*parse_glam_prompt(prompts[0])))
+    empty = PolicyOutput(np.zeros((0, 6)), np.zeros((0, 2 * H), np.float32), 0.0, 0.0)
+    assert enc(empty, [], np.zeros(0), np.zeros(0)).shape == (0, enc.dim)
