@@ -387,9 +387,9 @@ def _pct(x: float, ci: float | None = None, suffix: str = "%") -> str:
     return s + suffix
 
 
-def _fmt_param(v: Any) -> str:
+def _fmt_param(v: Any, digits: int | None = None) -> str:
     if isinstance(v, float):
-        return f"{v:g}"
+        return f"{v:.{digits}g}" if digits else f"{v:g}"
     return str(v)
 
 
@@ -472,7 +472,7 @@ def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str =
             for r, xi, yi in zip(pts, x, y):
                 if key in r.params:
                     ax.annotate(
-                        f"{short}={_fmt_param(r.params[key])}", (xi, yi), textcoords="offset points",
+                        f"{short}={_fmt_param(r.params[key], 3)}", (xi, yi), textcoords="offset points",
                         xytext=(5, 5), fontsize=8, color=f"C{i % 10}",
                     )
     ax.set_xlabel("compute saved (% of DEEPTHINK-only FLOPs)")
