@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.output import to_jsonable
 
 __all__ = [
     "ReportError",
@@ -616,18 +617,6 @@ def targets(
 # --------------------------------------------------------------------------- files
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON has no NaN
-    return obj
-
-
 def _targets_markdown(tg: Sequence[Mapping[str, Any]]) -> str:
     mark = {True: "PASS", False: "FAIL", None: "n/a"}
     return "".join(f"- **{mark[t['passed']]}** `{t['name']}`: {t['detail']}\n" for t in tg)
@@ -658,5 +647,5 @@ def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | 
     _atomic_write(paths["table"], lambda fh: fh.write(text.encode()))
     plot_cost_quality(rows, paths["plot"], title=f"LONDI cost vs quality ({meta.get('preset', 'results')})")
     summary = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": tg}
-    _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2, allow_nan=False).encode()))
+    _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(to_jsonable(summary, finite=True), indent=2, allow_nan=False).encode()))
     return paths

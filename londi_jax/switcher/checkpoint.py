@@ -20,7 +20,6 @@ tree-structure error.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import weakref
@@ -34,6 +33,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.output import to_jsonable
 
 __all__ = [
     "CheckpointError",
@@ -56,27 +56,6 @@ class CheckpointMismatchError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------- metadata helpers
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Turn a config / hparams object (dataclass, NamedTuple, pytree of arrays) into JSON data."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if hasattr(obj, "_asdict"):  # NamedTuple
-        return {k: to_jsonable(v) for k, v in obj._asdict().items()}
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, (jax.Array, np.ndarray)):
-        if jnp.issubdtype(obj.dtype, jax.dtypes.prng_key):
-            obj = jax.random.key_data(obj)
-        return np.asarray(obj).tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)  # enums, callables, ...: compared by their repr
 
 
 def _leaf_desc(x: Any) -> str:
