@@ -123,8 +123,12 @@ def _stable_bucket(text: str, buckets: int) -> int:
     return zlib.crc32(text.encode()) % buckets
 
 
-def match_ngram_features(mission: str, observation: str, *, mission_buckets: int = 128,
-                         obs_buckets: int = 512, max_n: int = 4) -> np.ndarray:
+MISSION_BUCKETS, OBS_BUCKETS = 128, 512  # hashed feature widths of match_ngram_features
+MATCH_FEATURES = MISSION_BUCKETS + OBS_BUCKETS  # its width at the defaults (the quick+match encoder)
+
+
+def match_ngram_features(mission: str, observation: str, *, mission_buckets: int = MISSION_BUCKETS,
+                         obs_buckets: int = OBS_BUCKETS, max_n: int = 4) -> np.ndarray:
     """A cheap text encoding of (goal, newest observation) that keeps their relation.
 
     Goal: hashed bag of its words and word bigrams. Observation: each comma-separated item has the
@@ -134,6 +138,9 @@ def match_ngram_features(mission: str, observation: str, *, mission_buckets: int
     where goal objects are without a learned text model. Returns ``(mission_buckets + obs_buckets,)``
     float32 presence features.
     """
+    if min(mission_buckets, obs_buckets, max_n) < 1:
+        raise LondiError(f"match_ngram_features needs mission_buckets, obs_buckets and max_n >= 1, got "
+                         f"{mission_buckets}, {obs_buckets}, {max_n}")
     out = np.zeros(mission_buckets + obs_buckets, np.float32)
     goal = mission.lower().replace(",", " ").split()
     for n in (1, 2):
@@ -146,9 +153,6 @@ def match_ngram_features(mission: str, observation: str, *, mission_buckets: int
             for i in range(len(words) - n + 1):
                 out[mission_buckets + _stable_bucket(" ".join(words[i:i + n]), obs_buckets)] = 1.0
     return out
-
-
-MATCH_FEATURES = 128 + 512  # width of match_ngram_features at its defaults
 
 
 class SwitchEncoder:

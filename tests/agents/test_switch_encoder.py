@@ -103,3 +103,10 @@ def test_match_encoder_appends_match_features():
     np.testing.assert_array_equal(feats[0, 2 * H + 5:], match_ngram_features(*parse_glam_prompt(prompts[0])))
     empty = PolicyOutput(np.zeros((0, 6)), np.zeros((0, 2 * H), np.float32), 0.0, 0.0)
     assert enc(empty, [], np.zeros(0), np.zeros(0)).shape == (0, enc.dim)
+
+
+def test_match_features_refuse_empty_hash_spaces():
+    from londi_jax.agents.policy import match_ngram_features
+
+    with pytest.raises(Exception, match="obs_buckets"):
+        match_ngram_features("go to the red ball", "You see a red ball 1 step forward", obs_buckets=0)
