@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,8 @@ from londi_jax.lm.engine import score_candidates
 from londi_jax.lm.layers import CausalLM
 from londi_jax.lm.lora import LoRAConfig, add_lora, merge_lora, merge_trainable, split_trainable
 from londi_jax.switcher.checkpoint import CheckpointStore
-from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.errors import LondiError
+from londi_jax.utils.fields import above, at_least, check_fields, one_of
 
 __all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
            "bc_data_from_episodes", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
@@ -65,16 +67,13 @@ class BCConfig:
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at every epoch end)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise UnknownNameError("BC loss", self.loss, LOSSES)
-        if self.finetune not in FINETUNE_MODES:
-            raise UnknownNameError("fine-tuning mode", self.finetune, FINETUNE_MODES)
-        for name in ("epochs", "batch_size", "length_multiple", "pool_batches", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise BCError(f"BCConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise BCError(f"BCConfig.learning_rate must be > 0, got {self.learning_rate}")
+    def __post_init__(self) -> None:  # every field typed and in range when built (overrides too)
+        check_fields(self, {
+            **{name: [at_least(1)] for name in ("epochs", "batch_size", "length_multiple", "pool_batches",
+                                                "checkpoint_every")},
+            "learning_rate": [above(0)], "warmup_steps": [at_least(0)], "weight_decay": [at_least(0)],
+            "max_grad_norm": [above(0)], "seed": [at_least(0)],
+            "loss": [one_of(LOSSES, "BC loss")], "finetune": [one_of(FINETUNE_MODES, "fine-tuning mode")]})
 
 
 @dataclasses.dataclass
@@ -187,6 +186,14 @@ class BCResult:
     resumed_from: int
 
 
+def _host_metrics(metrics: Sequence[Mapping[str, jax.Array]]) -> list[dict[str, float]]:
+    """Per-step metrics read back to the host as float32 values (one transfer for the list)."""
+    if not metrics:
+        return []
+    stacked = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *metrics))
+    return [{k: float(np.float32(v[i])) for k, v in stacked.items()} for i in range(len(metrics))]
+
+
 class BCTrainer:
     """Behaviour cloning of one ``CausalLM`` on :class:`BCData`.
 
@@ -261,13 +268,18 @@ class BCTrainer:
               desc: str = "bc", eval_every: int = 1) -> BCResult:
         """Run ``config.epochs`` epochs; with ``checkpoint_dir`` resume from / save to it.
 
-        ``eval_fn`` runs after every ``eval_every``-th epoch and after the last one.
+        ``eval_fn`` runs after every ``eval_every``-th epoch and after the last one. A resumed
+        run's history equals an uninterrupted one's: a mid-epoch checkpoint stores the metrics
+        of the epoch's steps so far (float32 values, exact in JSON), so the resumed epoch's means
+        are computed from the same numbers in the same order. The progress bar counts finished
+        steps: it advances once a step's metrics are ready, keeping one step in flight.
         """
         cfg = self.config
         state = self.init_state()
         store = CheckpointStore(checkpoint_dir, keep=2) if checkpoint_dir is not None else None
         start = 0
         history: list[dict[str, float]] = []
+        done_metrics: list[dict[str, float]] = []  # this epoch's steps before a mid-epoch checkpoint
         meta_config = {"bc": dataclasses.asdict(cfg), "examples": len(self.data),
                        "model": dataclasses.asdict(self.model_config)}
         try:
@@ -275,7 +287,15 @@ class BCTrainer:
                 like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
                 state, meta = store.restore(like, kind=self.KIND, config=meta_config)
                 start = int(meta["step"])
-                history = list(meta.get("extra", {}).get("history", []))
+                extra = meta.get("extra", {})
+                history = list(extra.get("history", []))
+                if start % self.steps_per_epoch:
+                    done_metrics = list(extra.get("epoch_metrics", []))
+                    if len(done_metrics) != start % self.steps_per_epoch:
+                        warnings.warn(f"checkpoint {checkpoint_dir}/{start} has no per-step metrics of its epoch "
+                                      f"(written by an older version): the resumed epoch's means cover only the "
+                                      f"steps after it", stacklevel=2)
+                        done_metrics = []
             step = start
             with tqdm(total=self.total_steps, initial=start, desc=desc, unit="step", disable=not progress) as bar:
                 for epoch in range(start // self.steps_per_epoch, cfg.epochs):
@@ -286,14 +306,21 @@ class BCTrainer:
                                                       *self._batch(batches[b_idx]))
                         state = {"trainable": tr, "opt": opt}
                         step += 1
+                        if epoch_metrics:  # the previous step is finished once its metrics are ready
+                            jax.block_until_ready(epoch_metrics[-1])
+                            bar.update(1)
                         epoch_metrics.append(metrics)
-                        bar.update(1)
                         if b_idx % 10 == 0:
                             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['accuracy']):.2f}")
                         if store is not None and step % cfg.checkpoint_every == 0 and b_idx + 1 < len(batches):
-                            store.save(step, state, kind=self.KIND, config=meta_config, extra={"history": history})
-                    means = {k: float(np.mean(v)) for k, v in
-                             jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *epoch_metrics)).items()}
+                            store.save(step, state, kind=self.KIND, config=meta_config,
+                                       extra={"history": history,
+                                              "epoch_metrics": done_metrics + _host_metrics(epoch_metrics)})
+                    jax.block_until_ready(epoch_metrics[-1])  # the epoch's last step
+                    bar.update(1)
+                    rows = done_metrics + _host_metrics(epoch_metrics)
+                    done_metrics = []
+                    means = {k: float(np.mean(np.asarray([r[k] for r in rows], np.float32))) for k in rows[0]}
                     row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
                                            **{f"train_{k}": v for k, v in means.items()}}
                     if eval_fn is not None and ((epoch + 1) % max(eval_every, 1) == 0 or epoch + 1 == cfg.epochs):
