@@ -67,6 +67,22 @@ TINY_TEMPLATE = (
 )
 
 
+# A Llama-3-style tokenizer: 'llama-bpe' pre-tokenizer (BOS by default), BOS 0, EOS 1 (<|end_of_text|>),
+# <|eot_id|> 2 ends a turn, a template that writes the BOS itself, no add_bos_token key.
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
+    " + m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def llama3_tokenizer_kwargs(**overrides) -> dict:
+    """``write_tiny_gguf`` arguments for the Llama-3-style tokenizer above (``overrides`` win)."""
+    return {**dict(pre="llama-bpe", specials=LLAMA3_SPECIALS, bos_id=0, eos_id=1, pad_id=None, add_bos=None,
+                   chat_template=LLAMA3_TEMPLATE), **overrides}
+
+
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp's q/k row order, written index by index (independent of the loader's reshape trick):
     in every head, Hugging Face row ``half * d/2 + i`` is stored at row ``2 * i + half``."""
@@ -86,14 +102,27 @@ def _byte_alphabet_tokens() -> list[str]:
 
 
 def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None, tie: bool = True,
-                    add_bos: bool = False, seed: int = 0, pre: str = "smollm", context: int = 256) -> dict:
-    """Write a random tiny model as a GGUF file; return its Hugging Face-layout tensors and shape info."""
+                    add_bos: bool | None = False, seed: int = 0, pre: str = "smollm", context: int = 256,
+                    specials: list[str] | None = None, bos_id: int | None = 1, eos_id: int | None = 2,
+                    pad_id: int | None = 0, chat_template: str | None = TINY_TEMPLATE,
+                    metadata: dict | None = None, rope_freqs: np.ndarray | None = None,
+                    script: list[int] | None = None) -> dict:
+    """Write a random tiny model as a GGUF file; return its Hugging Face-layout tensors and shape info.
+
+    ``specials`` (control tokens, ids 0..) default to TINY_SPECIAL; ``add_bos=None`` / ``bos_id=None`` /
+    ``chat_template=None`` ... leave the key out; ``metadata`` adds keys (int -> uint32, float32, bool, str);
+    ``rope_freqs`` is written as llama.cpp's ``rope_freqs.weight``. ``script`` (distinct ids, untied head
+    only) makes greedy generation emit ``script[0], script[1], ...`` (cyclically) after any prompt: token
+    ``script[i]`` writes a large marker into residual dimension i (every other token into dimension
+    len(script)), and LM-head row ``script[i+1]`` reads it, so the next token is decided by the
+    current one; the random weights add only O(1) noise to logits of about 400."""
     import gguf
     from gguf.quants import dequantize, quantize
 
     rng = np.random.default_rng(seed)
-    tokens = TINY_SPECIAL + _byte_alphabet_tokens() + ["".join(m.split(" ")) for m in TINY_MERGES]
-    types = [3] * len(TINY_SPECIAL) + [1] * (len(tokens) - len(TINY_SPECIAL))
+    specials = list(TINY_SPECIAL if specials is None else specials)
+    tokens = specials + _byte_alphabet_tokens() + ["".join(m.split(" ")) for m in TINY_MERGES]
+    types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
     vocab, hidden, heads, kv_heads, ffn, layers = len(tokens), 64, 4, 2, 128, 2
     head_dim = hidden // heads
 
@@ -118,6 +147,16 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
             for k, n in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
                 hf[p + f"self_attn.{k}_proj.bias"] = rnd(n * head_dim)
 
+    if script is not None:
+        assert not tie and len(set(script)) == len(script) < hidden, "script: distinct ids, untied head"
+        emb, head, n = hf["model.embed_tokens.weight"], hf["lm_head.weight"], len(script)
+        emb[:, : n + 1] = 0.0
+        emb[:, n] = 100.0  # "any other token"
+        for i, t in enumerate(script):
+            emb[t, n], emb[t, i] = 0.0, 100.0
+            head[script[(i + 1) % n], i] = 50.0
+        head[script[0], n] = 50.0
+
     qtype = getattr(gguf.GGMLQuantizationType, quant) if quant else None
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(layers)
@@ -134,11 +173,15 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(TINY_MERGES)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(add_bos)
-    w.add_chat_template(TINY_TEMPLATE)
+    for value, add in ((bos_id, w.add_bos_token_id), (eos_id, w.add_eos_token_id), (pad_id, w.add_pad_token_id),
+                       (add_bos, w.add_add_bos_token), (chat_template, w.add_chat_template)):
+        if value is not None:
+            add(value)
+    for key, value in (metadata or {}).items():
+        add = {bool: w.add_bool, str: w.add_string, float: w.add_float32}.get(type(value), w.add_uint32)
+        add(key, value)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
 
     gguf_names = {
         "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -187,3 +230,13 @@ def tiny_gguf(tmp_path):
 
     return make
 
+
+@pytest.fixture
+def llama3_gguf(tiny_gguf):
+    """Factory: ``llama3_gguf(name, **kwargs) -> (path, info)``, a tiny GGUF with the Llama-3-style
+    tokenizer of ``llama3_tokenizer_kwargs`` (kwargs override)."""
+
+    def make(name: str = "llama3.gguf", **kwargs):
+        return tiny_gguf(name, **llama3_tokenizer_kwargs(**kwargs))
+
+    return make

@@ -40,7 +40,10 @@ class ModelConfig:
 
     ``rope_scaling`` is ``None`` or a mapping with ``rope_type`` ('llama3' or 'linear') and its
     parameters (Llama-3: factor, low_freq_factor, high_freq_factor,
-    original_max_position_embeddings). ``rotary_dim`` is the number of rotated dimensions per head
+    original_max_position_embeddings). ``rope_freq_factors`` (``rotary_dim // 2`` positive floats or
+    None) divide the inverse frequencies one by one after any ``rope_scaling``: llama.cpp's
+    ``rope_freqs`` encoding of Llama-3 scaling in GGUF files (config key ``rope_freq_factors``, not a
+    transformers key). ``rotary_dim`` is the number of rotated dimensions per head
     (== ``head_dim`` for full rotary, smaller for GPT-NeoX partial rotary). ``qkv_bias`` adds biases
     to the q/k/v projections (Qwen2, GPT-NeoX, Llama ``attention_bias``); ``o_bias`` to the output
     projection. ``dtype`` is the default parameter/activation dtype ('float32' or 'bfloat16').
@@ -56,6 +59,7 @@ class ModelConfig:
     intermediate_size: int
     rope_theta: float = 10000.0
     rope_scaling: Mapping[str, Any] | None = None
+    rope_freq_factors: tuple[float, ...] | None = None
     rotary_dim: int | None = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
@@ -81,6 +85,8 @@ class ModelConfig:
             object.__setattr__(self, "rotary_dim", self.head_dim)
         if self.rope_scaling is not None:
             object.__setattr__(self, "rope_scaling", FrozenDict(dict(self.rope_scaling)))
+        if self.rope_freq_factors is not None:
+            object.__setattr__(self, "rope_freq_factors", tuple(float(f) for f in self.rope_freq_factors))
         if isinstance(self.eos_token_id, (list, tuple)):
             object.__setattr__(self, "eos_token_id", tuple(int(i) for i in self.eos_token_id))
         problems = []
@@ -96,6 +102,11 @@ class ModelConfig:
             problems.append(
                 f"rotary_dim ({self.rotary_dim}) must be even and in (0, head_dim={self.head_dim}]"
             )
+        if self.rope_freq_factors is not None and (
+                len(self.rope_freq_factors) != self.rotary_dim // 2
+                or not all(0 < f < float("inf") for f in self.rope_freq_factors)):
+            problems.append(f"rope_freq_factors must be rotary_dim/2 = {self.rotary_dim // 2} positive finite "
+                            f"numbers, got {len(self.rope_freq_factors)} values")
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             problems.append(
                 f"hidden_act {self.hidden_act!r} unsupported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
@@ -191,6 +202,7 @@ class ModelConfig:
             intermediate_size=int(need("intermediate_size")),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
+            rope_freq_factors=d.get("rope_freq_factors") or None,
             rotary_dim=rotary_dim,
             tie_embeddings=bool(d.get("tie_word_embeddings", False)),
             hidden_act=str(d.get("hidden_act", "silu")),

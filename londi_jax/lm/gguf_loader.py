@@ -45,6 +45,8 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# llama.cpp's encoding of Llama-3 RoPE scaling: one divisor per rotary frequency (see rope_freq_factors)
+ROPE_FREQS = "rope_freqs.weight"
 # GGUF architectures we convert -> (transformers model_type, architectures entry, q/k rows permuted?)
 SUPPORTED_ARCHITECTURES = {
     "llama": ("llama", "LlamaForCausalLM", True),
@@ -100,16 +102,19 @@ class GGUFTensors(Mapping[str, np.ndarray]):
         self._heads = {"q": n_heads, "k": n_kv_heads}
         self._permuted = SUPPORTED_ARCHITECTURES[arch][2]
         self._by_name: dict[str, Any] = {}
+        self.rope_freqs: Any = None  # llama.cpp's per-dimension RoPE divisors, read into the config instead
         unknown = []
         for t in reader.tensors:
             hf = _hf_name(t.name, n_layers)
-            if hf is None:
+            if t.name == ROPE_FREQS:
+                self.rope_freqs = t
+            elif hf is None:
                 unknown.append(t.name)
             else:
                 self._by_name[hf] = t
         if unknown:
             raise GGUFError(f"GGUF {arch} tensors with no Hugging Face counterpart: {', '.join(unknown[:8])}"
-                            + (" ..." if len(unknown) > 8 else "") + " (e.g. rope_freqs: rope scaling is not supported)")
+                            + (" ..." if len(unknown) > 8 else ""))
 
     def __getitem__(self, name: str) -> np.ndarray:
         from gguf.quants import dequantize
@@ -155,6 +160,35 @@ def _hf_name(gguf_name: str, n_layers: int) -> str | None:
         if suffix is not None:
             return f"model.layers.{parts[1]}.{suffix}"
     return None
+
+
+def _rope_scaling(meta: Mapping[str, Any], arch: str, tensors: GGUFTensors, head_dim: int, path: str) -> dict[str, Any]:
+    """Config entries for the file's RoPE scaling (merged into the config dict).
+
+    ``rope.scaling.type`` 'linear' (with ``rope.scaling.factor``) becomes transformers' linear rope
+    parameters. A ``rope_freqs.weight`` tensor is how llama.cpp's converter stores Llama-3.1/3.2
+    'llama3' scaling: ggml's rope divides inverse frequency i by ``rope_freqs[i]``; it becomes
+    ``rope_freq_factors`` (read by ``ModelConfig``). Other scaling types raise ``GGUFError``.
+    """
+    out: dict[str, Any] = {}
+    kind = meta.get(f"{arch}.rope.scaling.type") or "none"
+    factor = float(meta.get(f"{arch}.rope.scaling.factor") or 1.0)
+    if kind == "linear" and factor != 1.0:
+        theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+        out["rope_parameters"] = {"rope_type": "linear", "factor": factor, "rope_theta": theta}
+    elif kind not in ("none", "linear"):
+        raise GGUFError(f"GGUF rope scaling {kind!r} in {path} is not supported (supported: none, linear, and "
+                        f"Llama-3 scaling stored as {ROPE_FREQS})")
+    t = tensors.rope_freqs
+    if t is not None:
+        if t.tensor_type.name != "F32":  # llama.cpp's converter always writes it as F32
+            raise GGUFError(f"{ROPE_FREQS} in {path} is stored as {t.tensor_type.name}; expected F32")
+        factors = np.array(t.data, dtype=np.float32).reshape(-1)
+        if factors.shape[0] != head_dim // 2 or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+            raise GGUFError(f"{ROPE_FREQS} in {path} must hold head_dim/2 = {head_dim // 2} positive finite "
+                            f"divisors; it has {factors.shape[0]} values")
+        out["rope_freq_factors"] = [float(x) for x in factors]
+    return out
 
 
 @dataclass
@@ -224,8 +258,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     for key, hf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
         if f"tokenizer.ggml.{key}" in meta:
             config[hf_key] = int(meta[f"tokenizer.ggml.{key}"])
-    if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
-        raise GGUFError(f"GGUF rope scaling {meta[f'{arch}.rope.scaling.type']!r} is not supported")
+    config.update(_rope_scaling(meta, arch, tensors, head_dim, path))
     if model_type == "qwen2":
         config["use_sliding_window"] = False  # Qwen2 always has q/k/v biases; no attention_bias key
     else:

@@ -59,10 +59,18 @@ def make_norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
 
 # ---------------------------------------------------------------------------------------- RoPE
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies (rotary_dim // 2,) float32, incl. Llama-3 / linear scaling.
+    """Inverse frequencies (rotary_dim // 2,) float32, incl. Llama-3 / linear scaling and llama.cpp's
+    per-frequency divisors (``config.rope_freq_factors``, applied last as ggml's rope does).
 
     Computed like transformers (float32 powers) so positions match the PyTorch reference.
     """
+    inv = _scaled_inv_freq(config)
+    if config.rope_freq_factors is not None:
+        inv = (inv / np.asarray(config.rope_freq_factors, np.float32)).astype(np.float32)
+    return inv
+
+
+def _scaled_inv_freq(config: ModelConfig) -> np.ndarray:
     dim = config.rotary_dim
     inv = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
     inv = inv.astype(np.float32)
