@@ -27,6 +27,8 @@ def _cost_dict(lm: Any) -> dict[str, Any]:
         "seconds": last.seconds if last else 0.0,
         "compiled": bool(last.compiled) if last else False,
         "flops": last.flops if last else 0.0,
+        "prompt_tokens": last.prompt_tokens if last else 0,
+        "generated_tokens": last.generated_tokens if last else 0,
     }
 
 
@@ -71,15 +73,14 @@ def _generate(args: argparse.Namespace) -> int:
         raise LondiError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     lm = load_lm(args.model, dtype=args.dtype, progress=not args.json)
     prompt = args.prompt
-    if args.chat:
-        tok = lm.tokenizer
-        if getattr(tok, "chat_template", None) is None:
-            raise LondiError(f"model {lm.name} has no chat template; drop --chat")
-        prompt = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    stop = tuple(args.stop or ())
-    res = lm.generate([prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, stop=stop, seed=args.seed)
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=tuple(args.stop or ()),
+              seed=args.seed)
+    if args.chat:  # tokenized once by the chat template (its text is shown, never re-encoded)
+        conversation = [{"role": "user", "content": args.prompt}]
+        prompt, _ = lm.chat_prompt(conversation)
+        res = lm.generate_chat([conversation], args.max_new_tokens, **kw)
+    else:
+        res = lm.generate([prompt], args.max_new_tokens, **kw)
     result = {
         "model": lm.name,
         "prompt": prompt,

@@ -36,21 +36,24 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def run_demo(model: str = "smollm2-135m-instruct", dtype: str = "float32", max_new_tokens: int = 32) -> dict[str, Any]:
-    """Run the demo and return its results as a JSON-able dict."""
+    """Run the demo and return its results as a JSON-able dict.
+
+    Raises ``tokenizer.ChatTemplateError`` (before scoring) if the model has no chat template."""
     from londi_jax.lm.registry import load_lm
+    from londi_jax.lm.tokenizer import check_chat_template
 
     t0 = time.perf_counter()
     lm = load_lm(model, dtype=dtype)
     load_s = time.perf_counter() - t0
+    check_chat_template(lm.tokenizer, repr(lm.name))  # the chat part needs one: fail before the slow work
 
     score = lm.score([GLAM_PROMPT], [list(BABYAI_ACTIONS)])
     score_cost = lm.cost().last_call
     logprobs = np.asarray(score.logprobs[0], dtype=np.float64)
     probs = softmax(logprobs)
 
-    chat = lm.tokenizer.apply_chat_template([{"role": "user", "content": CHAT_QUESTION}], tokenize=False,
-                                            add_generation_prompt=True)
-    gen = lm.generate([chat], max_new_tokens, stop=("<|im_end|>",))
+    conversation = [{"role": "user", "content": CHAT_QUESTION}]
+    gen = lm.generate_chat([conversation], max_new_tokens)  # stops on the model's end-of-turn token
     gen_cost = lm.cost().last_call
     report = lm.cost()
     return {
@@ -77,6 +80,7 @@ def run_demo(model: str = "smollm2-135m-instruct", dtype: str = "float32", max_n
             "generate_seconds": gen_cost.seconds,
             "generate_compiled": gen_cost.compiled,
             "generated_tokens": gen_cost.generated_tokens,
+            "chat_prompt_tokens": gen_cost.prompt_tokens,
             "device_seconds_total": report.total_seconds,
             "flops_total": report.total_flops,
         },
@@ -100,7 +104,7 @@ def render_demo(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"chat> {r['chat_question']}",
-        f"SmolLM2> {r['chat_answer']}  [{r['finish_reason']}]",
+        f"{r['model']}> {r['chat_answer']}  [{r['finish_reason']}]",
         "",
         f"cost: {c['num_params'] / 1e6:.1f}M params ({c['num_nonembedding_params'] / 1e6:.1f}M non-embedding), "
         f"{c['flops_per_generated_token'] / 1e6:.0f} MFLOPs per generated token",

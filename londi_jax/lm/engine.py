@@ -23,9 +23,22 @@ scored sequence is ``prompt_ids + candidate_ids``. Pass the candidate with the s
 (e.g. ``" go forward"``). This is exactly what a full-sequence forward over the concatenated ids
 computes (tests check that).
 
-Stop strings: before decoding, the engine marks every vocabulary token whose text contains a stop
-string; generating such a token (or EOS) ends the row on device. Stop strings that only appear
-across token boundaries are found on the host afterwards and the text is truncated there.
+End of generation: a row ends on device when it generates any id of ``eog_token_ids``: the ids the
+checkpoint declares as ending generation (for GGUF llama.cpp's end-of-generation set, e.g.
+``<|eot_id|>`` as well as EOS; for a Hugging Face directory generation_config.json's and
+config.json's ``eos_token_id``), the config's EOS ids and the tokenizer's EOS. They enter the jitted
+loop as a boolean vocabulary mask (a traced argument: new stop sets never recompile).
+
+Stop strings: before decoding, the engine also marks every vocabulary token whose text (special
+tokens spelled out) contains a stop string; generating such a token ends the row on device. Stop
+strings that only appear across token boundaries are found on the host afterwards. Either way the
+stop strings are searched in the text decoded WITH special tokens, so a stop string that is a special
+token (``"<|eot_id|>"``) or spans one is found; the returned text (special tokens skipped) ends just
+before it and the finish reason is 'stop'.
+
+Chat: ``generate_chat`` tokenizes each conversation once with the tokenizer's chat template
+(``tokenizer.chat_prompt``, i.e. transformers' ``apply_chat_template(tokenize=True)``), never
+re-encoding the rendered text with special tokens (which would double a template's BOS).
 """
 
 from __future__ import annotations
@@ -132,14 +145,17 @@ class LanguageModel:
     ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked);
     ``min_batch`` pads smaller calls up to that many rows (fewer shapes to compile in a loop whose
     batch shrinks, at the price of computing padding rows; FLOPs count real tokens only).
-    ``trace_counts`` counts how often each program was traced (i.e. compiled).
+    ``trace_counts`` counts how often each program was traced (i.e. compiled). ``eog_token_ids``:
+    ids the checkpoint declares as ending generation besides the config's and tokenizer's EOS (the
+    loaders pass them; see the module docstring).
     """
 
     def __init__(self, config: ModelConfig, model: CausalLM, tokenizer: Any = None, name: str = "lm",
-                 batch_size: int = 16, min_batch: int = 1):
+                 batch_size: int = 16, min_batch: int = 1, eog_token_ids: Sequence[int] = ()):
         self.config = config
         self.tokenizer = tokenizer
         self.name = name
+        self.declared_eog_ids = tuple(int(i) for i in eog_token_ids)  # the checkpoint's own end-of-generation ids
         self.batch_size = batch_size
         self.min_batch = min_batch
         self.graphdef, self.state = nnx.split(model)
@@ -402,15 +418,21 @@ class LanguageModel:
                      [self._span(0, len(p), len(p)) for p in token_ids])
         return out
 
+    @property
+    def eog_token_ids(self) -> tuple[int, ...]:
+        """Sorted ids that end a generated row: the checkpoint's declared end-of-generation ids, the
+        config's EOS ids and the tokenizer's EOS (those inside the vocabulary)."""
+        ids = set(self.declared_eog_ids) | set(self.config.eos_token_ids)
+        tok_eos = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer is not None else None
+        if tok_eos is not None:
+            ids.add(int(tok_eos))
+        return tuple(sorted(i for i in ids if 0 <= i < self.config.vocab_size))
+
     def _stop_token_mask(self, stop: tuple[str, ...]) -> np.ndarray:
-        """Vocabulary mask of tokens that end a row: EOS ids and tokens containing a stop string."""
+        """Vocabulary mask of tokens that end a row: ``eog_token_ids`` and tokens containing a stop string."""
         if stop not in self._stop_masks:
             mask = np.zeros(self.config.vocab_size, bool)
-            eos = set(self.config.eos_token_ids)
-            tok_eos = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer is not None else None
-            if tok_eos is not None:
-                eos.add(int(tok_eos))
-            mask[[e for e in eos if 0 <= e < self.config.vocab_size]] = True
+            mask[list(self.eog_token_ids)] = True
             if stop:
                 if self._token_texts is None:  # decoded once per model, reused for every stop set
                     tok = self._tok()
@@ -427,32 +449,86 @@ class LanguageModel:
     def generate(self, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),
                  seed: int = 0) -> GenerateResult:
-        """Continue each prompt; greedy unless ``temperature > 0``. Stops on EOS, a stop string or
-        ``max_new_tokens``. Texts exclude EOS and everything from the first stop string on."""
+        """Continue each prompt; greedy unless ``temperature > 0``. A row ends on an end-of-generation
+        token (``eog_token_ids``; reason 'eos'), a stop string (reason 'stop'; special tokens count, see
+        the module docstring) or ``max_new_tokens`` ('length'). Texts skip special tokens and exclude
+        the ending token and everything from the first stop string on; ``token_ids`` keep the tokens up
+        to and including the one that completed the stop string (or the end-of-generation token)."""
+        return self._generate_result(self._encode_prompts(prompts), max_new_tokens, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, stop=stop, seed=seed)
+
+    def chat_prompt(self, conversation: Sequence[Any], add_generation_prompt: bool = True) -> tuple[str, list[int]]:
+        """``(rendered text, token ids)`` of a conversation (a list of ``{'role', 'content'}`` dicts) under
+        the tokenizer's chat template, tokenized once as transformers' ``apply_chat_template(tokenize=True)``.
+        Raises ``tokenizer.ChatTemplateError`` if the model has no chat template (or jinja2 is missing)."""
+        from londi_jax.lm.tokenizer import chat_prompt
+
+        return chat_prompt(self._tok(), conversation, add_generation_prompt=add_generation_prompt,
+                           model_name=repr(self.name))
+
+    def generate_chat(self, conversations: Sequence[Sequence[Any]], max_new_tokens: int, *,
+                      temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                      stop: Sequence[str] = (), seed: int = 0) -> GenerateResult:
+        """``generate`` for conversations: each is wrapped in the chat template with the assistant's turn
+        opened (``chat_prompt``) and the reply generated; same stops, texts and reasons as ``generate``."""
+        if isinstance(conversations, (str, dict)) or (conversations and isinstance(conversations[0], dict)):
+            raise LMInputError("conversations must be a list of conversations, each a list of "
+                               "{'role': ..., 'content': ...} messages; wrap a single conversation in a list")
+        ids = [self.chat_prompt(c)[1] for c in conversations]
+        return self._generate_result(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     stop=stop, seed=seed)
+
+    def _generate_result(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float,
+                         top_k: int | None, top_p: float | None, stop: Sequence[str], seed: int) -> GenerateResult:
+        """Generate from token ids, then decode: finish reasons, stop-string truncation (host side)."""
         if isinstance(stop, str):
             stop = (stop,)
         stop = tuple(s for s in stop if s)
-        ids, reasons = self.generate_tokens(self._encode_prompts(prompts), max_new_tokens, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, stop=stop, seed=seed)
-        eos = set(np.flatnonzero(self._stop_token_mask(())).tolist())
+        ids, _ = self.generate_tokens(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, stop=stop, seed=seed)
+        eog = set(self.eog_token_ids)
         texts, out_ids, out_reasons = [], [], []
-        for row, reason in zip(ids, reasons):
-            is_eos = bool(row) and row[-1] in eos
-            text = self._tok().decode(row[:-1] if is_eos else row, skip_special_tokens=True)
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-                # keep the tokens up to the one completing the first stop string
-                for j in range(1, len(row) + 1):
-                    if any(s in self._tok().decode(row[:j], skip_special_tokens=True) for s in stop):
-                        row = row[:j]
-                        break
+        for row in ids:
+            end = self._stop_string_end(row, stop)
+            if end is not None:
+                row, reason = row[:end], "stop"
+                text = self._text_before_stop(row, stop)
             else:
-                reason = "eos" if is_eos else "length"
+                reason = "eos" if row and row[-1] in eog else "length"
+                text = self._tok().decode(row[:-1] if reason == "eos" else row, skip_special_tokens=True)
             texts.append(text)
             out_ids.append(row)
             out_reasons.append(reason)
         return GenerateResult(texts, out_ids, out_reasons)
+
+    def _stop_string_end(self, row: Sequence[int], stop: tuple[str, ...]) -> int | None:
+        """Number of tokens up to the one completing the first stop string in ``row`` decoded with
+        special tokens spelled out (so special-token stop strings are found), or None."""
+        decode = self._tok().decode
+        if not stop or not any(s in decode(row, skip_special_tokens=False) for s in stop):
+            return None
+        return next(j for j in range(1, len(row) + 1) if any(s in decode(row[:j], skip_special_tokens=False)
+                                                             for s in stop))
+
+    def _text_before_stop(self, row: Sequence[int], stop: tuple[str, ...]) -> str:
+        """The text of ``row`` (special tokens skipped) before its first stop string.
+
+        The stop string is located in the special-kept decoding; the tokens wholly before it are
+        decoded with special tokens skipped and the plain-text head of the token where it starts is
+        added (nothing of a special token that only partly precedes it)."""
+        decode = self._tok().decode
+        full = decode(row, skip_special_tokens=False)
+        cut = min(full.find(s) for s in stop if s in full)
+        k, head = 0, ""
+        for j in range(len(row), -1, -1):  # the longest token prefix that ends at or before the cut
+            head = decode(row[:j], skip_special_tokens=False)
+            if len(head) <= cut and full.startswith(head):
+                k = j
+                break
+        tail = full[len(head):cut]
+        if k < len(row) and decode(row[k:k + 1], skip_special_tokens=True) == "":  # a special token
+            tail = ""
+        return decode(row[:k], skip_special_tokens=True) + tail
 
     def generate_tokens(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,

@@ -6,7 +6,9 @@ float32 numpy arrays in PyTorch layout (dequantized one tensor at a time, on acc
 about one copy of the weights), and whose ``tokenizer()`` builds the fast tokenizer.
 
 llama.cpp stores the q/k projections of ``llama`` models with the rows of every head reordered for
-its interleaved rotary layout; :func:`unpermute_rotary_rows` undoes that.
+its interleaved rotary layout; :func:`unpermute_rotary_rows` undoes that. Llama-3.1/3.2 files carry
+``rope_freqs.weight`` (their RoPE scaling as per-frequency divisors); it becomes the config's
+``rope_freq_factors``. ``GGUFCheckpoint.end_of_generation_ids`` gives llama.cpp's end-of-generation set.
 """
 
 from __future__ import annotations
@@ -206,6 +208,13 @@ class GGUFCheckpoint:
         from londi_jax.lm.tokenizer import build_tokenizer
 
         return build_tokenizer(self.metadata)
+
+    @property
+    def end_of_generation_ids(self) -> tuple[int, ...]:
+        """Token ids that end generation, by llama.cpp's rule (``tokenizer.end_of_generation_ids``)."""
+        from londi_jax.lm.tokenizer import end_of_generation_ids
+
+        return end_of_generation_ids(self.metadata) if "tokenizer.ggml.tokens" in self.metadata else ()
 
 
 def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:

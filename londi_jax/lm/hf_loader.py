@@ -357,8 +357,28 @@ def load_tokenizer(path: Path) -> Any:
                               f"directory needs tokenizer.json / tokenizer_config.json") from err
 
 
+def generation_eos_ids(path: Path) -> tuple[int, ...]:
+    """``eos_token_id`` of ``path/generation_config.json`` (an int or a list; () without the file):
+    the ids transformers' ``generate()`` stops on for this directory (it falls back to config.json's
+    ``eos_token_id`` when the file is absent; the engine adds those in any case)."""
+    f = path / "generation_config.json"
+    if not f.exists():
+        return ()
+    try:
+        eos = json.loads(f.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{f} is not a valid JSON object ({err}); fix or delete it") from err
+    if eos is None:
+        return ()
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{f}: eos_token_id must be a token id or a list of ids, got {eos!r}")
+    return tuple(ids)
+
+
 def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True):
-    """Load a local Hugging Face model directory as a ``LanguageModel`` (see engine.py)."""
+    """Load a local Hugging Face model directory as a ``LanguageModel`` (see engine.py); generation
+    stops on generation_config.json's and config.json's EOS ids (and the tokenizer's EOS)."""
     from londi_jax.lm.engine import LanguageModel  # engine builds on this module
 
     p = Path(path)
@@ -368,4 +388,5 @@ def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress:
     tensors = open_safetensors_dir(p)
     model = build_model(config, tensors, dtype=dtype, progress=progress)
     tokenizer = load_tokenizer(p)
-    return LanguageModel(config.replace(dtype=dtype), model, tokenizer, name=p.name)
+    return LanguageModel(config.replace(dtype=dtype), model, tokenizer, name=p.name,
+                         eog_token_ids=generation_eos_ids(p))

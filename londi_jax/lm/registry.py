@@ -85,7 +85,8 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32", name: str | None 
     config = ModelConfig.from_hf_dict(ck.config, dtype=dtype)
     model = build_model(config, ck.tensors, dtype=dtype, progress=progress)
     tokenizer = ck.tokenizer()
-    return LanguageModel(config.replace(dtype=dtype), model, tokenizer, name=name or Path(path).stem)
+    return LanguageModel(config.replace(dtype=dtype), model, tokenizer, name=name or Path(path).stem,
+                         eog_token_ids=ck.end_of_generation_ids)
 
 
 def load_lm(name_or_path: str | os.PathLike, dtype: str = "float32", progress: bool = True) -> LanguageModel:
