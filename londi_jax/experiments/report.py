@@ -9,9 +9,20 @@ errors), so a finished ``results.json`` can be re-reported anywhere. The input s
                                             "quick_seconds", "deep_seconds", "budget", "violated"}]}]}
 
 Statistics: every per-row number is first computed per seed (one run) and then averaged over the
-seeds; the 95% confidence half-width is Student-t over the per-seed values when there are >= 2
-seeds. With a single seed the success CI is a Wilson score interval over the episodes and the
-saved-compute CI is Student-t over the per-episode savings (reference held fixed).
+seeds. Confidence intervals (95%) are given as bounds ``[lo, hi]``, not as a half-width, because
+they need not be symmetric around the estimate:
+
+* success, >= 2 seeds: Student-t over the per-seed success rates, clipped to [0, 1]. Chosen over a
+  percentile bootstrap because runs have few seeds (3 in the presets): a bootstrap of the mean of
+  n = 3 values has only 10 distinct resampled means and its 95% interval is about
+  t_{0.975,2} / (1.96 sqrt(2/3)) = 2.7 times narrower than the t interval, so it would claim far
+  more certainty than three seeds give. When every seed has the same rate the t interval has zero
+  width; the Wilson interval over all the label's episodes (pooled) is given instead.
+* success, 1 seed: the Wilson score interval over the episodes (Wilson 1927; asymmetric, always
+  inside [0, 1], not degenerate at 0 or 1 successes).
+* compute / model-seconds saved: Student-t over the per-seed savings (>= 2 seeds) or over the
+  per-episode savings of the single seed (reference held fixed), with the upper bound clipped to 1
+  (nothing saves more than all of the cost; savings below 0 are real: costlier than the reference).
 """
 
 from __future__ import annotations
@@ -19,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.io import atomic_write
 from londi_jax.utils.output import to_jsonable
 
 __all__ = [
@@ -36,7 +47,8 @@ __all__ = [
     "ReportWarning",
     "Row",
     "t_critical",
-    "wilson_half_width",
+    "wilson_interval",
+    "t_interval",
     "summarize",
     "sort_rows",
     "markdown_table",
@@ -103,20 +115,35 @@ def t_critical(df: int) -> float:
     )
 
 
-def wilson_half_width(successes: int, n: int, z: float = _Z975) -> float:
-    """Half the width of the Wilson score interval for ``successes`` out of ``n`` trials."""
+def wilson_interval(successes: int, n: int, z: float = _Z975) -> tuple[float, float]:
+    """95% Wilson score interval ``(lo, hi)`` for ``successes`` out of ``n`` trials (fractions).
+
+    Centre ``(p + z^2 / 2n) / (1 + z^2 / n)``, half-width ``z / (1 + z^2 / n) * sqrt(p (1 - p) / n
+    + z^2 / 4n^2)`` (Wilson 1927): asymmetric around ``p``, ``lo = 0`` at 0 successes and
+    ``hi = 1`` at n. Raises ``ReportError`` for ``n < 1`` or successes outside [0, n].
+    """
     if n < 1:
         raise ReportError("a Wilson interval needs at least one episode")
+    if not 0 <= successes <= n:
+        raise ReportError(f"a Wilson interval needs 0 <= successes <= n, got {successes} of {n}")
     p = successes / n
-    return z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # exact at the ends (rounding would leave 1e-17 outside [0, 1])
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
-def _t_half_width(values: Sequence[float]) -> float:
-    """95% Student-t half-width of the mean of ``values`` (nan with fewer than 2)."""
+def t_interval(values: Sequence[float], lo: float = -math.inf, hi: float = math.inf) -> tuple[float, float]:
+    """95% Student-t interval ``(lo, hi)`` of the mean of ``values``, clipped to ``[lo, hi]``
+    (the range the quantity can take); ``(nan, nan)`` with fewer than 2 values."""
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
-        return math.nan
-    return t_critical(v.size - 1) * float(np.std(v, ddof=1)) / math.sqrt(v.size)
+        return math.nan, math.nan
+    mean = float(v.mean())
+    half = t_critical(v.size - 1) * float(np.std(v, ddof=1)) / math.sqrt(v.size)
+    return max(lo, mean - half), min(hi, mean + half)
 
 
 @dataclass
@@ -132,17 +159,20 @@ class Row:
     n_seeds: int
     n_episodes: int  # over all seeds
     success: float  # mean over seeds of the per-seed success rate
-    success_ci: float  # 95% half-width
-    ci_kind: str  # "t over N seeds" or "Wilson over N episodes"
+    success_lo: float  # 95% CI lower bound (see the module doc)
+    success_hi: float  # 95% CI upper bound
+    ci_kind: str  # "t over N seeds", "Wilson over N episodes (pooled, ...)" or "Wilson over N episodes"
     mean_return: float
     call_rate: float  # DEEPTHINK calls / environment steps
     calls_per_episode: float  # DEEPTHINK calls per episode
     flops_per_episode: float  # QUICK + DEEPTHINK FLOPs
     seconds_per_episode: float  # QUICK + DEEPTHINK model seconds
     compute_saved: float  # 1 - flops / reference flops (nan for no reference)
-    compute_saved_ci: float
+    compute_saved_lo: float  # 95% CI bounds (nan when not computable)
+    compute_saved_hi: float
     seconds_saved: float  # 1 - seconds / reference seconds (nan when the reference has none)
-    seconds_saved_ci: float
+    seconds_saved_lo: float
+    seconds_saved_hi: float
     saved_ci_kind: str  # "t over N seeds" or "t over N episodes"
     violations: int  # episodes with violated=true
     per_kind_success: dict[str, float]
@@ -255,16 +285,28 @@ def _per_seed(cols: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def _saving(
     per_seed: list[dict[str, Any]], seeds: list[Any], key: str, ref_by_seed: dict[Any, float], ref_mean: float
-) -> tuple[float, float, str]:
-    """Mean over seeds of 1 - cost / reference cost (paired by seed where the reference has it)."""
+) -> tuple[float, tuple[float, float], str]:
+    """Mean over seeds of 1 - cost / reference cost (paired by seed where the reference has it),
+    its 95% interval (upper bound clipped to 1) and how the interval was computed."""
     if ref_mean <= 0:
-        return math.nan, math.nan, "n/a"
+        return math.nan, (math.nan, math.nan), "n/a"
     if len(per_seed) >= 2:
         vals = [1.0 - float(s[key].mean()) / ref_by_seed.get(seed, ref_mean) for s, seed in zip(per_seed, seeds)]
-        return float(np.mean(vals)), _t_half_width(vals), f"t over {len(vals)} seeds"
+        return float(np.mean(vals)), t_interval(vals, hi=1.0), f"t over {len(vals)} seeds"
     ref = ref_by_seed.get(seeds[0], ref_mean)
     vals = 1.0 - per_seed[0][key] / ref  # per-episode savings; their mean is the seed's saving
-    return float(vals.mean()), _t_half_width(vals), f"t over {vals.size} episodes"
+    return float(vals.mean()), t_interval(vals, hi=1.0), f"t over {vals.size} episodes"
+
+
+def _success_interval(per_seed: list[dict[str, Any]]) -> tuple[tuple[float, float], str]:
+    """95% interval of the mean per-seed success rate and its kind (see the module doc)."""
+    rates = [s["success"] for s in per_seed]
+    if len(per_seed) >= 2 and len(set(rates)) > 1:
+        return t_interval(rates, 0.0, 1.0), f"t over {len(rates)} seeds"
+    successes, n = sum(s["successes"] for s in per_seed), sum(s["n"] for s in per_seed)
+    if len(per_seed) >= 2:  # identical rates: the t interval would have zero width
+        return wilson_interval(successes, n), f"Wilson over {n} episodes (pooled: all {len(rates)} seeds equal)"
+    return wilson_interval(successes, n), f"Wilson over {n} episodes"
 
 
 def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> list[Row]:
@@ -314,11 +356,7 @@ def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> 
         run0 = groups[label][0]
         n_seeds = len(per_seed)
         success = [s["success"] for s in per_seed]
-        if n_seeds >= 2:
-            ci, ci_kind = _t_half_width(success), f"t over {n_seeds} seeds"
-        else:
-            ci = wilson_half_width(per_seed[0]["successes"], per_seed[0]["n"])
-            ci_kind = f"Wilson over {per_seed[0]['n']} episodes"
+        (succ_lo, succ_hi), ci_kind = _success_interval(per_seed)
         saved, saved_ci, saved_kind = _saving(per_seed, seeds, "flops_ep", ref_flops, ref_flops_mean)
         secs, secs_ci, _ = _saving(per_seed, seeds, "seconds_ep", ref_secs, ref_secs_mean)
         kinds: dict[str, list[float]] = {}
@@ -333,7 +371,8 @@ def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> 
                 n_seeds=n_seeds,
                 n_episodes=sum(s["n"] for s in per_seed),
                 success=float(np.mean(success)),
-                success_ci=ci,
+                success_lo=succ_lo,
+                success_hi=succ_hi,
                 ci_kind=ci_kind,
                 mean_return=float(np.mean([s["return"] for s in per_seed])),
                 call_rate=float(np.mean([s["call_rate"] for s in per_seed])),
@@ -341,9 +380,11 @@ def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> 
                 flops_per_episode=float(np.mean([s["flops_ep"].mean() for s in per_seed])),
                 seconds_per_episode=float(np.mean([s["seconds_ep"].mean() for s in per_seed])),
                 compute_saved=saved,
-                compute_saved_ci=saved_ci,
+                compute_saved_lo=saved_ci[0],
+                compute_saved_hi=saved_ci[1],
                 seconds_saved=secs,
-                seconds_saved_ci=secs_ci,
+                seconds_saved_lo=secs_ci[0],
+                seconds_saved_hi=secs_ci[1],
                 saved_ci_kind=saved_kind,
                 violations=sum(s["violations"] for s in per_seed),
                 per_kind_success={k: float(np.mean(v)) for k, v in sorted(kinds.items())},
@@ -379,12 +420,13 @@ def sort_rows(rows: Sequence[Row]) -> list[Row]:
 # --------------------------------------------------------------------------- table
 
 
-def _pct(x: float, ci: float | None = None, suffix: str = "%") -> str:
+def _pct(x: float, ci: tuple[float, float] | None = None, suffix: str = "%") -> str:
+    """``62.8%``, or with an interval ``62.8 [55.0, 70.7]%`` (bounds in the same unit)."""
     if x is None or not math.isfinite(x):
         return "n/a"
     s = f"{100 * x:.1f}"
-    if ci is not None and math.isfinite(ci):
-        s += f" ± {100 * ci:.1f}"
+    if ci is not None and all(math.isfinite(b) for b in ci):
+        s += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
     return s + suffix
 
 
@@ -403,8 +445,8 @@ def markdown_table(rows: Sequence[Row], per_kind: bool = True) -> str:
     rows = sort_rows(rows)
     kinds = sorted({k for r in rows for k in r.per_kind_success}) if per_kind else []
     header = [
-        "Method", "params", "success (±CI)", "return", "DEEPTHINK call rate",
-        "compute saved (FLOPs)", "model-seconds saved", "violations",
+        "Method", "params", "success [95% CI]", "return", "DEEPTHINK call rate",
+        "compute saved (FLOPs) [95% CI]", "model-seconds saved [95% CI]", "violations",
     ] + [f"{k} success" for k in kinds]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
     for r in rows:
@@ -412,11 +454,11 @@ def markdown_table(rows: Sequence[Row], per_kind: bool = True) -> str:
         cells = [
             r.label,
             params,
-            _pct(r.success, r.success_ci),
+            _pct(r.success, (r.success_lo, r.success_hi)),
             f"{r.mean_return:.3f}",
             _pct(r.call_rate),
-            _pct(r.compute_saved, r.compute_saved_ci),
-            _pct(r.seconds_saved, r.seconds_saved_ci),
+            _pct(r.compute_saved, (r.compute_saved_lo, r.compute_saved_hi)),
+            _pct(r.seconds_saved, (r.seconds_saved_lo, r.seconds_saved_hi)),
             str(r.violations),
         ] + [_pct(r.per_kind_success[k]) if k in r.per_kind_success else "–" for k in kinds]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -427,23 +469,23 @@ def markdown_table(rows: Sequence[Row], per_kind: bool = True) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory and ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write via a temporary file in the same directory and ``os.replace`` it into place, with
+    normal permissions (``utils.io.atomic_write``; ``mkstemp`` would leave the file owner-only)."""
+    atomic_write(path, write)
+
+
+def _error_bars(centre: np.ndarray, bounds: Sequence[tuple[float, float]]) -> np.ndarray:
+    """matplotlib's asymmetric ``[2, N]`` error lengths (below, above) in percent from interval
+    bounds in fractions; an interval that could not be computed (nan) draws no bar."""
+    b = 100 * np.asarray(bounds, dtype=np.float64).reshape(-1, 2).T
+    return np.nan_to_num(np.clip(np.stack([centre - b[0], b[1] - centre]), 0.0, None))
 
 
 def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str = "LONDI on BabyAI-Text: cost vs quality") -> Path:
     """Success rate (%) against compute saved (% of DEEPTHINK-only FLOPs), one series per family.
 
-    Error bars are the 95% CIs; families with several configurations are joined by a line in
+    Error bars are the 95% CIs, asymmetric (from ``lo`` to ``hi``: a success bar never leaves
+    [0, 100]); families with several configurations are joined by a line in
     order of compute saved; LONDI points are annotated with c, LONDI-B points with the budget.
     Uses a bare ``Figure`` on the Agg canvas (no pyplot state). Returns the path written.
     """
@@ -462,8 +504,8 @@ def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str =
         pts = sorted((r for r in rows if r.method == fam), key=lambda r: (r.compute_saved, r.success))
         x = np.array([100 * r.compute_saved for r in pts])
         y = np.array([100 * r.success for r in pts])
-        xerr = np.nan_to_num(np.array([100 * r.compute_saved_ci for r in pts]))
-        yerr = np.nan_to_num(np.array([100 * r.success_ci for r in pts]))
+        xerr = _error_bars(x, [(r.compute_saved_lo, r.compute_saved_hi) for r in pts])
+        yerr = _error_bars(y, [(r.success_lo, r.success_hi) for r in pts])
         ax.errorbar(
             x, y, xerr=xerr, yerr=yerr, color=f"C{i % 10}", marker=markers[i % len(markers)],
             linestyle="-" if len(pts) > 1 else "none", capsize=3, markersize=6, label=fam,
@@ -640,8 +682,10 @@ def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | 
         head += ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))) + "\n\n"
     text = (
         head + markdown_table(rows)
-        + "\nsuccess ± 95% CI (Student-t over seeds; Wilson over episodes for a single seed); "
-        "compute saved relative to DEEPTHINK-only FLOPs per episode.\n\n## Targets\n\n" + _targets_markdown(tg)
+        + "\nsuccess [95% CI]: Student-t over seeds clipped to [0, 100] (Wilson over the pooled episodes "
+        "when every seed has the same rate; Wilson over episodes for a single seed); "
+        "compute saved relative to DEEPTHINK-only FLOPs per episode, [95% CI] Student-t.\n\n## Targets\n\n"
+        + _targets_markdown(tg)
     )
     paths = {"table": out / "results_table.md", "plot": out / "cost_quality.png", "summary": out / "summary.json"}
     _atomic_write(paths["table"], lambda fh: fh.write(text.encode()))

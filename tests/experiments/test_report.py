@@ -43,10 +43,13 @@ def deep_runs(seeds=(0, 1, 2), n=4, **kw):
 
 def mkrow(label, method, success, call_rate=0.0, compute_saved=0.0, violations=0, **params):
     return R.Row(
-        label=label, method=method, params=params, n_seeds=3, n_episodes=30, success=success, success_ci=0.01,
+        label=label, method=method, params=params, n_seeds=3, n_episodes=30, success=success,
+        success_lo=success - 0.01, success_hi=success + 0.01,
         ci_kind="t over 3 seeds", mean_return=0.0, call_rate=call_rate, calls_per_episode=0.0,
-        flops_per_episode=1.0, seconds_per_episode=1.0, compute_saved=compute_saved, compute_saved_ci=0.01,
-        seconds_saved=compute_saved, seconds_saved_ci=0.01, saved_ci_kind="t over 3 seeds", violations=violations,
+        flops_per_episode=1.0, seconds_per_episode=1.0, compute_saved=compute_saved,
+        compute_saved_lo=compute_saved - 0.01, compute_saved_hi=compute_saved + 0.01,
+        seconds_saved=compute_saved, seconds_saved_lo=compute_saved - 0.01, seconds_saved_hi=compute_saved + 0.01,
+        saved_ci_kind="t over 3 seeds", violations=violations,
         per_kind_success={},
     )
 
@@ -83,13 +86,40 @@ def test_t_critical_is_the_0975_quantile(df):
     assert 0.5 + mass == pytest.approx(0.975, abs=2e-6)
 
 
-def test_wilson_half_width_known_interval():
+def test_wilson_interval_known_values():
     # 8/10: the textbook Wilson 95% interval is [0.4902, 0.9433]
-    assert R.wilson_half_width(8, 10) == pytest.approx((0.9433 - 0.4902) / 2, abs=1e-4)
-    # 0/20: [0, 0.1611]
-    assert R.wilson_half_width(0, 20) == pytest.approx(0.1611 / 2, abs=1e-4)
+    assert R.wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    # 0/20: [0, 0.1611], asymmetric around the observed 0 (never below it)
+    assert R.wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
     with pytest.raises(R.ReportError):
-        R.wilson_half_width(0, 0)
+        R.wilson_interval(0, 0)
+    with pytest.raises(R.ReportError):
+        R.wilson_interval(3, 2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 15, 96, 288])
+def test_wilson_interval_matches_scipy(n):
+    # independent reference: scipy's binomial test, Wilson score interval (no continuity correction)
+    from scipy.stats import binomtest
+
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        if not 0 <= k <= n:
+            continue
+        want = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = R.wilson_interval(k, n)
+        assert (lo, hi) == pytest.approx((want.low, want.high), abs=1e-9)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+    lo, hi = R.wilson_interval(0, n)  # p = 0: the interval starts at 0, it is not centred on it
+    assert lo == 0.0 and hi > 0.0
+
+
+def test_t_interval_clips_to_the_range():
+    vals = [0.0, 0.0, 0.1]  # mean 1/30, t half-width 4.303 * 0.0577 / sqrt(3) = 0.1434
+    half = 4.302653 * np.std(vals, ddof=1) / math.sqrt(3)
+    assert R.t_interval(vals) == pytest.approx((1 / 30 - half, 1 / 30 + half))
+    lo, hi = R.t_interval(vals, 0.0, 1.0)
+    assert lo == 0.0 and hi == pytest.approx(1 / 30 + half)
+    assert all(math.isnan(b) for b in R.t_interval([0.5]))
 
 
 # ----------------------------------------------------------------------------- summarize
@@ -110,11 +140,13 @@ def test_summarize_exact_numbers_multi_seed():
 
     # DEEPTHINK-only: per-seed success 0.5, 0.75, 1.0
     assert d.success == pytest.approx(0.75)
-    assert d.success_ci == pytest.approx(4.302653 * 0.25 / math.sqrt(3))
+    half = 4.302653 * 0.25 / math.sqrt(3)  # 0.621: the symmetric interval would exceed 100%
+    assert (d.success_lo, d.success_hi) == pytest.approx((0.75 - half, 1.0))
     assert d.ci_kind == "t over 3 seeds"
     assert d.call_rate == pytest.approx(1.0)
     assert d.flops_per_episode == pytest.approx(4e6 + 4e8)
-    assert d.compute_saved == pytest.approx(0.0) and d.compute_saved_ci == pytest.approx(0.0)
+    assert d.compute_saved == pytest.approx(0.0)
+    assert (d.compute_saved_lo, d.compute_saved_hi) == pytest.approx((0.0, 0.0))
 
     # LONDI: per-seed success 0.75, 1.0, 0.5
     assert lo.success == pytest.approx(0.75)
@@ -127,7 +159,9 @@ def test_summarize_exact_numbers_multi_seed():
     saved = [1 - 1.04 / 4.04, 1 - 2.04 / 4.04, 1 - 1.04 / 4.04]
     assert lo.flops_per_episode == pytest.approx(np.mean([1.04e8, 2.04e8, 1.04e8]))
     assert lo.compute_saved == pytest.approx(np.mean(saved))
-    assert lo.compute_saved_ci == pytest.approx(4.302653 * np.std(saved, ddof=1) / math.sqrt(3))
+    half = 4.302653 * np.std(saved, ddof=1) / math.sqrt(3)
+    # the upper bound (1.015) is clipped to 1: nothing saves more than all of the cost
+    assert (lo.compute_saved_lo, lo.compute_saved_hi) == pytest.approx((np.mean(saved) - half, 1.0))
     assert lo.saved_ci_kind == "t over 3 seeds"
     # seconds: QUICK 0.04 + DEEPTHINK 0.1 per call; ref 0.04 + 0.4 = 0.44
     ssaved = [1 - 0.14 / 0.44, 1 - 0.24 / 0.44, 1 - 0.14 / 0.44]
@@ -149,12 +183,14 @@ def test_summarize_single_seed_wilson_and_episode_t():
     z = 1.959963984540054
     n, p = 10, 0.8
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    lower = centre - z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert q.success_ci == pytest.approx(centre - lower)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (q.success_lo, q.success_hi) == pytest.approx((centre - half, centre + half))
+    assert q.success_hi - p < p - q.success_lo  # asymmetric: the bound towards 1 is closer
     # per-episode savings 1 - (4e6 + 1e8 * k) / 4.04e8, t over 10 episodes
     per_ep = [1 - (4e6 + 1e8 * (i % 3)) / 4.04e8 for i in range(10)]
     assert q.compute_saved == pytest.approx(np.mean(per_ep))
-    assert q.compute_saved_ci == pytest.approx(2.262157 * np.std(per_ep, ddof=1) / math.sqrt(10))
+    half = 2.262157 * np.std(per_ep, ddof=1) / math.sqrt(10)
+    assert (q.compute_saved_lo, q.compute_saved_hi) == pytest.approx((np.mean(per_ep) - half, np.mean(per_ep) + half))
     assert q.saved_ci_kind == "t over 10 episodes"
 
 
@@ -270,20 +306,21 @@ def test_markdown_table_order_and_cells():
     table = R.markdown_table(list(reversed(rows)))
     lines = table.strip().splitlines()
     assert lines[0] == (
-        "| Method | params | success (±CI) | return | DEEPTHINK call rate | compute saved (FLOPs) | "
-        "model-seconds saved | violations | goto success | open success |"
+        "| Method | params | success [95% CI] | return | DEEPTHINK call rate | compute saved (FLOPs) [95% CI] | "
+        "model-seconds saved [95% CI] | violations | goto success | open success |"
     )
     body = [ln.split(" | ")[0].lstrip("| ") for ln in lines[2:]]
     assert body == order
     cells = {ln.split(" | ")[0].lstrip("| "): [c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]}
     lb = cells["L-b"]
-    # 1/2 success over 2 episodes with one seed: Wilson half-width
+    # 1/2 success over 2 episodes with one seed: Wilson bounds
     assert lb[1] == "c=0.02"
-    assert lb[2] == f"50.0 ± {100 * R.wilson_half_width(1, 2):.1f}%"
+    w_lo, w_hi = R.wilson_interval(1, 2)
+    assert lb[2] == f"50.0 [{100 * w_lo:.1f}, {100 * w_hi:.1f}]%"
     assert lb[3] == "0.250"
     assert lb[4] == "25.0%"  # 1 DEEPTHINK call per 4 steps
     saved = 1 - (4e6 + 1e8) / (4e6 + 4e8)
-    assert lb[5].startswith(f"{100 * saved:.1f} ± ")
+    assert lb[5].startswith(f"{100 * saved:.1f} [")
     assert lb[7] == "0" and lb[8] == "100.0%" and lb[9] == "0.0%"
     assert cells["QUICK-only"][1] == "–"
     no_kinds = R.markdown_table(rows, per_kind=False)
@@ -442,3 +479,55 @@ def test_write_report_nan_becomes_null(tmp_path):
     rows = {r["label"]: r for r in json.loads(text)["rows"]}
     assert rows["L"]["seconds_saved"] is None
     assert rows["L"]["compute_saved"] == pytest.approx(1 - (4e6 + 1e8) / (4e6 + 4e8))
+
+
+# ----------------------------------------------------------------------------- honest intervals
+
+
+def _zero_success_results(seeds=(0,)):
+    """DEEPTHINK-only plus a QUICK-only row that never succeeds in 10 episodes per seed."""
+    quick = [run("QUICK-only", "QUICK-only", s, [ep(success=False, deep=0) for _ in range(10)]) for s in seeds]
+    return {"runs": deep_runs(seeds=seeds) + quick}
+
+
+def test_zero_successes_one_seed_interval_starts_at_zero(tmp_path, monkeypatch):
+    # one seed, 0/10: the old report showed "0.0 ± 15.4%" and drew the bar down to -15.4%
+    rows = {r.label: r for r in R.summarize(_zero_success_results())}
+    q = rows["QUICK-only"]
+    lo, hi = R.wilson_interval(0, 10)
+    assert (q.success, q.success_lo, q.success_hi) == (0.0, 0.0, hi) and hi == pytest.approx(0.2775, abs=1e-4)
+    cell = [c.strip() for c in R.markdown_table(list(rows.values())).splitlines()[2].strip("|").split("|")][2]
+    assert cell == f"0.0 [0.0, {100 * hi:.1f}]%"
+    # the plot's error bars: recorded from the errorbar calls, they span exactly [lo, hi]
+    from matplotlib.axes import Axes
+
+    calls = []
+    real = Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        calls.append((np.asarray(y, float), np.asarray(kwargs["yerr"], float)))
+        return real(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    R.plot_cost_quality(list(rows.values()), tmp_path / "cq.png")
+    for y, yerr in calls:
+        assert yerr.shape == (2, y.size)
+        assert np.all(y - yerr[0] >= -1e-9) and np.all(y + yerr[1] <= 100 + 1e-9)
+    y, yerr = next((y, e) for y, e in calls if y.size == 1 and y[0] == 0.0)
+    assert yerr[:, 0] == pytest.approx([0.0, 100 * hi])
+
+
+def test_identical_seeds_use_pooled_wilson_not_a_zero_width_t():
+    q = {r.label: r for r in R.summarize(_zero_success_results(seeds=(0, 1, 2)))}["QUICK-only"]
+    assert q.ci_kind == "Wilson over 30 episodes (pooled: all 3 seeds equal)"
+    assert (q.success_lo, q.success_hi) == pytest.approx(R.wilson_interval(0, 30))
+    assert q.success_hi > 0.1  # a zero-width [0, 0] would claim certainty that 30 episodes do not give
+
+
+def test_summary_json_carries_interval_bounds(tmp_path):
+    paths = R.write_report(_zero_success_results(), tmp_path)
+    rows = {r["label"]: r for r in json.loads(paths["summary"].read_text())["rows"]}
+    q = rows["QUICK-only"]
+    assert q["success_lo"] == 0.0 and q["success_hi"] == pytest.approx(R.wilson_interval(0, 10)[1])
+    assert "success_ci" not in q and {"compute_saved_lo", "compute_saved_hi"} <= set(q)
+    assert "Student-t over seeds clipped to [0, 100]" in paths["table"].read_text()
