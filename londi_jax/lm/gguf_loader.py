@@ -13,6 +13,8 @@ its interleaved rotary layout; :func:`unpermute_rotary_rows` undoes that. Llama-
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -96,11 +98,56 @@ def _open_reader(path: str):
         raise GGUFError(f"cannot read GGUF file {path} (truncated or corrupt?): {type(err).__name__}: {err}") from err
 
 
+# Output bytes dequantized per gguf call. gguf's dequantizer holds a tensor's values twice (per-group
+# pieces, then their concatenation); feeding it row blocks keeps that temporary to a few MiB.
+_DEQUANT_BLOCK_BYTES = 1 << 22
+
+
+def dequantize_tensor(t: Any) -> np.ndarray:
+    """Float32 values of a ``gguf.GGUFReader`` tensor, dims reversed to PyTorch order (GGUF lists them
+    fastest-first), through ``gguf.quants.dequantize``: every type the gguf package implements
+    (F32, F16, BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q2_K..Q6_K, the IQ types, ...). Rows are dequantized in
+    blocks straight into one float32 array, so the peak is about one float32 copy of the tensor.
+
+    Raises ``GGUFError`` for a type gguf cannot dequantize or data that does not fit the shape.
+    """
+    from gguf.quants import dequantize
+
+    shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+    out = np.empty(shape, dtype=np.float32)
+    rows_out = out.reshape(-1, shape[-1] if shape else 1)
+    try:
+        rows_in = np.asarray(t.data).reshape(rows_out.shape[0], -1)  # one row of (quant) bytes per output row
+        step = max(1, _DEQUANT_BLOCK_BYTES // max(1, 4 * rows_out.shape[1]))
+        for r0 in range(0, rows_out.shape[0], step):
+            rows_out[r0:r0 + step] = dequantize(rows_in[r0:r0 + step], t.tensor_type)
+    except NotImplementedError as err:
+        raise GGUFError(f"tensor {t.name}: {err}; re-export the GGUF as F16/Q8_0/Q4_K etc.") from err
+    except (ValueError, IndexError) as err:
+        raise GGUFError(f"tensor {t.name} has corrupt data (truncated file?): {err}") from err
+    return out
+
+
+def _release_file_pages(mapped: Any, t: Any) -> None:
+    """Drop the mapped file pages of tensor ``t`` from this process's resident memory once it has been
+    dequantized (they stay in the OS page cache). Without this, loading counts the whole GGUF file on
+    top of the float32 weights. Best effort: a no-op where ``madvise`` is unavailable."""
+    mm = getattr(mapped, "_mmap", None)  # the reader's numpy.memmap keeps its mmap.mmap here
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = int(t.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = min(int(t.data_offset) + int(t.n_bytes), len(mm))
+    with contextlib.suppress(OSError, ValueError):
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
 class GGUFTensors(Mapping[str, np.ndarray]):
     """Lazy mapping: Hugging Face tensor name -> float32 numpy array, dequantized when accessed."""
 
     def __init__(self, reader: Any, arch: str, n_heads: int, n_kv_heads: int, n_layers: int):
-        self._reader, self._arch = reader, arch
+        # Keep the file mapping, not the reader: its parsed metadata (a numpy array per token string)
+        # is ~0.5 GB for a 150k-token vocabulary and would stay alive for the whole load.
+        self._mapped, self._arch = getattr(reader, "data", None), arch
         self._heads = {"q": n_heads, "k": n_kv_heads}
         self._permuted = SUPPORTED_ARCHITECTURES[arch][2]
         self._by_name: dict[str, Any] = {}
@@ -119,16 +166,9 @@ class GGUFTensors(Mapping[str, np.ndarray]):
                             + (" ..." if len(unknown) > 8 else ""))
 
     def __getitem__(self, name: str) -> np.ndarray:
-        from gguf.quants import dequantize
-
         t = self._by_name[name]
-        shape = self.get_shape(name)  # GGUF lists dims fastest-first
-        try:
-            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-        except NotImplementedError as err:
-            raise GGUFError(f"tensor {t.name}: {err}; re-export the GGUF as F16/Q8_0/Q4_K etc.") from err
-        except (ValueError, IndexError) as err:
-            raise GGUFError(f"tensor {t.name} has corrupt data (truncated file?): {err}") from err
+        w = dequantize_tensor(t)
+        _release_file_pages(self._mapped, t)
         if self._permuted:
             for key, heads in self._heads.items():
                 if f"self_attn.{key}_proj." in name:
@@ -138,6 +178,9 @@ class GGUFTensors(Mapping[str, np.ndarray]):
     def get_shape(self, name: str) -> tuple[int, ...]:
         """Shape of a tensor without dequantizing it."""
         return tuple(int(s) for s in reversed(self._by_name[name].shape.tolist()))
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would dequantize the tensor
+        return name in self._by_name
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_name)
