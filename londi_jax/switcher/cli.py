@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from londi_jax.utils.errors import LondiError
+from londi_jax.utils import cli_args as A
+from londi_jax.utils.cli_args import check_writable_file
 from londi_jax.utils.output import add_json_flag, emit
 
 
@@ -16,16 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train --seeds switchers (vmapped, one compiled program) on the toy chain "
                     "benchmark at per-call cost --c (and optional LONDI-B --budget), then compare "
                     "the greedy switch with the exact optimum from value iteration.")
-    p.add_argument("--c", type=float, default=0.1, help="cost per DEEPTHINK call (default 0.1)")
-    p.add_argument("--budget", type=int, default=None,
-                   help="LONDI-B: at most this many DEEPTHINK calls per episode (default: none)")
-    p.add_argument("--seeds", type=int, default=4, help="switchers trained in parallel (default 4)")
+    p.add_argument("--c", type=A.nonneg_float, default=0.1,
+                   help="cost per DEEPTHINK call (finite, >= 0)")
+    p.add_argument("--budget", type=A.nonneg_int, default=None,
+                   help="LONDI-B: at most this many DEEPTHINK calls per episode; 0 = never call "
+                        "(default: none, plain LONDI)")
+    p.add_argument("--seeds", type=A.count(), default=4, help="switchers trained in parallel")
     p.add_argument("--learner", default="dqn", help="dqn (Double DQN + replay) or pqn (Q(lambda))")
-    p.add_argument("--updates", type=int, default=None,
-                   help="training updates (default 3000)")
-    p.add_argument("--eval-episodes", type=int, default=10_000,
-                   help="greedy evaluation episodes per seed (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="base random seed")
+    p.add_argument("--updates", type=A.count(), default=None,
+                   help="training updates (default: the learner's tuned setting, 3000)")
+    p.add_argument("--eval-episodes", type=A.count(), default=10_000,
+                   help="greedy evaluation episodes per seed")
+    p.add_argument("--seed", type=A.seed, default=0, help="base random seed")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_json_flag(p)
     p.set_defaults(func=_toy)
@@ -33,18 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from londi_jax.switcher.config import LEARNERS
-    from londi_jax.utils.errors import UnknownNameError
-
-    if args.learner not in LEARNERS:
-        raise UnknownNameError("learner", args.learner, LEARNERS)
-    if args.budget is not None and args.budget < 0:
-        raise LondiError(f"--budget must be >= 0, got {args.budget}; omit it for plain LONDI")
-    for name in ("seeds", "eval_episodes"):
-        if getattr(args, name) < 1:
-            raise LondiError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.updates is not None and args.updates < 1:
-        raise LondiError(f"--updates must be >= 1, got {args.updates}")
     from londi_jax.switcher.toy_bench import run_toy
 
     result = run_toy(c=args.c, budget=args.budget, seeds=args.seeds, learner=args.learner,
@@ -82,7 +73,8 @@ def _render(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"activation agreement (reachable states): {r['agreement']:.1%} (mean over seeds); "
-        f"closest exact decision: |Q1-Q0| = {r['exact_margin']:.3f}",
+        + ("no exact decision to make (budget 0: DEEPTHINK is never admissible)"
+           if r["exact_margin"] is None else f"closest exact decision: |Q1-Q0| = {r['exact_margin']:.3f}"),
         *(["disagreements: " + "; ".join(wrong)] if wrong else []),
         f"return: learned {r['learned_value']:.4f} (exact policy evaluation), "
         f"{r['mc_return']:.4f} (Monte Carlo, {r['eval_episodes']} episodes/seed) "
@@ -101,16 +93,19 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
         description="Train every (c, budget, lr, seed) member of a grid in ONE compiled, vmapped "
                     "program on the toy benchmark; print one row per member with the exact optimum "
                     "next to the learned switch.")
-    p.add_argument("--c", type=float, nargs="+", default=[0.05, 0.12, 0.25, 0.5, 1.0],
-                   help="costs per DEEPTHINK call")
-    p.add_argument("--budget", type=int, nargs="+", default=None,
-                   help="LONDI-B budgets (default: none, plain LONDI)")
-    p.add_argument("--lr", type=float, nargs="+", default=None, help="learning rates")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per grid point (default 2)")
+    p.add_argument("--c", type=A.nonneg_float, nargs="+", default=[0.05, 0.12, 0.25, 0.5, 1.0],
+                   help="costs per DEEPTHINK call (finite, >= 0)")
+    p.add_argument("--budget", type=A.nonneg_int, nargs="+", default=None,
+                   help="LONDI-B budgets; 0 = never call (default: none, plain LONDI)")
+    p.add_argument("--lr", type=A.pos_float, nargs="+", default=None,
+                   help="learning rates (default: the learner's tuned one, not swept)")
+    p.add_argument("--seeds", type=A.count(), default=2, help="seeds per grid point")
     p.add_argument("--learner", default="dqn", help="dqn or pqn")
-    p.add_argument("--updates", type=int, default=None, help="training updates per member")
-    p.add_argument("--eval-episodes", type=int, default=2000, help="greedy episodes per member")
-    p.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
+    p.add_argument("--updates", type=A.count(), default=None,
+                   help="training updates per member (default: the learner's tuned setting, 3000)")
+    p.add_argument("--eval-episodes", type=A.count(), default=2000, help="greedy episodes per member")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="also write the table as CSV (default: not written)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_json_flag(p)
     p.set_defaults(func=_toy_sweep)
@@ -121,15 +116,8 @@ _SWEEP_COLUMNS = ["c", "budget", "lr", "seed", "agreement", "learned_value", "ex
 
 
 def _toy_sweep(args: argparse.Namespace) -> int:
-    from londi_jax.switcher.config import LEARNERS
-    from londi_jax.utils.errors import UnknownNameError
-
-    if args.learner not in LEARNERS:
-        raise UnknownNameError("learner", args.learner, LEARNERS)
-    if args.budget is not None and min(args.budget) < 0:
-        raise LondiError(f"--budget values must be >= 0, got {args.budget}")
-    if args.seeds < 1 or args.eval_episodes < 1 or (args.updates is not None and args.updates < 1):
-        raise LondiError("--seeds, --eval-episodes and --updates must be >= 1")
+    if args.csv:  # before training: a bad path must not cost the sweep
+        check_writable_file(args.csv, "--csv")
     from londi_jax.switcher.sweep import ResultsTable
     from londi_jax.switcher.toy_bench import sweep_toy
 

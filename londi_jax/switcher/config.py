@@ -9,13 +9,14 @@ changed between calls without recompiling.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.fields import ConfigFieldError, Rule, above, at_least, check_fields, conform, each, within
 
 LEARNERS = ("dqn", "pqn")
 TARGET_UPDATES = ("hard", "polyak")
@@ -70,14 +71,18 @@ class SwitcherConfig:
             raise UnknownNameError("target update", self.target_update, TARGET_UPDATES)
         if self.optimizer not in OPTIMIZERS:
             raise UnknownNameError("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("obs_dim", "num_envs", "num_updates", "buffer_size", "batch_size",
-                     "updates_per_step", "rollout_len", "num_epochs", "num_minibatches"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"SwitcherConfig.{name} must be >= 1, got {getattr(self, name)}")
+        try:  # types (int, bool, tuple of ints) and ranges, named by field
+            check_fields(self, _CONFIG_RULES)
+        except ConfigFieldError as err:
+            raise ConfigError(f"SwitcherConfig.{err.field} must be {err.expected}, got {err.value!r}") from None
         if self.learner == "dqn" and self.batch_size > self.buffer_size:
             raise ConfigError(
                 f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}; "
                 "raise buffer_size or lower batch_size")
+        if self.learner == "dqn" and self.learning_starts > self.buffer_size:
+            raise ConfigError(
+                f"learning_starts {self.learning_starts} exceeds buffer_size {self.buffer_size}: the "
+                "buffer never holds that many transitions, so training would never start")
         if self.learner == "pqn" and (self.rollout_len * self.num_envs) % self.num_minibatches:
             raise ConfigError(
                 f"rollout_len*num_envs = {self.rollout_len * self.num_envs} is not divisible by "
@@ -90,6 +95,14 @@ class SwitcherConfig:
     def input_dim(self) -> int:
         """Width of the Q-network input: features plus b/n under LONDI-B."""
         return self.obs_dim + (1 if self.use_budget else 0)
+
+
+_CONFIG_RULES = {
+    **{name: [at_least(1)] for name in ("obs_dim", "num_envs", "num_updates", "buffer_size", "batch_size",
+                                        "updates_per_step", "rollout_len", "num_epochs", "num_minibatches")},
+    "hidden": [each(at_least(1))],
+    "learning_starts": [at_least(0)],
+}
 
 
 class HParams(struct.PyTreeNode):
@@ -119,12 +132,19 @@ class HParams(struct.PyTreeNode):
 
     @classmethod
     def create(cls, **overrides: float) -> "HParams":
-        """Defaults overridden by keyword; unknown names raise with the known list."""
+        """Defaults overridden by keyword; unknown names raise with the known list.
+
+        Concrete values are checked (``ConfigError`` naming the field and its range, see
+        ``HPARAM_RULES``): finite numbers, whole numbers for ``budget`` / ``target_period``,
+        ``c >= 0``, ``budget >= 0`` (0 = never call DEEPTHINK), ``lr > 0``, ``gamma``, ``lam``,
+        ``eps_*`` and ``tau`` in [0, 1], ``target_period >= 1``, ``max_grad_norm > 0``. Traced
+        values (inside ``jit`` / ``vmap``) pass unchecked.
+        """
         values = dict(DEFAULT_HPARAMS)
         for k, v in overrides.items():
             if k not in values:
                 raise UnknownNameError("hyper-parameter", k, values)
-            values[k] = v
+            values[k] = check_hparam(k, v)
         return cls(**{k: jnp.asarray(v, dtype=_HPARAM_DTYPES.get(k, jnp.float32))
                       for k, v in values.items()})
 
@@ -148,6 +168,57 @@ DEFAULT_HPARAMS: dict[str, float] = {
 }
 _HPARAM_DTYPES = {"budget": jnp.int32, "target_period": jnp.int32}
 HPARAM_NAMES: tuple[str, ...] = tuple(DEFAULT_HPARAMS)
+
+_UNIT = within(0.0, 1.0)
+# (type, rules) per field: what ``HParams.create`` accepts
+HPARAM_RULES: dict[str, tuple[type, tuple[Rule, ...]]] = {
+    "c": (float, (at_least(0),)),
+    "budget": (int, (at_least(0),)),
+    "lr": (float, (above(0),)),
+    "gamma": (float, (_UNIT,)),
+    "lam": (float, (_UNIT,)),
+    "eps_start": (float, (_UNIT,)),
+    "eps_end": (float, (_UNIT,)),
+    "eps_decay_frac": (float, (at_least(0),)),
+    "target_period": (int, (at_least(1),)),
+    "tau": (float, (_UNIT,)),
+    "max_grad_norm": (float, (above(0),)),
+}
+
+
+def check_hparam(name: str, value: Any) -> Any:
+    """``value`` checked against ``HPARAM_RULES[name]`` (``ConfigError`` if out of range).
+
+    Concrete scalars only: Python / numpy numbers and concrete 0-d arrays are checked (and
+    returned as given); arrays with a shape and JAX tracers are returned unchecked."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if hasattr(value, "shape"):
+        if getattr(value, "shape", ()) != ():
+            return value
+        value_py = value.item()
+    else:
+        value_py = value
+    tp, rules = HPARAM_RULES[name]
+    if tp is int and isinstance(value_py, float) and value_py.is_integer():
+        value_py = int(value_py)  # 3.0 is a fine budget; 2.5 is not
+    hint = "; 0 means: never call DEEPTHINK" if name == "budget" else ""
+    check_value(f"hyper-parameter {name}", value_py, tp, *rules, hint=hint)
+    return value
+
+
+def check_value(name: str, value: Any, tp: type, *rules: Rule, optional: bool = False,
+                hint: str = "") -> None:
+    """Raise ``ConfigError`` ("``name`` must be an int >= 1, got 0") unless ``value`` has type
+    ``tp`` (``float``: finite) and passes ``rules``; ``optional`` lets ``None`` through."""
+    if value is None and optional:
+        return
+    try:
+        conform(value, tp, name)
+        for rule in rules:
+            rule.check(value, name, tp)
+    except ConfigFieldError as err:
+        raise ConfigError(f"{name} must be {err.expected}, got {value!r}{hint}") from None
 
 
 def epsilon(hparams: HParams, step: jax.Array, num_updates: int) -> jax.Array:

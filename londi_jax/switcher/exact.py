@@ -35,7 +35,7 @@ class ExactSolution:
 def _check(P: np.ndarray, R: np.ndarray, gamma: float) -> None:
     if P.ndim != 3 or P.shape[0] != 2 or P.shape[1] != P.shape[2] or R.shape != P.shape[:2]:
         raise ExactError(f"expected P [2, S, S] and R [2, S], got {P.shape} and {R.shape}")
-    if not 0.0 <= gamma <= 1.0:
+    if not 0.0 <= gamma <= 1.0:  # also refuses nan
         raise ExactError(f"gamma must be in [0, 1], got {gamma}")
 
 
@@ -57,11 +57,22 @@ def q_from_v(P, R, V, c, gamma, budgeted):
 
 def solve(P: np.ndarray, R: np.ndarray, c: float, gamma: float, budget: int | None = None,
           tol: float = 1e-12, max_iter: int = 100_000) -> ExactSolution:
-    """Value iteration to ``tol`` (sup-norm change); ``budget=None`` is plain LONDI."""
+    """Value iteration to ``tol`` (sup-norm change); ``budget=None`` is plain LONDI, ``budget=0``
+    LONDI-B with no call left (the optimum is then QUICK everywhere).
+
+    Raises ``ExactError`` for a non-finite ``c``, ``gamma`` outside [0, 1], a budget that is not
+    an int >= 0, ``tol <= 0`` or ``max_iter < 1`` (all before iterating), and when value
+    iteration has not converged after ``max_iter`` sweeps.
+    """
     P, R = np.asarray(P, np.float64), np.asarray(R, np.float64)
     _check(P, R, gamma)
-    if budget is not None and budget < 0:
-        raise ExactError(f"budget must be >= 0, got {budget}")
+    if not np.isfinite(c):
+        raise ExactError(f"c must be a finite number, got {c}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer))
+                               or budget < 0):
+        raise ExactError(f"budget must be an int >= 0 (or None for no budget), got {budget!r}")
+    if not tol > 0 or int(max_iter) < 1:
+        raise ExactError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
     budgeted = budget is not None
     B = budget + 1 if budgeted else 1
     V = np.zeros((P.shape[1], B))

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from londi_jax.switcher.config import HPARAM_NAMES, HParams
+from londi_jax.switcher.config import HPARAM_NAMES, HParams, check_value
 from londi_jax.switcher.train import Trainer, TrainState
 from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.fields import at_least
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 
@@ -57,8 +58,8 @@ class SweepSpec:
             if name not in HPARAM_NAMES:
                 raise UnknownNameError("hyper-parameter", name, HPARAM_NAMES,
                                        "only traced HParams fields can be swept")
-        if self.seeds < 1 or self.num_samples < 1:
-            raise SweepError(f"seeds and num_samples must be >= 1 (got {self.seeds}, {self.num_samples})")
+        for name in ("seeds", "num_samples"):
+            check_value(f"SweepSpec.{name}", getattr(self, name), int, at_least(1))
         for name, v in self.params.items():
             if self.mode == "grid" and (isinstance(v, tuple) or not len(v)):
                 raise SweepError(f"grid sweep needs a non-empty list of values for {name!r}, got {v!r}")
@@ -111,8 +112,13 @@ def train_many(trainer: Trainer, rngs: jax.Array, hparams: HParams, num_updates:
     """Train ``len(rngs)`` switchers (stacked ``hparams``) in one vmapped program, in chunks.
 
     Every chunk reuses one compiled ``jit(vmap(train_chunk))``; metrics are concatenated to
-    ``[members, num_updates]``.
+    ``[members, num_updates]``. The progress bar counts *finished* updates: JAX dispatches
+    asynchronously, so chunk k is dispatched first and then chunk k-1's output is waited on
+    before the bar advances (the device never idles between chunks). ``num_updates`` and
+    ``chunk`` must be ints >= 1 (``ConfigError``).
     """
+    check_value("num_updates", num_updates, int, at_least(1), optional=True)
+    check_value("chunk", chunk, int, at_least(1), optional=True)
     num_updates = num_updates or trainer.config.num_updates
     chunk = min(chunk or num_updates, num_updates)
     init = trainer.__dict__.setdefault("_vmapped_init", jax.jit(jax.vmap(trainer.init_train_state)))
@@ -120,16 +126,27 @@ def train_many(trainer: Trainer, rngs: jax.Array, hparams: HParams, num_updates:
     ts = init(rngs, hparams)
     metrics, done = [], 0
     bar = tqdm(total=num_updates, desc=desc, disable=not progress, unit="upd", leave=False)
+    pending: tuple[Any, int] | None = None  # (output, updates) of the chunk dispatched last
     while done < num_updates:
         n = min(chunk, num_updates - done)
         fn = step if n == chunk else _chunk_fn(trainer, n)
-        ts, m = fn(ts, hparams)
+        ts, m = fn(ts, hparams)  # returns at once; runs while the previous chunk is waited on
         metrics.append(m)
         done += n
-        bar.update(n)
+        if pending is not None:
+            bar.update(_finished(*pending))
+        pending = (m, n)
     jax.block_until_ready(ts)
+    if pending is not None:
+        bar.update(_finished(*pending))
     bar.close()
     return ts, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *metrics)
+
+
+def _finished(output: Any, n: int) -> int:
+    """Wait until a chunk's ``output`` is computed; its number of updates ``n``."""
+    jax.block_until_ready(output)
+    return n
 
 
 def _chunk_fn(trainer: Trainer, n: int) -> Callable:
@@ -213,7 +230,13 @@ def run_sweep(trainer: Trainer, spec: SweepSpec, seed: int = 0, eval_episodes: i
     """Train and evaluate every member of ``spec`` in one compiled program; one row per member.
 
     ``row_fn(row, params)`` may add columns per member (``params`` = that member's Q-net params).
+    Every member's values are checked (``HParams.create``) and ``eval_episodes``,
+    ``eval_max_steps`` and ``chunk`` must be ints >= 1, before any training (``ConfigError``).
     """
+    for name, value in (("eval_episodes", eval_episodes), ("eval_max_steps", eval_max_steps)):
+        check_value(name, value, int, at_least(1))
+    check_value("chunk", chunk, int, at_least(1), optional=True)
+    check_value("seed", seed, int)
     mem = members(spec, seed)
     hp = stack_hparams([{k: v for k, v in m.items() if k != "seed"} for m in mem], spec.base)
     key = jax.random.key(seed)

@@ -16,11 +16,12 @@ import numpy as np
 
 from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher import exact, toy
-from londi_jax.switcher.config import HParams, SwitcherConfig
+from londi_jax.switcher.config import HParams, SwitcherConfig, check_hparam, check_value
 from londi_jax.switcher.network import q_values
 from londi_jax.switcher.sweep import (ResultsTable, SweepSpec, evaluate_many, run_sweep,
                                       stack_hparams, train_many)
 from londi_jax.switcher.train import Trainer, make_train
+from londi_jax.utils.fields import at_least
 
 # Settings that learn the toy's exact switch reliably on CPU in seconds (checked on 3-4 sweep
 # seeds: 100% agreement on every member). Generous exploration (eps_end) matters: states such as
@@ -39,7 +40,11 @@ TOY_HPARAMS: dict[str, dict[str, float]] = {
 
 def toy_trainer(learner: str = "dqn", use_budget: bool = False, max_steps: int = 64,
                 **overrides: Any) -> Trainer:
-    """A ``Trainer`` on the default toy chain with the tuned settings (``overrides`` win)."""
+    """A ``Trainer`` on the default toy chain with the tuned settings (``overrides`` win).
+
+    Raises ``ConfigError`` / ``UnknownNameError`` for a bad learner, ``max_steps < 1`` or an
+    invalid ``SwitcherConfig`` override."""
+    check_value("max_steps", max_steps, int, at_least(1))
     env = toy.ToyEnv()
     kwargs = {**TOY_CONFIGS.get(learner, {"learner": learner}), **overrides}
     config = SwitcherConfig(obs_dim=env.obs_dim, use_budget=use_budget, **kwargs)
@@ -72,10 +77,12 @@ def compare_to_exact(trainer: Trainer, params: Any, c: float, gamma: float,
     reach = exact.reachable(P, start, budget)
     gap = sol.Q[..., 1] - sol.Q[..., 0]  # -inf where g = 1 is not admissible (b = 0)
     wrong = np.argwhere((pol != sol.policy) & reach)
+    decisions = np.abs(gap[reach & np.isfinite(gap)])
     return {
         # closest call to a tie among reachable states where both switches are admissible:
-        # learned Q-values must be at least this accurate to match the exact switch everywhere
-        "exact_margin": float(np.abs(gap[reach & np.isfinite(gap)]).min()),
+        # learned Q-values must be at least this accurate to match the exact switch everywhere.
+        # None when no reachable state has a choice (budget 0: DEEPTHINK is never admissible).
+        "exact_margin": float(decisions.min()) if decisions.size else None,
         "disagreements": [{"cell": int(s), "b": int(b) if budgeted else None,
                            "exact_gap": float(gap[s, b])} for s, b in wrong],
         "agreement": float((pol == sol.policy)[reach].mean()),
@@ -89,11 +96,29 @@ def compare_to_exact(trainer: Trainer, params: Any, c: float, gamma: float,
     }
 
 
+def _check_run_args(seed: int, **counts: int | None) -> None:
+    """``ConfigError`` unless every count is None or an int >= 1 and ``seed`` is an int."""
+    for name, value in counts.items():
+        check_value(name, value, int, at_least(1), optional=True)
+    check_value("seed", seed, int)
+
+
 def run_toy(c: float = 0.1, budget: int | None = None, seeds: int = 4, learner: str = "dqn",
             num_updates: int | None = None, eval_episodes: int = 10_000, eval_max_steps: int = 200,
             seed: int = 0, progress: bool = True, hparams: dict[str, float] | None = None,
             chunk: int | None = None) -> dict[str, Any]:
-    """Train ``seeds`` switchers at one (c, budget) and report learned vs exact."""
+    """Train ``seeds`` switchers at one (c, budget) and report learned vs exact.
+
+    ``budget=None`` is plain LONDI; ``budget=0`` is LONDI-B that may never call DEEPTHINK
+    (``exact_margin`` is then None: no state has a choice). Every argument is checked before
+    any training (``ConfigError`` naming it): ``c`` finite and >= 0, ``budget`` an int >= 0,
+    ``seeds``, ``eval_episodes``, ``eval_max_steps``, ``num_updates`` and ``chunk`` ints >= 1.
+    """
+    check_hparam("c", c)
+    if budget is not None:
+        check_hparam("budget", budget)
+    _check_run_args(seeds=seeds, eval_episodes=eval_episodes, eval_max_steps=eval_max_steps,
+                    num_updates=num_updates, chunk=chunk, seed=seed)
     overrides = {} if num_updates is None else {"num_updates": num_updates}
     trainer = toy_trainer(learner, use_budget=budget is not None, **overrides)
     hp_values = {**TOY_HPARAMS.get(learner, {}), **(hparams or {}), "c": c, "budget": budget or 0}
@@ -138,8 +163,11 @@ def sweep_toy(params: dict[str, Any], learner: str = "dqn", use_budget: bool = F
     ``params`` maps ``HParams`` names to values (grid) or distributions (random); ``base`` fixes
     others (defaults: the tuned ``TOY_HPARAMS``). Rows carry the sweep's metrics plus
     ``agreement``, ``learned_value`` / ``exact_value``, ``learned_calls`` / ``exact_calls``
-    and the ``policy`` / ``exact_policy`` tables.
+    and the ``policy`` / ``exact_policy`` tables. Arguments are checked before any training, as
+    in ``run_toy`` (the swept values by ``HParams.create``).
     """
+    _check_run_args(seeds=seeds, eval_episodes=eval_episodes, eval_max_steps=eval_max_steps,
+                    num_updates=num_updates, num_samples=num_samples, seed=seed)
     overrides = {} if num_updates is None else {"num_updates": num_updates}
     trainer = toy_trainer(learner, use_budget=use_budget, **overrides)
     base = {**TOY_HPARAMS.get(learner, {}), **(base or {})}
