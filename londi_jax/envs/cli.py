@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from londi_jax.utils import cli_args as A
+from londi_jax.utils.cli_args import check_new_dir_parent
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.output import add_json_flag, emit
 
@@ -119,6 +121,7 @@ def _cmd_levels(args: argparse.Namespace) -> int:
 
 # -- demos -----------------------------------------------------------------------------------
 def _cmd_demos(args: argparse.Namespace) -> int:
+    check_new_dir_parent(args.out, "--out")
     if args.env == "scienceworld":
         tasks = args.tasks or ([args.task] if args.task else None)
         meta = _scienceworld().write_demos(args.out, tasks, args.split, args.max_variations, args.overwrite)
@@ -131,10 +134,11 @@ def _cmd_demos(args: argparse.Namespace) -> int:
 
     def render(r: dict[str, Any]) -> str:
         if "n_success" in r:
-            return (
-                f"wrote {r['episodes_written']} episodes of {r['level']} to {r['out']} "
-                f"(bot success {r['n_success']}/{r['episodes_written']})"
-            )
+            total, added = r["episodes_written"], r["episodes_added"]
+            head = (f"wrote {added} episodes of {r['level']} to {r['out']}" if added else
+                    f"nothing to write: {r['out']} already holds the episodes of {r['level']}")
+            kept = f"; {total - added} were already there" if added and total > added else ""
+            return f"{head}{kept} ({total} in total, bot success {r['n_success']}/{total})"
         written = r.get("written")
         return f"wrote ScienceWorld demos to {r['out']}" + (f" ({written} written, {r.get('skipped')} skipped)" if written is not None else "")
 
@@ -147,14 +151,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env = subparsers.add_parser("env", help="text environments: show, levels, expert demos")
     sub = env.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
 
-    show = sub.add_parser("show", help="print an environment's first observation (and GLAM prompt)")
-    show.add_argument("--env", choices=ENVS, default="babyai-text")
-    show.add_argument("--level", default=None, help=f"BabyAI level (default {DEFAULT_LEVEL}; see `env levels`)")
-    show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--kind", default=None, help="Mixed levels only: force the task kind")
+    show = sub.add_parser("show", help="print an environment's first observation (and GLAM prompt)",
+                          description="Reset one environment and print its mission, text observation, "
+                                      "valid actions and (BabyAI-Text) the GLAM prompt the LMs read.")
+    show.add_argument("--env", choices=ENVS, default="babyai-text", help="which environment")
+    show.add_argument("--level", default=None,
+                      help=f"BabyAI level; short names work, see `env levels` (default: {DEFAULT_LEVEL})")
+    show.add_argument("--seed", type=A.seed, default=0, help="BabyAI: episode seed (an int >= 0)")
+    show.add_argument("--kind", default=None,
+                      help="Mixed levels only: force the task kind (default: drawn from --seed)")
     show.add_argument("--task", default="1-1", help="ScienceWorld task id")
-    show.add_argument("--variation", type=int, default=0, help="ScienceWorld variation")
-    show.add_argument("--split", default="train", help="ScienceWorld split")
+    show.add_argument("--variation", type=A.nonneg_int, default=0, help="ScienceWorld variation (an int >= 0)")
+    show.add_argument("--split", default="train", help="ScienceWorld split: train, dev or test")
     add_json_flag(show)
     show.set_defaults(func=_cmd_show)
 
@@ -162,16 +170,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_flag(levels)
     levels.set_defaults(func=_cmd_levels)
 
-    demos = sub.add_parser("demos", help="write expert trajectories (JSONL + meta.json)")
-    demos.add_argument("--env", choices=ENVS, default="babyai-text")
-    demos.add_argument("--out", required=True, help="output directory")
+    demos = sub.add_parser("demos", help="write expert trajectories (JSONL + meta.json)",
+                           description="Write expert episodes (the BabyAI bot; ScienceWorld's gold action sequences) to "
+                                       "--out. Rerunning the same command resumes; other demos already in "
+                                       "--out are kept unless --overwrite.")
+    demos.add_argument("--env", choices=ENVS, default="babyai-text", help="which environment")
+    demos.add_argument("--out", required=True, help="output directory (created if missing)")
     demos.add_argument("--overwrite", action="store_true", help="replace demos already in --out")
-    demos.add_argument("--level", default=None, help=f"BabyAI level (default {DEFAULT_LEVEL})")
-    demos.add_argument("--episodes", type=int, default=100, help="BabyAI: number of episodes")
-    demos.add_argument("--seed", type=int, default=0, help="BabyAI: seed of episode 0 (episode k uses seed+k)")
-    demos.add_argument("--tasks", nargs="+", default=None, help="ScienceWorld task ids")
-    demos.add_argument("--task", default=None, help="ScienceWorld: a single task id")
-    demos.add_argument("--split", default="train", help="ScienceWorld split")
-    demos.add_argument("--max-variations", type=int, default=None, help="ScienceWorld: variations per task")
+    demos.add_argument("--level", default=None, help=f"BabyAI level (default: {DEFAULT_LEVEL})")
+    demos.add_argument("--episodes", type=A.count(), default=100, help="BabyAI: number of episodes")
+    demos.add_argument("--seed", type=A.seed, default=0,
+                       help="BabyAI: seed of episode 0 (episode k uses seed+k)")
+    demos.add_argument("--tasks", nargs="+", default=None,
+                       help="ScienceWorld task ids, or all (default: all 30 tasks)")
+    demos.add_argument("--task", default=None, help="ScienceWorld: a single task id (default: see --tasks)")
+    demos.add_argument("--split", default="train", help="ScienceWorld split: train, dev or test")
+    demos.add_argument("--max-variations", type=A.count(), default=None,
+                       help="ScienceWorld: variations per task (default: all of the split)")
     add_json_flag(demos)
     demos.set_defaults(func=_cmd_demos)

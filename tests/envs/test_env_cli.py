@@ -9,6 +9,7 @@ import types
 import pytest
 
 from londi_jax.cli import main
+from londi_jax.utils.errors import LondiError
 
 
 def run(capsys, *argv):
@@ -78,3 +79,112 @@ def test_demos_cli(capsys, tmp_path):
     assert len((out_dir / "episodes.jsonl").read_text().splitlines()) == 3
     code, _, err = run(capsys, "env", "demos", "--level", "PickupLoc", "--episodes", "1", "--out", str(out_dir))
     assert code == 2 and "--overwrite" in err
+
+
+# ----------------------------------------------------------------------------- input checked up front
+
+
+@pytest.mark.parametrize("argv", [
+    ["env", "show", "--seed=-1"],
+    ["env", "show", "--seed", "1.5"],
+    ["env", "show", "--env", "scienceworld", "--variation=-2"],
+    ["env", "demos", "--out", "OUT", "--seed=-3"],
+    ["env", "demos", "--out", "OUT", "--episodes", "0"],
+    ["env", "demos", "--out", "OUT", "--env", "scienceworld", "--max-variations", "0"],
+])
+def test_bad_numbers_are_refused_when_parsed(argv, capsys, tmp_path):
+    argv = [str(tmp_path / "d") if a == "OUT" else a for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "error: argument --" in err and "expected an int >=" in err
+    assert not (tmp_path / "d").exists()  # nothing written
+
+
+def test_level_parameters_are_checked_with_clear_errors():
+    from londi_jax.envs.babyai_text import make_babyai_text
+    from londi_jax.envs.babyai_text.levels import LevelParamError
+
+    cases = [
+        (dict(room_size=2), "room_size must be an int >= 3, got 2"),  # was a bare AssertionError
+        (dict(room_size=5.5), "room_size must be an int >= 3"),
+        (dict(num_dists=-1), "num_dists must be an int >= 0"),  # was "ValueError: high <= 0" or a hang
+        (dict(max_steps=0), "max_steps must be an int >= 1 or None"),
+        (dict(seed=-1), "seed must be an int >= 0"),  # was numpy's "expected non-negative integer"
+        (dict(foo=1), "does not take that parameter"),  # was a TypeError from MiniGridEnv
+        (dict(room_size=4, num_dists=8), "cannot hold"),  # used to retry for ever
+    ]
+    for level in ("BabyAI-MixedTrainLocal-v0", "BabyAI-GoToLocal-v0"):
+        for kw, msg in cases:
+            with pytest.raises(LevelParamError, match=msg):
+                make_babyai_text(level, **kw).reset(seed=0)
+    with pytest.raises(LevelParamError, match="sets that parameter itself"):
+        make_babyai_text("BabyAI-PickupLoc-v0", num_dists=2)
+    with pytest.raises(LevelParamError, match=r"room_size >= 6"):  # 9 objects for goto at num_dists=8
+        make_babyai_text("BabyAI-MixedTrainLocal-v0", kind="goto", room_size=5)
+    with pytest.raises(LevelParamError, match="seed must be an int >= 0"):
+        make_babyai_text("BabyAI-GoToLocal-v0").reset(seed=-3)
+    env = make_babyai_text("BabyAI-MixedTrainLocal-v0", kind="goto", room_size=4, num_dists=0)
+    assert env.reset(seed=0).mission.startswith("go to")  # the tightest room that fits still works
+
+
+def test_crowded_level_gives_up_with_a_clear_error(monkeypatch):
+    # room_size=5, 5 objects for goto: placeable in principle (the static check passes) but no layout
+    # with every object reachable is found; generation used to loop for ever
+    from londi_jax.envs.babyai_text import levels
+    from londi_jax.envs.babyai_text import make_babyai_text
+
+    monkeypatch.setattr(levels, "MAX_GEN_ATTEMPTS", 30)
+    env = make_babyai_text("BabyAI-MixedTrainLocal-v0", kind="goto", room_size=5, num_dists=4)
+    with pytest.raises(levels.LevelGenerationError, match="too crowded.*larger room_size or fewer num_dists"):
+        env.reset(seed=0)
+
+
+def test_failed_demos_leave_no_stub_and_the_corrected_command_runs(capsys, tmp_path, monkeypatch):
+    from londi_jax.envs.babyai_text import demos
+
+    out = tmp_path / "demos"
+    # a bad seed through the Python API: refused before the folder exists
+    with pytest.raises(LondiError, match="seed must be an int >= 0"):
+        demos.write_demos(out, "GoToLocal", 2, seed=-3, progress=False)
+    with pytest.raises(LondiError, match="room_size must be an int >= 3"):
+        demos.write_demos(out, "GoToLocal", 2, room_size=2, progress=False)
+    assert not out.exists()
+    # a failure during the first episode (here: injected) removes the stub it made
+    real = demos.expert_episode
+
+    def broken(*a, **k):
+        raise RuntimeError("bot crashed")
+
+    monkeypatch.setattr(demos, "expert_episode", broken)
+    with pytest.raises(RuntimeError):
+        demos.write_demos(out, "GoToLocal", 2, seed=5, progress=False)
+    assert not out.exists()
+    monkeypatch.setattr(demos, "expert_episode", real)
+    code, text, err = run(capsys, "env", "demos", "--level", "GoToLocal", "--episodes", "2", "--seed", "0",
+                          "--out", str(out))
+    assert code == 0, err
+    assert text.startswith(f"wrote 2 episodes of BabyAI-GoToLocal-v0 to {out} (2 in total")
+
+
+def test_demos_report_the_episodes_really_written(capsys, tmp_path):
+    out = str(tmp_path / "demos")
+    argv = ["env", "demos", "--level", "GoToLocal", "--seed", "1", "--out", out]
+    code, text, _ = run(capsys, *argv, "--episodes", "2")
+    assert code == 0 and text.startswith("wrote 2 episodes")
+    # the same command again writes nothing, and says so (it used to print "wrote 2 episodes")
+    code, text, _ = run(capsys, *argv, "--episodes", "2", "--json")
+    r = json.loads(text)
+    assert code == 0 and r["episodes_added"] == 0 and r["episodes_written"] == 2
+    code, text, _ = run(capsys, *argv, "--episodes", "2")
+    assert text.startswith(f"nothing to write: {out} already holds the episodes")
+    code, text, _ = run(capsys, *argv, "--episodes", "3")
+    assert text.startswith("wrote 1 episodes") and "2 were already there (3 in total" in text
+    assert len((tmp_path / "demos" / "episodes.jsonl").read_text().splitlines()) == 3
+
+
+def test_demos_out_checked_before_work(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "env", "demos", "--level", "GoToLocal", "--episodes", "1", "--out", str(blocker / "d"))
+    assert code == 2 and "is a file" in err and "Traceback" not in err

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from londi_jax.envs.babyai_text.bot import expert_episode
+from londi_jax.envs.babyai_text.env import make_babyai_text
 from londi_jax.envs.babyai_text.levels import resolve_level
 from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.utils.errors import LondiError
@@ -75,15 +77,39 @@ def write_demos(
     kinds: Sequence[str] | None = None,
     **level_kwargs: Any,
 ) -> dict[str, Any]:
-    """Write ``episodes`` bot episodes of ``level`` to ``out_dir``; returns the metadata dict.
+    """Write ``episodes`` bot episodes of ``level`` to ``out_dir``; returns the metadata dict
+    (plus ``episodes_added``: how many this call wrote; 0 when all were already there).
 
     ``kinds`` (Mixed levels): episode ``k`` gets task kind ``kinds[k % len(kinds)]`` instead of
     one drawn from its seed; ``level_kwargs`` (e.g. ``room_size``, ``num_dists``) go to the level.
+    Every argument is checked before ``out_dir`` is touched (``LondiError``: episodes an int
+    >= 1, seed an int >= 0, known level and kinds, level parameters in range). If the call fails
+    before its first episode is written, it leaves nothing behind (a folder it created is
+    removed), so a corrected command is not blocked by a stub.
     """
-    if episodes < 1:
-        raise LondiError(f"--episodes must be >= 1, got {episodes}")
+    for name, value, lo in (("episodes", episodes, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise LondiError(f"demos: {name} must be an int >= {lo}, got {value!r}")
     level = resolve_level(level)
+    for kind in dict.fromkeys(kinds or [None]):  # builds (not resets) one env per kind: checks it
+        make_babyai_text(level, seed=seed, **level_kwargs, **({} if kind is None else {"kind": kind})).close()
     out = Path(out_dir)
+    created, had_meta = not out.exists(), (out / META_FILE).exists()
+    try:
+        return _write(out, level, episodes, seed, overwrite, progress, kinds, level_kwargs)
+    except BaseException:
+        if not had_meta and out.is_dir() and not _read_done(out / EPISODES_FILE):
+            # our own stub, no episode in it: remove it so that it blocks no later command
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for name in (META_FILE, EPISODES_FILE):
+                    (out / name).unlink(missing_ok=True)
+        raise
+
+
+def _write(out: Path, level: str, episodes: int, seed: int, overwrite: bool, progress: bool,
+           kinds: Sequence[str] | None, level_kwargs: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     ep_path, meta_path = out / EPISODES_FILE, out / META_FILE
 
@@ -137,7 +163,7 @@ def write_demos(
     written = max(episodes, len(done))
     meta.update(episodes_written=written, n_success=n_success, success_rate=n_success / max(written, 1))
     _write_meta(out, meta)
-    return meta
+    return {**meta, "episodes_added": max(episodes - len(done), 0)}
 
 
 def read_demos(out_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:

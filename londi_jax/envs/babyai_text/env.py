@@ -26,9 +26,10 @@ import io
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from londi_jax.envs.base import TextReset, TextStep
-from londi_jax.envs.babyai_text.levels import MIXED_LEVELS, instr_kind, make_level, resolve_level
+from londi_jax.envs.babyai_text.levels import MIXED_LEVELS, LevelParamError, instr_kind, make_level, resolve_level
 from londi_jax.envs.babyai_text.prompt import ACTIONS, GlamHistory
 from londi_jax.envs.babyai_text.text import describe
 from londi_jax.utils.errors import LondiError
@@ -89,6 +90,12 @@ class BabyAITextWrapper(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+def _check_seed(seed: Any) -> None:
+    """Gymnasium and numpy seeds are ints >= 0; say so instead of failing deep inside them."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise LevelParamError(f"a BabyAI-Text seed must be an int >= 0 (or None), got {seed!r}")
+
+
 def _join(descriptions: list[str]) -> str:
     return ", ".join(descriptions)
 
@@ -105,6 +112,7 @@ class BabyAITextEnv:
     actions: tuple[str, ...] = ACTIONS
 
     def __init__(self, level: str, seed: int | None = None, **level_kwargs: Any):
+        _check_seed(seed)
         self.level = resolve_level(level)
         self._pending_seed = seed
         self._level_kwargs = level_kwargs
@@ -136,7 +144,9 @@ class BabyAITextEnv:
         return info
 
     def reset(self, seed: int | None = None) -> TextReset:
-        """Start an episode; ``seed`` reseeds (else the constructor's seed once, then the stream)."""
+        """Start an episode; ``seed`` reseeds (else the constructor's seed once, then the stream).
+        A seed must be None or an int >= 0 (``LevelParamError``)."""
+        _check_seed(seed)
         if seed is None:
             seed, self._pending_seed = self._pending_seed, None
         else:

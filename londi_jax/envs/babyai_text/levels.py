@@ -63,6 +63,58 @@ TRAIN_DOOR_COLORS = ("yellow", "green", "blue", "purple")  # red and grey held o
 TEST_DOOR_COLORS = ("red", "grey")
 
 
+MAX_GEN_ATTEMPTS = 3000  # layouts drawn per reset before giving up (see GlamLevel.gen_mission)
+
+
+class LevelParamError(LondiError, ValueError):
+    """A level parameter (room size, distractor count, step limit, seed, ...) that is out of
+    range or unknown to the level; the message names it and the accepted values."""
+
+
+def _glam_objects(kind: str, num_dists: int) -> int:
+    """Objects placed in the agent's room by ``GlamLevel._gen_one`` for ``kind``."""
+    if kind == OPEN:
+        return num_dists + 1  # distractors + the key (the locked room stays empty)
+    return num_dists + (1 if kind in (GOTO, PICKUP) else 2)
+
+
+def check_level_params(name: str, params: dict, kinds: tuple[str, ...] = ()) -> None:
+    """Raise ``LevelParamError`` for a level parameter that cannot build a level.
+
+    Ranges (minigrid's own limits, which it only asserts): ``room_size`` an int >= 3 (walls
+    around at least one free cell), ``num_dists`` an int >= 0, ``max_steps`` None or an int
+    >= 1, ``num_rows`` / ``num_cols`` ints >= 1, ``kind_seed`` None or an int >= 0. For the GLAM
+    levels (``kinds``: the task kinds the level may draw) the objects must also fit the room:
+    minigrid never places an object on or next to the agent (``reject_next_to``), so a room with
+    ``k = room_size - 2`` free cells per side holds at most ``k * k - 3`` objects (agent in a
+    corner); with more, level generation would retry forever.
+    """
+    rules = {"room_size": 3, "num_dists": 0, "max_steps": 1, "num_rows": 1, "num_cols": 1, "kind_seed": 0}
+    for key, lo in rules.items():
+        if key not in params or (params[key] is None and key in ("max_steps", "kind_seed")):
+            continue
+        v = params[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            extra = " or None" if key in ("max_steps", "kind_seed") else ""
+            raise LevelParamError(f"{name}: {key} must be an int >= {lo}{extra}, got {v!r}")
+    if kinds:
+        k = int(params.get("room_size", 8)) - 2
+        n_d = int(params.get("num_dists", 8))
+        for kind in kinds:
+            objs = _glam_objects(kind, n_d)
+            room = k * k if kind == OPEN else k * k - 3  # open places the agent after the objects
+            if objs > room:
+                need = next(r for r in range(k + 2, 10 ** 4)
+                            if _glam_objects(kind, n_d) <= ((r - 2) ** 2 if kind == OPEN else (r - 2) ** 2 - 3))
+                raise LevelParamError(
+                    f"{name}: a room_size={k + 2} room cannot hold the {objs} objects of a {kind!r} task "
+                    f"with num_dists={n_d} (at most {max(room, 0)} fit); use room_size >= {need} or fewer num_dists")
+
+
+class LevelGenerationError(LondiError, RuntimeError):
+    """Level generation gave up: no valid layout in ``MAX_GEN_ATTEMPTS`` draws."""
+
+
 class GlamLevel(LevelGen):
     """One GLAM BabyAI-Text level of a fixed task kind (see module doc).
 
@@ -86,7 +138,10 @@ class GlamLevel(LevelGen):
     ):
         if kind not in GLAM_KINDS:
             raise UnknownNameError("task kind", kind, GLAM_KINDS)
+        check_level_params(type(self).__name__, dict(room_size=room_size, num_dists=num_dists,
+                                                     max_steps=max_steps), (kind,))
         self.kind = kind
+        self._gen_attempts = 0
         self.excluded = tuple(excluded)
         self.door_colors = tuple(door_colors)
         self.name_open_color = name_open_color
@@ -188,11 +243,28 @@ class GlamLevel(LevelGen):
             return BeforeInstr(PickupInstr(da), second), reachable
         return AfterInstr(second, PickupInstr(da)), reachable
 
+    def reset(self, *args, **kwargs):
+        self._gen_attempts = 0  # layouts drawn for this episode (gen_mission's bound)
+        return super().reset(*args, **kwargs)
+
     def gen_mission(self) -> None:
         """Resample layout + instruction until all objects are reachable and the mission
-        contains no excluded phrase (the original's per-kind ``while`` loops)."""
+        contains no excluded phrase (the original's per-kind ``while`` loops).
+
+        Bounded: after ``MAX_GEN_ATTEMPTS`` draws in one reset (counting the ones minigrid
+        retries after a failed object placement) it raises ``LevelGenerationError`` instead of
+        looping forever on a room too crowded to generate. Valid settings need far fewer (the
+        hardest measured, MixedTestLocal putnext, 93 on average; the chance of needing 3000 is
+        about e^-32).
+        """
         self.locked_room = None
         while True:
+            self._gen_attempts += 1
+            if self._gen_attempts > MAX_GEN_ATTEMPTS:
+                raise LevelGenerationError(
+                    f"could not generate a {self.kind!r} level with room_size={self.room_size}, "
+                    f"num_dists={self.num_dists} in {MAX_GEN_ATTEMPTS} attempts: the room is too crowded "
+                    "for all objects to be placed and reachable; use a larger room_size or fewer num_dists")
             self.instrs, reachable = self._gen_one()
             if reachable and not self._mission_excluded():
                 return
@@ -209,6 +281,8 @@ class MixedTrainLocal(GlamLevel):
     """GLAM's training level: one of the five Mixed kinds, held-out phrases rejected."""
 
     def __init__(self, kind: str | None = None, kind_seed: int | None = None, **kwargs):
+        if kind is None:  # any Mixed kind may be drawn: every one must fit the room
+            check_level_params(type(self).__name__, kwargs, MIXED_KINDS)
         kind = _kind_from_seed(kind, kind_seed, MIXED_KINDS)
         if kind not in MIXED_KINDS:
             raise UnknownNameError("Mixed task kind", kind, MIXED_KINDS)
@@ -219,6 +293,8 @@ class MixedTestLocal(GlamLevel):
     """GLAM's test level: the five Mixed kinds, only held-out colour-noun pairs, red/grey doors."""
 
     def __init__(self, kind: str | None = None, kind_seed: int | None = None, **kwargs):
+        if kind is None:  # any Mixed kind may be drawn: every one must fit the room
+            check_level_params(type(self).__name__, kwargs, MIXED_KINDS)
         kind = _kind_from_seed(kind, kind_seed, MIXED_KINDS)
         if kind not in MIXED_KINDS:
             raise UnknownNameError("Mixed task kind", kind, MIXED_KINDS)
@@ -286,17 +362,39 @@ def resolve_level(level: str) -> str:
 
 
 def make_level(level: str, seed: int | None = None, **kwargs):
-    """Build the raw minigrid env (no wrappers) for a level name; GLAM levels get ``kind_seed``."""
+    """Build the raw minigrid env (no wrappers) for a level name; GLAM levels get ``kind_seed``.
+
+    Raises ``UnknownNameError`` (level, kind) and ``LevelParamError`` for a parameter out of
+    range (see ``check_level_params``), a negative seed, or one the level does not take.
+    """
     name = resolve_level(level)
     if "kind" in kwargs and name not in MIXED_LEVELS:
         raise LondiError(f"kind= only applies to the Mixed levels ({', '.join(MIXED_LEVELS)}), not {name}")
-    if name in GLAM_LEVELS:
-        if name in MIXED_LEVELS:
-            kwargs.setdefault("kind_seed", seed)
-        return GLAM_LEVELS[name](**kwargs)
-    spec = gym.spec(name)
-    creator = gym.envs.registration.load_env_creator(spec.entry_point)
-    return creator(**{**spec.kwargs, **kwargs})
+    check_level_params(name, {"kind_seed": seed, **kwargs})
+    try:
+        if name in GLAM_LEVELS:
+            if name in MIXED_LEVELS:
+                kwargs.setdefault("kind_seed", seed)
+            return GLAM_LEVELS[name](**kwargs)
+        spec = gym.spec(name)
+        creator = gym.envs.registration.load_env_creator(spec.entry_point)
+        env = creator(**{**spec.kwargs, **kwargs})
+    except TypeError as err:  # a keyword the level's constructor does not take, or sets itself
+        msg = str(err)
+        if "unexpected keyword argument" in msg:
+            raise LevelParamError(f"{name} does not take that parameter ({msg}); "
+                                  "BabyAI levels take e.g. room_size, num_dists, max_steps") from None
+        if "multiple values for keyword argument" in msg:
+            raise LevelParamError(f"{name} sets that parameter itself ({msg}); drop it") from None
+        raise
+    # minigrid's levels: the distractors must fit their rooms (same rule as check_level_params)
+    k, n_d = getattr(env, "room_size", 3) - 2, getattr(env, "num_dists", 0)
+    rooms = getattr(env, "num_rows", 1) * getattr(env, "num_cols", 1)
+    if isinstance(n_d, int) and n_d > rooms * max(k * k - 3, 0):
+        raise LevelParamError(f"{name}: {rooms} room(s) of room_size={k + 2} cannot hold num_dists={n_d} "
+                              f"objects (at most {rooms * max(k * k - 3, 0)} fit); use a larger room_size or "
+                              "fewer num_dists")
+    return env
 
 
 def instr_kind(instr) -> str:
