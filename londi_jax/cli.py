@@ -1,21 +1,27 @@
-"""The ``londi-jax`` console command. Each area registers its own subcommands."""
+"""The ``londi-jax`` console command. Each area registers its own subcommands.
+
+Start-up stays light: building the parser imports no JAX, Flax or transformers (each command
+imports what it uses when it runs), so ``londi-jax --help`` answers at once. transformers'
+advisory "PyTorch was not found" message is silenced in ``londi_jax/__init__.py``: our models
+never need PyTorch.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from londi_jax.utils.errors import LondiError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The full argument parser: ``lm``, ``env``, ``toy``, ``demo``, ..."""
     from londi_jax.envs import cli as env_cli
     from londi_jax.experiments import cli as experiments_cli
     from londi_jax.lm import cli as lm_cli
     from londi_jax.switcher import cli as switcher_cli
+    from londi_jax.utils.cli_args import LondiParser
 
-    parser = argparse.ArgumentParser(
+    parser = LondiParser(
         prog="londi-jax",
         description="LONDI in JAX: learn when a small LM (QUICK) should call a large one (DEEPTHINK).",
     )
@@ -33,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except LondiError as err:
         print(f"londi-jax: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder that cannot be read or written: say which, no traceback
+        print(f"londi-jax: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("londi-jax: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,23 +5,38 @@
 >>> lm.score(["Action 0: "], [["turn left", "go forward"]]).logprobs
 """
 
-from londi_jax.lm.config import ModelConfig
-from londi_jax.lm.engine import LanguageModel
-from londi_jax.lm.gguf_loader import GGUFError, read_gguf
-from londi_jax.lm.hf_writer import save_hf_directory, save_language_model
-from londi_jax.lm.interface import LM, CostReport, GenerateResult, ScoreResult
-from londi_jax.lm.lora import (
-    LoRAConfig,
-    LoRAError,
-    add_lora,
-    load_lora,
-    merge_lora,
-    merge_trainable,
-    save_lora,
-    split_trainable,
-)
-from londi_jax.lm.registry import load_gguf, load_lm, register_model, registered_models
-from londi_jax.lm.tokenizer import train_word_tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public names -> the submodule defining them. Imported on first use (PEP 562), so importing a
+# light submodule (``londi_jax.lm.cli`` for ``londi-jax --help``) does not load JAX, Flax and
+# transformers.
+_LAZY = {
+    "ModelConfig": "config",
+    "LanguageModel": "engine",
+    "GGUFError": "gguf_loader", "read_gguf": "gguf_loader",
+    "save_hf_directory": "hf_writer", "save_language_model": "hf_writer",
+    "LM": "interface", "CostReport": "interface", "GenerateResult": "interface", "ScoreResult": "interface",
+    **{name: "lora" for name in ("LoRAConfig", "LoRAError", "add_lora", "load_lora", "merge_lora",
+                                 "merge_trainable", "save_lora", "split_trainable")},
+    **{name: "registry" for name in ("load_gguf", "load_lm", "register_model", "registered_models")},
+    "train_word_tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "LM",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from londi_jax.utils import cli_args as A
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.output import add_json_flag, emit
 
@@ -33,6 +34,8 @@ def _cost_dict(lm: Any) -> dict[str, Any]:
 
 
 def _score(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from londi_jax.lm.demo import softmax
     from londi_jax.lm.registry import load_lm
 
@@ -40,25 +43,33 @@ def _score(args: argparse.Namespace) -> int:
         raise LondiError("give at least one --candidate TEXT to score")
     lm = load_lm(args.model, dtype=args.dtype, progress=not args.json)
     res = lm.score([args.prompt], [list(args.candidate)])
-    lps = res.logprobs[0]
-    probs = softmax(lps)
+    lps = np.asarray(res.logprobs[0], np.float64)
+    among = softmax(lps)  # renormalised over the given candidates only
     result = {
         "model": lm.name,
         "prompt": args.prompt,
+        # logprob: natural log of P(candidate text | prompt), summed over its tokens;
+        # prob: that probability, exp(logprob); prob_among_candidates: renormalised over the
+        # candidates given (sums to 1 whatever their real probabilities)
         "candidates": [
-            {"text": c, "logprob": float(lp), "num_tokens": int(n), "prob": float(p)}
-            for c, lp, n, p in zip(args.candidate, lps, res.num_tokens[0], probs)
+            {"text": c, "logprob": float(lp), "num_tokens": int(n), "prob": float(np.exp(lp)),
+             "prob_among_candidates": float(p)}
+            for c, lp, n, p in zip(args.candidate, lps, res.num_tokens[0], among)
         ],
         "best": args.candidate[res.best()[0]],
         "cost": _cost_dict(lm),
     }
 
     def render(r: dict[str, Any]) -> str:
-        width = max(len(c["text"]) for c in r["candidates"])
-        rows = [f"{'candidate':<{width}}  {'log-prob':>9}  {'tokens':>6}  {'prob':>6}"]
+        width = max(len("candidate"), *(len(c["text"]) for c in r["candidates"]))
+        rows = [f"{'candidate':<{width}}  {'log-prob':>9}  {'tokens':>6}  {'p=exp(log-prob)':>15}  "
+                f"{'p(among candidates)':>19}"]
         for c in r["candidates"]:
             mark = "  <- best" if c["text"] == r["best"] else ""
-            rows.append(f"{c['text']:<{width}}  {c['logprob']:9.3f}  {c['num_tokens']:6d}  {c['prob']:6.3f}{mark}")
+            rows.append(f"{c['text']:<{width}}  {c['logprob']:9.3f}  {c['num_tokens']:6d}  {c['prob']:15.3g}  "
+                        f"{c['prob_among_candidates']:19.3f}{mark}")
+        rows.append("p(among candidates) is renormalised over these candidates only; "
+                    "p=exp(log-prob) is the model's probability of the text after the prompt")
         rows.append(f"({r['model']}, {r['cost']['seconds']:.2f} s{' incl. compile' if r['cost']['compiled'] else ''})")
         return "\n".join(rows)
 
@@ -177,18 +188,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--candidate", action="append", default=[], metavar="TEXT",
-                   help="a candidate continuation (repeat for several)")
+                   help="a candidate continuation (repeat for several; at least one)")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("generate", help="continue a prompt (greedy unless --temperature > 0)")
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="the prompt text (the user message with --chat)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--max-new-tokens", type=A.count(), default=32, help="most tokens to generate (an int >= 1)")
+    p.add_argument("--temperature", type=A.nonneg_float, default=0.0,
+                   help="sampling temperature (finite, >= 0); 0 = greedy")
+    p.add_argument("--top-k", type=A.count(), default=None,
+                   help="sample only from the k most likely tokens (default: no limit)")
+    p.add_argument("--top-p", type=A.open_unit_interval, default=None,
+                   help="nucleus sampling: the smallest set of tokens with this much probability, in (0, 1] "
+                        "(default: 1, no limit)")
+    p.add_argument("--seed", type=A.seed, default=0, help="sampling seed (an int >= 0)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when this text is generated (repeatable; default: the model's end tokens only)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.set_defaults(func=_generate)
 

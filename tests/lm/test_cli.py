@@ -44,7 +44,17 @@ def test_score_tiny_gguf_end_to_end(capsys, tiny_gguf):
     assert [c["text"] for c in r["candidates"]] == cands
     np.testing.assert_allclose([c["logprob"] for c in r["candidates"]], api.logprobs[0], rtol=1e-5, atol=1e-5)
     assert [c["num_tokens"] for c in r["candidates"]] == api.num_tokens[0].tolist()
-    assert sum(c["prob"] for c in r["candidates"]) == pytest.approx(1.0)
+    # two probabilities, labelled: the model's own exp(logprob), and renormalised over the candidates
+    np.testing.assert_allclose([c["prob"] for c in r["candidates"]], np.exp(api.logprobs[0]), rtol=1e-5)
+    among = np.exp(api.logprobs[0] - np.logaddexp.reduce(api.logprobs[0]))
+    np.testing.assert_allclose([c["prob_among_candidates"] for c in r["candidates"]], among, rtol=1e-5)
+    assert sum(c["prob"] for c in r["candidates"]) < 1.0  # real probabilities of 3 of many continuations
+    rc, out, _ = run_cli(capsys, "lm", "score", "--model", str(path), "--prompt", "the cat and",
+                         *sum((["--candidate", c] for c in cands), []))
+    assert rc == 0
+    header = out.splitlines()[0]
+    assert "p=exp(log-prob)" in header and "p(among candidates)" in header and " prob " not in header
+    assert "renormalised over these candidates only" in out
     assert r["best"] == cands[int(np.argmax(api.logprobs[0]))]
 
 
@@ -100,15 +110,15 @@ def test_generate_real_model_chat_json(capsys, real_model_cli):
 
 @pytest.mark.slow
 def test_demo_json(capsys, real_model_cli):
-    rc, out, _ = run_cli(capsys, "lm", "demo", "--json")
+    rc, out, _ = run_cli(capsys, "lm", "demo", "--model", "smollm2-135m-instruct", "--json")  # one model
     assert rc == 0
     r = json.loads(out)
     assert [a["action"] for a in r["actions"]] == list(BABYAI_ACTIONS)
     api = real_model_cli.score([GLAM_PROMPT], [list(BABYAI_ACTIONS)])
     np.testing.assert_allclose([a["logprob"] for a in r["actions"]], api.logprobs[0], rtol=1e-6)
-    probs = np.array([a["prob"] for a in r["actions"]])
+    probs = np.array([a["prob_among_candidates"] for a in r["actions"]])
     assert probs.sum() == pytest.approx(1.0) and r["best_action"] == BABYAI_ACTIONS[int(probs.argmax())]
     assert r["chat_answer"] and r["cost"]["num_params"] == 134_515_008
     assert r["cost"]["flops_per_generated_token"] > 2 * 100e6 and r["cost"]["device_seconds_total"] > 0
-    rc, text_out, _ = run_cli(capsys, "lm", "demo")
+    rc, text_out, _ = run_cli(capsys, "lm", "demo", "--model", "smollm2-135m-instruct")
     assert rc == 0 and "go forward" in text_out and "MFLOPs per generated token" in text_out
