@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import tyro
 
-from londi_jax.agents.calibration import calibrate_cost, calibrate_cost_for_budget
+from londi_jax.agents.calibration import calibrate_cost, calibrate_cost_for_budget, check_target
 from londi_jax.experiments.pipeline import Pipeline, PipelineError
 from londi_jax.switcher.offline import load_dataset
+from londi_jax.utils.errors import LondiError
 
 
 @dataclasses.dataclass
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = tyro.cli(Calibrate, args=argv, description=__doc__)
     if (args.target_rate is None) == (args.budget is None):
         raise SystemExit("give exactly one of --target-rate or --budget")
+    check_target(args.target_rate, args.budget)  # before reading the run
     run = Path(args.run)
     if not (run / "switch_data.npz").exists():
         raise PipelineError(f"{run} has no switch_data.npz; run the pipeline's switch_data stage first")
@@ -58,4 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LondiError as err:  # bad input: one line, no traceback
+        print(f"calibrate.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -93,6 +93,20 @@ def interpolate_cost(c_grid: Sequence[float], rates: Sequence[float], target_rat
     return float(c[i - 1] + frac * (c[i] - c[i - 1]))
 
 
+def check_target(target_rate: float | None = None, budget: int | None = None) -> None:
+    """Raise ``CalibrationError`` unless ``target_rate`` (when given) is a finite number in
+    [0, 1] (a fraction of steps; 0 asks for the smallest c that never calls) and ``budget``
+    (when given) an int >= 0. Cheap: call it before loading any data."""
+    if target_rate is not None:
+        ok = isinstance(target_rate, (int, float, np.integer, np.floating)) and not isinstance(target_rate, bool)
+        if not ok or not 0.0 <= float(target_rate) <= 1.0:  # also refuses nan
+            raise CalibrationError(f"target call rate must be in [0, 1] (a fraction of steps, e.g. 0.1 for "
+                                   f"10%), got {target_rate!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0):
+        raise CalibrationError(f"budget must be >= 0 (a whole number of DEEPTHINK calls per episode), "
+                               f"got {budget!r}")
+
+
 def _check_grid(c_grid: Sequence[float]) -> np.ndarray:
     c = np.asarray(c_grid, np.float64).reshape(-1)
     if c.size < 2 or not np.all(np.isfinite(c)) or np.any(np.diff(c) <= 0):
@@ -155,9 +169,8 @@ def calibrate_cost(config: SwitcherConfig, dataset: OfflineDataset, target_rate:
     :func:`interpolate_cost`. Target outside the measured range: a :class:`CalibrationError`
     naming it.
     """
+    check_target(target_rate=target_rate)
     target = float(target_rate)
-    if not 0.0 <= target <= 1.0:
-        raise CalibrationError(f"target call rate must be in [0, 1], got {target_rate}")
     c = _check_grid(c_grid)
     rates = offline_call_rates(config, dataset, c, seeds=seeds, **hparams)
     return CalibrationResult(c=interpolate_cost(c, rates, target), c_grid=c, rates=rates, target=target)
@@ -174,8 +187,7 @@ def calibrate_cost_for_budget(config: SwitcherConfig, dataset: OfflineDataset, b
     distribution rather than the states the new switch will visit, and that switching changes
     episode lengths; use it to pick c for LONDI-B, whose hard cap then enforces the budget.
     """
-    if int(budget) < 0:
-        raise CalibrationError(f"budget must be >= 0, got {budget}")
+    check_target(budget=budget)
     if not float(mean_episode_length) > 0:
         raise CalibrationError(f"mean_episode_length must be > 0, got {mean_episode_length}")
     target = int(budget) / float(mean_episode_length)

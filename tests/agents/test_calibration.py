@@ -160,3 +160,35 @@ def test_calibrated_cost_gives_the_target_call_rate(toy_data):
     assert res_b.target == pytest.approx(target)
     assert res_b.c == pytest.approx(res.c)
     np.testing.assert_array_equal(res_b.rates, res.rates)
+
+
+# ----------------------------------------------------------------------------- input checked up front
+
+
+def test_check_target_ranges():
+    from londi_jax.agents.calibration import check_target
+
+    for rate in (0, 0.0, 0.25, 1.0, np.float32(0.5)):
+        check_target(target_rate=rate)
+    for rate in (1.5, -0.1, float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(CalibrationError, match=r"target call rate must be in \[0, 1\]"):
+            check_target(target_rate=rate)
+    check_target(budget=0)
+    for budget in (-1, 2.5, True):
+        with pytest.raises(CalibrationError, match="budget must be >= 0"):
+            check_target(budget=budget)
+
+
+def test_calibrate_script_bad_rate_is_one_line_error(tmp_path):
+    # target 1.5 used to end in a traceback (after loading the run); now refused first, in one line
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "calibrate.py"
+    proc = subprocess.run([sys.executable, str(script), "--run", str(tmp_path), "--target-rate", "1.5"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "calibrate.py: error: target call rate must be in [0, 1] (a fraction of steps, e.g. 0.1 for 10%), got 1.5")
