@@ -173,9 +173,15 @@ def _loadable() -> list[str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from londi_jax.lm.demo import render_demo, run_demo
+    from londi_jax.lm.demo import render_demo, render_pair_demo, run_demo, run_pair_demo
 
-    emit(run_demo(args.model, dtype=args.dtype, max_new_tokens=args.max_new_tokens), args.json, render_demo)
+    kw = dict(dtype=args.dtype, max_new_tokens=args.max_new_tokens, repeats=args.repeats, progress=not args.json)
+    if args.model is not None:  # the one-model demo
+        if args.quick is not None or args.deep is not None:
+            raise LondiError("--model runs the one-model demo; give either --model NAME or --quick/--deep, not both")
+        emit(run_demo(args.model, **kw), args.json, render_demo)
+    else:
+        emit(run_pair_demo(args.quick, args.deep, **kw), args.json, render_pair_demo)
     return 0
 
 
@@ -222,7 +228,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=_fetch)
 
-    p = sub.add_parser("demo", help="SmolLM2 (offline GGUF) scores BabyAI actions, chats, reports its cost")
-    _add_model_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p = sub.add_parser("demo", help="QUICK and DEEPTHINK (real GGUF models) score the BabyAI actions for a GLAM "
+                                    "prompt side by side, chat, and report their cost per call")
+    p.add_argument("--quick", default=None, metavar="NAME",
+                   help=f"the QUICK model: registered name, .gguf file or HF directory (default {DEFAULT_MODEL})")
+    p.add_argument("--deep", default=None, metavar="NAME",
+                   help="the DEEPTHINK model (default: the largest installed registered model other than QUICK, "
+                        "e.g. qwen2.5-coder-1.5b-instruct; QUICK alone, with a note, when none is installed)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="run the one-model demo with this model instead of the pair")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--max-new-tokens", type=A.count(), default=32,
+                   help="most tokens of the chat reply (an int >= 1)")
+    p.add_argument("--repeats", type=A.nonneg_int, default=1,
+                   help="warm scoring calls timed after the first (compiling) one; their median is reported "
+                        "(default 1)")
+    add_json_flag(p)
     p.set_defaults(func=_demo)
