@@ -73,8 +73,13 @@ def test_cli_errors(capsys, tiny_gguf):
     path, _ = tiny_gguf()
     rc, _, err = run_cli(capsys, "lm", "score", "--model", str(path), "--prompt", "x")
     assert rc == 2 and "--candidate" in err
-    rc, _, err = run_cli(capsys, "lm", "generate", "--model", str(path), "--prompt", "x", "--max-new-tokens", "0")
-    assert rc == 2 and "--max-new-tokens" in err
+    # numbers are refused when the command line is parsed, before the model loads
+    for opt, bad in [("--max-new-tokens", "0"), ("--temperature", "nan"), ("--temperature", "-1"),
+                     ("--top-k", "0"), ("--top-p", "0"), ("--top-p", "1.5"), ("--seed", "-1")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["lm", "generate", "--model", str(path), "--prompt", "x", f"{opt}={bad}"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument {opt}: expected" in err and repr(bad) in err
 
 
 def test_models_list(capsys):
