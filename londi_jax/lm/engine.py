@@ -4,22 +4,27 @@ The model is ``nnx.split`` once into ``(graphdef, state)``; each program is a pl
 function of ``state`` and arrays (the graphdef is closed over), so there is no per-call NNX graph
 walk. Programs:
 
-* ``score``: each prompt is prefilled ONCE (left padded); its KV cache is shared by all K
-  candidates, which run as a ``(B, K, L)`` block attending to the prompt cache plus causally to
-  themselves (no K copies of the prompt). The first candidate token is scored from the prompt's
-  last logits. Prompt embeddings come from the same prefill.
+* ``score``: each prompt is prefilled ONCE; its KV cache is shared by all K candidates, which run
+  as a ``(B, K, L)`` block attending to the prompt cache plus causally to themselves (no K copies
+  of the prompt). The first candidate token is scored from the prompt's last logits; logits are
+  computed only at the positions a score reads. Prompt embeddings come from the same prefill.
 * ``generate``: prefill + the whole decode loop inside one ``lax.while_loop`` over a preallocated
   cache (left padding, per-row done mask), greedy or sampling (temperature, top-k, top-p).
 * ``embed``: prefill only; mean of the final-normed hidden states over real prompt tokens.
 * ``logits``: full-sequence logits (token-level access for trainers and tests).
 
-Shapes are bucketed (batch, prompt length, candidate count/length and new-token cap rounded up to
-powers of two) so new lengths inside a bucket reuse the compiled program; values such as
-``max_new_tokens``, temperature, top-k and top-p are traced arguments and never recompile.
+Prefill packs the prompts' real tokens back to back for the projections and MLPs (the bulk of
+the FLOPs) and runs attention per left-padded row (``prefill(..., packed=N)``), so padding costs
+attention only. Shapes are bucketed by ``bucket`` (its docstring states the waste bound): batch
+rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, packed tokens to
+8 per octave, candidate count and length exact up to 8; new lengths inside a bucket reuse the
+compiled program; values such as ``max_new_tokens``, temperature, top-k and top-p are traced
+arguments and never recompile.
 
 Tokenization: prompts use ``encode(prompt, add_special_tokens=True)`` (BOS if the tokenizer adds
-one); each candidate is tokenized on its own, as given, with ``add_special_tokens=False``, and the
-scored sequence is ``prompt_ids + candidate_ids``. Pass the candidate with the separator you want
+one), a whole batch in one call of the fast tokenizer's batch encoding; each candidate is
+tokenized on its own, as given, with ``add_special_tokens=False`` (the distinct candidates of a
+call in one batch call), and the scored sequence is ``prompt_ids + candidate_ids``. Pass the candidate with the separator you want
 (e.g. ``" go forward"``). This is exactly what a full-sequence forward over the concatenated ids
 computes (tests check that).
 
@@ -44,7 +49,6 @@ re-encoding the rendered text with special tokens (which would double a template
 from __future__ import annotations
 
 import collections
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -67,9 +71,33 @@ from londi_jax.lm.interface import (
 from londi_jax.lm.layers import CausalLM, KVCache, init_cache
 
 
-def bucket(n: int, minimum: int = 1) -> int:
-    """Round ``n`` up to a power of two, at least ``minimum``."""
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
+    """The padded size of an axis holding ``n`` items: ``steps`` sizes per octave, at least ``granule``.
+
+    For ``2**e < n <= 2**(e+1)``, ``n`` is rounded up to a multiple of ``max(granule, 2**e // steps)``
+    (at most ``granule`` for ``n <= granule``). Waste bound: the padded size is below
+    ``n * (1 + 1 / steps)`` (padding under ``1 / (steps + 1)`` of the padded axis), or at most
+    ``granule - 1`` items more than ``n`` where the granule sets the step. Compiles: at most ``steps``
+    sizes per octave (plus the multiples of ``granule`` below ``granule * steps``). ``steps=1`` gives
+    powers of two. E.g. ``bucket(193, 16, 4) == 224``, ``bucket(193, 16, 8) == 208``,
+    ``bucket(193, 16) == 256``; ``bucket(6, 1, 4) == 6`` (exact up to ``2 * steps``).
+    """
+    n = max(int(n), 1)
+    if n <= granule:
+        return granule
+    octave = 1 << ((n - 1).bit_length() - 1)  # 2**e < n <= 2**(e+1)
+    step = max(granule, octave // steps, 1)
+    return -(-n // step) * step
+
+
+# Bucket policies (``bucket(n, granule, steps)``), chosen for the CPU prefill of GLAM-style prompts:
+# prompt slots (attention and the KV cache only, once prompts are packed): < 25% extra slots;
+# packed prompt tokens (every projection and MLP): < 12.5% extra tokens; candidates per prompt and
+# candidate tokens: exact up to 8, then < 25% extra. Batch rows stay powers of two (``_batch_bucket``):
+# an all-padding row costs attention only, since packed prefill skips padding tokens.
+PROMPT_BUCKET = (16, 4)
+PACKED_BUCKET = (16, 8)
+CANDIDATE_BUCKET = (1, 4)
 
 
 def positions_from_valid(valid: jax.Array) -> jax.Array:
@@ -77,17 +105,32 @@ def positions_from_valid(valid: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def prefill(model: CausalLM, tokens: jax.Array, valid: jax.Array, cache_size: int
+def prefill(model: CausalLM, tokens: jax.Array, valid: jax.Array, cache_size: int, packed: int | None = None
             ) -> tuple[jax.Array, KVCache, jax.Array]:
-    """Run left-padded prompts ``(B, P)`` into a fresh cache of ``cache_size`` slots.
+    """Run left-padded prompts ``(B, P)`` into a fresh cache of ``cache_size >= P`` slots.
 
-    Returns final-normed hidden ``(B, P, H)``, the cache and the slot-validity mask ``(B, cache_size)``.
+    ``packed`` (static): run the projections and MLPs on the real tokens only, packed back to back
+    into ``packed`` slots (``CausalLM.forward_packed``), so padding costs attention only; it must be
+    at least the number of real tokens (``valid.sum()``), else tokens are dropped. ``None``: the
+    padded ``(B, P)`` layout throughout. Both give the same values. Returns final-normed hidden
+    ``(B, P, H)`` (arbitrary at padding), the cache and the slot-validity mask ``(B, cache_size)``.
     """
     B, P = tokens.shape
     key_valid = jnp.zeros((B, cache_size), bool).at[:, :P].set(valid)
-    cache = init_cache(model.config, B, cache_size)
-    hidden, cache = model.forward_cached(tokens, positions_from_valid(valid), cache, jnp.int32(0), key_valid)
-    return hidden, cache, key_valid
+    positions = positions_from_valid(valid)
+    if packed is None:
+        cache = init_cache(model.config, B, cache_size)
+        hidden, cache = model.forward_cached(tokens, positions, cache, jnp.int32(0), key_valid)
+        return hidden, cache, key_valid
+    slot_valid = valid.reshape(-1)
+    flat = jnp.nonzero(slot_valid, size=packed, fill_value=0)[0]  # row slot of each packed token
+    rows = jnp.where(valid, jnp.cumsum(slot_valid.astype(jnp.int32)).reshape(B, P) - 1, 0)  # packed index per slot
+    mask = jnp.tril(jnp.ones((P, P), bool))[None] & valid[:, None, :]
+    hidden, cache = model.forward_packed(tokens.reshape(-1)[flat], positions.reshape(-1)[flat], rows, flat, mask)
+    if cache_size > P:  # room for decoding after the prompt
+        grow = ((0, 0), (0, cache_size - P), (0, 0), (0, 0))
+        cache = KVCache(*(tuple(jnp.pad(x, grow) for x in part) for part in cache))
+    return hidden[rows], cache, key_valid
 
 
 def mean_pool(hidden: jax.Array, valid: jax.Array) -> jax.Array:
@@ -120,21 +163,29 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_
 
 
 def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_tok: jax.Array,
-                     c_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+                     c_valid: jax.Array, packed: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-token log-probs of K continuations per prompt, sharing one prefill of the prompt.
 
     ``p_tok/p_valid (B, P)`` left-padded prompts; ``c_tok/c_valid (B, K, L)`` right-padded
-    candidates. Returns log-probs ``(B, K, L)`` (0 at padding), the mean-pooled prompt
-    embedding ``(B, H)`` and the last prompt token's hidden state ``(B, H)``. Pure and
-    differentiable: the scoring program and behaviour cloning (``londi_jax.agents.bc``) both use it.
+    candidates; ``packed``: see ``prefill``. Returns log-probs ``(B, K, L)`` (0 at padding), the
+    mean-pooled prompt embedding ``(B, H)`` and the last prompt token's hidden state ``(B, H)``.
+    Only what a score reads is computed: candidate token j is scored from the hidden state of token
+    j - 1, so the candidates' last slot never runs through the model (single-token candidates need
+    no candidate forward at all), and logits come only from the last prompt position and those
+    candidate positions. Pure and differentiable: the scoring program and behaviour cloning
+    (``londi_jax.agents.bc``) both use it.
     """
-    hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
+    hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
     last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
-    plen = p_valid.sum(-1).astype(jnp.int32)
-    c_pos = plen[:, None, None] + jnp.arange(c_tok.shape[-1], dtype=jnp.int32)
-    c_hidden = model.forward_with_prefix(c_tok, c_pos, c_valid, cache, p_valid)
     first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
-    rest = token_logprobs(model.logits(c_hidden[:, :, :-1]), c_tok[:, :, 1:])  # (B, K, L-1)
+    B, K, L = c_tok.shape
+    if L > 1:
+        plen = p_valid.sum(-1).astype(jnp.int32)
+        c_pos = plen[:, None, None] + jnp.arange(L - 1, dtype=jnp.int32)
+        c_hidden = model.forward_with_prefix(c_tok[:, :, :-1], c_pos, c_valid[:, :, :-1], cache, p_valid)
+        rest = token_logprobs(model.logits(c_hidden), c_tok[:, :, 1:])  # (B, K, L-1)
+    else:
+        rest = jnp.zeros((B, K, 0), first.dtype)
     lp = jnp.concatenate([first[..., None], rest], axis=-1)
     return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid), hidden[:, -1]
 
@@ -160,9 +211,9 @@ class LanguageModel:
         self.min_batch = min_batch
         self.graphdef, self.state = nnx.split(model)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._score_jit = jax.jit(self._score_impl)
-        self._generate_jit = jax.jit(self._generate_impl, static_argnames=("new_cap", "sample"))
-        self._embed_jit = jax.jit(self._embed_impl)
+        self._score_jit = jax.jit(self._score_impl, static_argnames=("packed",))
+        self._generate_jit = jax.jit(self._generate_impl, static_argnames=("new_cap", "sample", "packed"))
+        self._embed_jit = jax.jit(self._embed_impl, static_argnames=("packed",))
         self._logits_jit = jax.jit(self._logits_impl)
         self._token_texts: list[str] | None = None
         self._stop_masks: dict[tuple[str, ...], np.ndarray] = {}
@@ -187,14 +238,14 @@ class LanguageModel:
         return nnx.merge(self.graphdef, self.state)
 
     # ------------------------------------------------------------------ pure programs
-    def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid):
+    def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid, *, packed: int | None):
         self.trace_counts["score"] += 1
-        return score_candidates(nnx.merge(self.graphdef, state), p_tok, p_valid, c_tok, c_valid)
+        return score_candidates(nnx.merge(self.graphdef, state), p_tok, p_valid, c_tok, c_valid, packed)
 
-    def _embed_impl(self, state, p_tok, p_valid):
+    def _embed_impl(self, state, p_tok, p_valid, *, packed: int | None):
         self.trace_counts["embed"] += 1
         model = nnx.merge(self.graphdef, state)
-        hidden, _, _ = prefill(model, p_tok, p_valid, p_tok.shape[1])
+        hidden, _, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
         return mean_pool(hidden, p_valid)
 
     def _logits_impl(self, state, tok, valid):
@@ -204,11 +255,11 @@ class LanguageModel:
         return model.logits(hidden)
 
     def _generate_impl(self, state, p_tok, p_valid, max_new, temperature, top_k, top_p, key, stop_mask,
-                       *, new_cap: int, sample: bool):
+                       *, new_cap: int, sample: bool, packed: int | None = None):
         self.trace_counts["generate"] += 1
         model = nnx.merge(self.graphdef, state)
         B, P = p_tok.shape
-        hidden, cache, key_valid = prefill(model, p_tok, p_valid, P + new_cap)
+        hidden, cache, key_valid = prefill(model, p_tok, p_valid, P + new_cap, packed)
         logits = model.logits(hidden[:, -1])
         plen = p_valid.sum(-1).astype(jnp.int32)
         out = jnp.zeros((B, new_cap), jnp.int32)
@@ -244,10 +295,20 @@ class LanguageModel:
                                f"(score_tokens / generate_tokens / embed_tokens)")
         return self.tokenizer
 
+    def _encode_batch(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+        """Token ids of ``texts`` in one call of a fast tokenizer's batch encoding (Rust, no Python
+        loop per string); tokenizers with ``encode`` only are called once per string. Same ids as
+        ``encode(text, add_special_tokens=...)`` for each text."""
+        tok = self._tok()
+        texts = list(texts)
+        if texts and callable(tok) and hasattr(tok, "batch_decode"):  # a transformers tokenizer
+            return [list(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+        return [list(tok.encode(t, add_special_tokens=add_special_tokens)) for t in texts]
+
     def _encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         if isinstance(prompts, str):
             raise LMInputError("prompts must be a sequence of strings, not one string; wrap it in a list")
-        return [list(self._tok().encode(p, add_special_tokens=True)) for p in prompts]
+        return self._encode_batch(prompts, add_special_tokens=True)
 
     def _check_prompts(self, ids: Sequence[Sequence[int]], extra: Sequence[int] | int = 0,
                        extra_label: str = "", hint: str = "shorten the prompt") -> None:
@@ -256,7 +317,8 @@ class LanguageModel:
         for i, p in enumerate(ids):
             if len(p) == 0:
                 raise LMInputError(f"prompt {i} is empty (0 tokens); give at least one token of context")
-            bad = [t for t in p if not 0 <= int(t) < self.config.vocab_size]
+            arr = np.asarray(p)
+            bad = arr[(arr < 0) | (arr >= self.config.vocab_size)].tolist()
             if bad:
                 raise LMInputError(f"prompt {i} has token ids outside [0, {self.config.vocab_size}): {bad[:5]}")
             n = extra if isinstance(extra, int) else extra[i]
@@ -274,6 +336,15 @@ class LanguageModel:
                 tok[i, length - len(r):] = r
                 valid[i, length - len(r):] = True
         return tok, valid
+
+    def _prompt_block(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """Left-padded ``(tokens, valid)`` of one chunk of prompts, ``(batch bucket, prompt bucket)``,
+        and the packed-token count for ``prefill`` (None where packing would save nothing)."""
+        B = self._batch_bucket(len(rows))
+        P = bucket(max(len(r) for r in rows), *PROMPT_BUCKET)
+        tok, valid = self._left_pad(rows, B, P)
+        packed = bucket(sum(len(r) for r in rows), *PACKED_BUCKET)
+        return tok, valid, (packed if packed < B * P else None)
 
     def _batch_bucket(self, n: int) -> int:
         """Rows of a program call: ``n`` rounded up to a power of two, at least ``min_batch``
@@ -322,11 +393,14 @@ class LanguageModel:
         if isinstance(candidates, str) or len(candidates) != len(prompts):
             raise LMInputError(f"got {len(prompts)} prompts but {len(candidates) if not isinstance(candidates, str) else 'a string of'} "
                                f"candidate lists; give one list of candidate strings per prompt")
-        c_ids = []
         for i, cands in enumerate(candidates):
             if isinstance(cands, str):
                 raise LMInputError(f"candidates for prompt {i} must be a list of strings, not a string")
-            c_ids.append([list(self._tok().encode(c, add_special_tokens=False)) for c in cands])
+        distinct = list(dict.fromkeys(c for cands in candidates for c in cands))  # e.g. one action set for all
+        ids_of = dict(zip(distinct, self._encode_batch(distinct, add_special_tokens=False)))
+        c_ids = []
+        for i, cands in enumerate(candidates):
+            c_ids.append([ids_of[c] for c in cands])
             for k, (c, ids) in enumerate(zip(cands, c_ids[-1])):
                 if not ids:
                     raise LMInputError(f"candidate {k} ({c!r}) of prompt {i} tokenizes to zero tokens; "
@@ -353,18 +427,18 @@ class LanguageModel:
         last_h = np.zeros((n, self.config.hidden_size), np.float32)
         spans: list[tuple[float, float]] = []
         for chunk in self._chunks(n, [len(p) for p in prompt_ids], f"{self.name}: scoring"):
-            B = self._batch_bucket(len(chunk))
-            P = bucket(max(len(prompt_ids[i]) for i in chunk), 16)
-            K = bucket(max(len(candidate_ids[i]) for i in chunk))
-            L = bucket(max(len(c) for i in chunk for c in candidate_ids[i]), 4)
-            p_tok, p_valid = self._left_pad([prompt_ids[i] for i in chunk], B, P)
+            p_tok, p_valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
+            B = p_tok.shape[0]
+            K = bucket(max(len(candidate_ids[i]) for i in chunk), *CANDIDATE_BUCKET)
+            L = bucket(max(len(c) for i in chunk for c in candidate_ids[i]), *CANDIDATE_BUCKET)
             c_tok = np.zeros((B, K, L), np.int32)
             c_valid = np.zeros((B, K, L), bool)
             for r, i in enumerate(chunk):
                 for k, c in enumerate(candidate_ids[i]):
                     c_tok[r, k, :len(c)] = c
                     c_valid[r, k, :len(c)] = True
-            lp, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid))
+            lp, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid,
+                                                                     packed=packed))
             lp, pooled, last = np.asarray(lp), np.asarray(pooled), np.asarray(last)
             for r, i in enumerate(chunk):
                 lens = [len(c) for c in candidate_ids[i]]
@@ -395,9 +469,8 @@ class LanguageModel:
         self._check_prompts(prompt_ids)
         out = np.zeros((len(prompt_ids), self.config.hidden_size), np.float32)
         for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: embedding"):
-            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], self._batch_bucket(len(chunk)),
-                                        bucket(max(len(prompt_ids[i]) for i in chunk), 16))
-            pooled = np.asarray(jax.block_until_ready(self._embed_jit(self.state, tok, valid)))
+            tok, valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
+            pooled = np.asarray(jax.block_until_ready(self._embed_jit(self.state, tok, valid, packed=packed)))
             out[chunk] = pooled[:len(chunk)]
         self._record("embed", t0, traces, sum(map(len, prompt_ids)), 0, 0,
                      [self._span(0, len(p), 0) for p in prompt_ids])
@@ -409,7 +482,7 @@ class LanguageModel:
         self._check_prompts(token_ids)
         out: list[Any] = [None] * len(token_ids)
         for chunk in self._chunks(len(token_ids), [len(p) for p in token_ids], f"{self.name}: logits"):
-            T = bucket(max(len(token_ids[i]) for i in chunk), 16)
+            T = bucket(max(len(token_ids[i]) for i in chunk), *PROMPT_BUCKET)
             tok, valid = self._left_pad([token_ids[i] for i in chunk], self._batch_bucket(len(chunk)), T)
             lg = np.asarray(jax.block_until_ready(self._logits_jit(self.state, tok, valid)))
             for r, i in enumerate(chunk):
@@ -552,12 +625,11 @@ class LanguageModel:
         spans: list[tuple[float, float]] = []
         for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: generating"):
             key, sub = jax.random.split(key)
-            tok, valid = self._left_pad([prompt_ids[i] for i in chunk], self._batch_bucket(len(chunk)),
-                                        bucket(max(len(prompt_ids[i]) for i in chunk), 16))
+            tok, valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
             out, n_gen = jax.block_until_ready(self._generate_jit(
                 self.state, tok, valid, jnp.int32(max_new_tokens), jnp.float32(temperature),
                 jnp.int32(top_k or self.config.vocab_size), jnp.float32(top_p or 1.0), sub, stop_mask,
-                new_cap=new_cap, sample=sample))
+                new_cap=new_cap, sample=sample, packed=packed))
             out, n_gen = np.asarray(out), np.asarray(n_gen)
             for r, i in enumerate(chunk):
                 row = out[r, :n_gen[r]].tolist()

@@ -135,34 +135,43 @@ def grouped_attention(
     cache), mask broadcastable to ``(B, K, T, S)``. ``own = (k, v, mask)``: keys ``(B, K, T2, N, D)``
     private to each group (a candidate's own tokens), mask ``(B, K, T, T2)``. GQA: N kv heads, each
     serving G query heads, without repeating K/V. Returns ``(B, K, T, N, G, D)``.
+
+    Layout: the queries are put head-major once, ``(B, N, K, G*T, D)``, so each score block comes out
+    of its dot as ``(..., queries, keys)``, the layout the mask, the softmax and the value product
+    read: the score tensor (the largest one, ``T x S`` per head) is never transposed.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    B, K, T, N, G, D = q.shape
+    f32 = jnp.float32
+    qh = (q * jnp.asarray(1.0 / math.sqrt(D), q.dtype)).transpose(0, 3, 1, 4, 2, 5).reshape(B, N, K, G * T, D)
     scores, masks = [], []
     if shared is not None:
-        k, _, m = shared
-        scores.append(jnp.einsum("bktngd,bsnd->bkngts", q, k, preferred_element_type=jnp.float32))
+        k, _, m = shared  # (B, S, N, D): batch (b, n), contract d
+        s = jax.lax.dot_general(qh.reshape(B, N, K * G * T, D), k, (((3,), (3,)), ((0, 1), (0, 2))),
+                                preferred_element_type=f32)
+        scores.append(s.reshape(B, N, K, G, T, k.shape[1]))
         masks.append(m)
     if own is not None:
-        k, _, m = own
-        scores.append(jnp.einsum("bktngd,bksnd->bkngts", q, k, preferred_element_type=jnp.float32))
+        k, _, m = own  # (B, K, T2, N, D): batch (b, n, k), contract d
+        s = jax.lax.dot_general(qh, k, (((4,), (4,)), ((0, 1, 2), (0, 3, 1))), preferred_element_type=f32)
+        scores.append(s.reshape(B, N, K, G, T, k.shape[2]))
         masks.append(m)
-    sizes = [s.shape[-1] for s in scores]
-    s = jnp.concatenate(scores, axis=-1) * scale
-    B, K, T = q.shape[:3]
+    sizes = [x.shape[-1] for x in scores]
+    s = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
     mask = jnp.concatenate([jnp.broadcast_to(m, (B, K, T, m.shape[-1])) for m in masks], axis=-1)
-    s = jnp.where(mask[:, :, None, None], s, NEG_INF)
+    s = jnp.where(mask[:, None, :, None], s, NEG_INF)
     p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    out = jnp.zeros(q.shape, jnp.float32)
-    start = 0
+    out = jnp.zeros((B, N, K, G * T, D), f32)
     if shared is not None:
         _, v, _ = shared
-        out += jnp.einsum("bkngts,bsnd->bktngd", p[..., start:start + sizes[0]], v,
-                          preferred_element_type=jnp.float32)
-        start += sizes[0]
+        pv = jax.lax.dot_general(p[..., :sizes[0]].reshape(B, N, K * G * T, sizes[0]), v,
+                                 (((3,), (1,)), ((0, 1), (0, 2))), preferred_element_type=f32)
+        out += pv.reshape(B, N, K, G * T, D)
     if own is not None:
         _, v, _ = own
-        out += jnp.einsum("bkngts,bksnd->bktngd", p[..., start:], v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
+        pv = jax.lax.dot_general(p[..., sizes[0] if shared is not None else 0:].reshape(B, N, K, G * T, -1), v,
+                                 (((4,), (2,)), ((0, 1, 2), (0, 3, 1))), preferred_element_type=f32)
+        out += pv
+    return out.reshape(B, N, K, G, T, D).transpose(0, 2, 4, 1, 3, 5).astype(q.dtype)
 
 
 class Attention(nnx.Module):
@@ -201,6 +210,20 @@ class Attention(nnx.Module):
         o = grouped_attention(q[:, None], (k_cache, v_cache, mask[:, None]))[:, 0]
         return self._out(o), (k_cache, v_cache)
 
+    def packed(self, x: jax.Array, positions: jax.Array, rows: jax.Array, flat: jax.Array,
+               mask: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Prefill of packed prompts: ``x (N, H)`` holds the real tokens of all rows back to back.
+
+        Projections run on the N packed tokens only; attention runs in the row layout: ``rows (B, P)``
+        gives the packed index of each (left-padded) row slot, ``flat (N,)`` the row slot ``b * P + p``
+        of each packed token, ``mask (B, P, P)`` the causal padding mask. Returns the output
+        ``(N, H)`` and the rows' ``(k, v)``, each ``(B, P, num_kv_heads, head_dim)`` (the prompt cache).
+        """
+        q, k, v = self._qkv(x, positions)
+        k, v = k[rows], v[rows]
+        o = grouped_attention(q[rows][:, None], (k, v, mask[:, None]))[:, 0]
+        return self._out(o.reshape(-1, *o.shape[2:])[flat]), (k, v)
+
     def with_prefix(self, x: jax.Array, positions: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
                     prefix_mask: jax.Array, own_mask: jax.Array) -> tuple[jax.Array, None]:
         """``x (B, K, L, H)``: K continuations per row attending the row's shared prefix cache
@@ -233,9 +256,10 @@ class DecoderLayer(nnx.Module):
 class CausalLM(nnx.Module):
     """Embedding, a stack of decoder layers, final norm and LM head (optionally tied).
 
-    Families differ only in the MLP and norm they plug in (see llama.py, gpt_neox.py). Two
-    forward modes, both pure functions of the module's arrays:
-    ``forward_cached`` (prefill / decode against a KV cache) and ``forward_with_prefix``
+    Families differ only in the MLP and norm they plug in (see llama.py, gpt_neox.py). Three
+    forward modes, all pure functions of the module's arrays:
+    ``forward_cached`` (prefill / decode against a KV cache), ``forward_packed`` (prefill with the
+    prompts' real tokens packed, padding skipped outside attention) and ``forward_with_prefix``
     (K continuations per row sharing one prompt cache).
     """
 
@@ -270,6 +294,20 @@ class CausalLM(nnx.Module):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             x, (k, v) = layer(x, lambda attn, h, i=i: attn.cached(h, positions, cache.k[i], cache.v[i], index, mask))
+            ks.append(k)
+            vs.append(v)
+        return self.final_norm(x), KVCache(tuple(ks), tuple(vs))
+
+    def forward_packed(self, tokens: jax.Array, positions: jax.Array, rows: jax.Array, flat: jax.Array,
+                       mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Prefill of packed prompts: ``tokens/positions (N,)`` are the real tokens of all rows back to
+        back (padding costs nothing in the projections and MLPs, the bulk of the FLOPs); attention
+        runs per row (see ``Attention.packed`` for ``rows``, ``flat``, ``mask``). Returns the
+        final-normed hidden states ``(N, H)`` and the rows' cache (``B x P`` slots)."""
+        x = self.embed(tokens)
+        ks, vs = [], []
+        for layer in self.layers:
+            x, (k, v) = layer(x, lambda attn, h: attn.packed(h, positions, rows, flat, mask))
             ks.append(k)
             vs.append(v)
         return self.final_norm(x), KVCache(tuple(ks), tuple(vs))
