@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from londi_jax.envs.base import TextReset, TextStep
 from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 SPLITS = ("train", "dev", "test")
 SIMPLIFICATIONS = ("easy", "noElectricalAction", "openContainers", "openDoors", "selfWateringFlowerPots", "teleportAction")
@@ -595,14 +596,7 @@ def show(task: str | int, variation: int | None, split: str = "train", **kw: Any
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete records of a demo file; a torn last line (interrupted write) is dropped."""
-    records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
+    return read_jsonl(path)
 
 
 def _demo_episode(env: ScienceWorldTextEnv, variation: int) -> dict[str, Any]:
@@ -707,7 +701,7 @@ def write_demos(
         for t, variations, records in plan:
             env.set_task(t.id)
             path = out / f"{t.id}.jsonl"
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drops a torn last line
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # drops a torn last line
             have = {r["variation"] for r in records}
             with path.open("a") as f:
                 for v in variations:
@@ -733,9 +727,7 @@ def write_demos(
             index["num_episodes"] = sum(v["num_episodes"] for v in index["tasks"].values())
             index["num_success"] = sum(v["num_success"] for v in index["tasks"].values())
             index["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            tmp = index_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(index, indent=2))
-            tmp.replace(index_path)
+            atomic_write_json(index_path, index)
         bar.close()
     finally:
         env.close()

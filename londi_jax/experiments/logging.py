@@ -1,4 +1,9 @@
-"""Run logging: every scalar goes to ``log.jsonl`` and to TensorBoard (``tb/``, via tensorboardX)."""
+"""Run logging: every scalar goes to ``log.jsonl`` and to TensorBoard (``tb/``, via tensorboardX).
+
+``log.jsonl`` is append-only; a line torn by a kill is cut off when the log is reopened
+(``utils.io.open_jsonl_append``), so later rows never get glued to it. Read it with
+``utils.io.read_jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from londi_jax.utils.io import open_jsonl_append
 
 __all__ = ["RunLogger"]
 
@@ -21,7 +28,7 @@ class RunLogger:
     def __init__(self, out_dir: str | os.PathLike, tensorboard: bool = True):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (self.out / "log.jsonl").open("a")
+        self._jsonl = open_jsonl_append(self.out / "log.jsonl")
         self._tb = None
         if tensorboard:
             try:

@@ -54,10 +54,13 @@ def atomic_directory(directory: str | os.PathLike, marker: str) -> Iterator[Path
             raise HFWriteError(f"refusing to replace {target}: it holds other files ({', '.join(contents[:5])}"
                                f"{', ...' if len(contents) > 5 else ''}) and no {marker}; choose a new or empty "
                                f"directory")
+    from londi_jax.utils.io import apply_default_permissions, make_temp_dir
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = make_temp_dir(target.parent, prefix=f".{target.name}.tmp-")
     try:
         yield tmp
+        apply_default_permissions(tmp)  # mkdtemp-style 0700 dirs / 0600 files would become the output's
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "x")

@@ -107,12 +107,18 @@ def validate(ds: OfflineDataset, obs_dim: int | None = None) -> OfflineDataset:
 
 
 def save_dataset(path: str | os.PathLike, ds: OfflineDataset) -> None:
-    """Write ``ds`` to an ``.npz`` file (with the format tag)."""
+    """Write ``ds`` to an ``.npz`` file (with the format tag), atomically (``utils.io``): a kill
+    mid-write leaves the old file or none, never a torn one. Like numpy, adds ``.npz`` if missing."""
+    from londi_jax.utils.io import atomic_write
+
     ds = validate(ds)
-    np.savez_compressed(
-        path, format=np.asarray(FORMAT), obs=np.asarray(ds.obs), reward=np.asarray(ds.reward),
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    atomic_write(path, lambda fh: np.savez_compressed(
+        fh, format=np.asarray(FORMAT), obs=np.asarray(ds.obs), reward=np.asarray(ds.reward),
         next_obs=np.asarray(ds.next_obs), terminated=np.asarray(ds.terminated),
-    )
+    ))
 
 
 def load_dataset(path: str | os.PathLike) -> OfflineDataset:

@@ -37,6 +37,7 @@ from londi_jax.envs.babyai_text.env import make_babyai_text
 from londi_jax.envs.babyai_text.levels import resolve_level
 from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 FORMAT = "londi-jax/babyai-text-demos"
 VERSION = 1
@@ -49,22 +50,11 @@ class DemoDirError(LondiError):
 
 def _read_done(path: Path) -> list[str]:
     """Complete JSON lines already written (a torn last line from a crash is dropped)."""
-    if not path.exists():
-        return []
-    good = []
-    for line in path.read_text().splitlines():
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            break
-        good.append(line)
-    return good
+    return [json.dumps(r) for r in read_jsonl(path)]
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / META_FILE)
+    atomic_write_json(out / META_FILE, meta)
 
 
 def write_demos(
@@ -118,7 +108,7 @@ def _write(out: Path, level: str, episodes: int, seed: int, overwrite: bool, pro
         ep_path.unlink(missing_ok=True)
         meta_path.unlink(missing_ok=True)
     elif meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_json(meta_path)
         wanted = (FORMAT, level, seed, list(kinds) if kinds else None, dict(level_kwargs))
         if (old.get("format"), old.get("level"), old.get("seed"), old.get("kinds"),
                 old.get("level_kwargs", {})) != wanted:
@@ -147,7 +137,7 @@ def _write(out: Path, level: str, episodes: int, seed: int, overwrite: bool, pro
         "doc": __doc__,
     }
     # Rewrite the kept lines (drops a torn tail) before appending.
-    ep_path.write_text("".join(line + "\n" for line in done))
+    atomic_write_text(ep_path, "".join(line + "\n" for line in done))
     _write_meta(out, {**meta, "episodes_written": len(done), "n_success": n_success})
 
     with ep_path.open("a") as f:
@@ -171,5 +161,4 @@ def read_demos(out_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[st
     out = Path(out_dir)
     if not (out / META_FILE).exists():
         raise DemoDirError(f"{out} has no {META_FILE}: not a BabyAI-Text demo directory")
-    meta = json.loads((out / META_FILE).read_text())
-    return meta, [json.loads(line) for line in _read_done(out / EPISODES_FILE)]
+    return read_json(out / META_FILE), read_jsonl(out / EPISODES_FILE)
