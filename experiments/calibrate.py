@@ -6,7 +6,7 @@
 Uses a finished run's logged both-model switch data (``switch_data.npz``): one offline switcher
 per (c, seed) is trained in one vmapped program, the greedy call rate is measured per c and
 interpolated (made monotone first) at the target. Budgets use rate = budget / mean episode
-length of the logged episodes.
+length of the logged episodes. Only reads the run: it works on read-only storage.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from londi_jax.agents.calibration import calibrate_cost, calibrate_cost_for_budg
 from londi_jax.experiments.pipeline import Pipeline, PipelineError
 from londi_jax.switcher.offline import load_dataset
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.io import read_json
 
 
 @dataclasses.dataclass
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     hp = {"lr": s.lr, "gamma": s.gamma, "target_period": s.target_period}
     seeds = tuple(range(args.seeds))
     if args.budget is not None:
-        stats = json.loads((run / "switch_data.done.json").read_text())
+        stats = read_json(run / "switch_data.done.json")
         mean_len = stats["states"] / max(stats["episodes"], 1)
         res = calibrate_cost_for_budget(sw_cfg, ds, args.budget, mean_len, args.c_grid, seeds=seeds, **hp)
     else:

@@ -6,7 +6,8 @@
     python experiments/run.py --preset cpu-small --help                # every field
 
 Typed CLI by tyro over ``londi_jax.experiments.config.PipelineConfig``; the preset gives the
-defaults. Reruns with the same --out resume (finished stages are skipped).
+defaults. Reruns with the same --out resume (finished stages are skipped); --force-stages reruns
+chosen stages, --fork-from OLD starts --out from OLD's finished stages (see ``londi-jax demo --help``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Run:
     config: PipelineConfig
     out: str = "runs/cpu-small"
     stages: tuple[str, ...] = Pipeline.STAGES
+    force_stages: tuple[str, ...] = ()  # rerun these even if finished (and every later stage)
+    fork_from: str | None = None  # copy the finished stages of this run that the config change does not affect
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     known, rest = pre.parse_known_args(argv)
     default = Run(config=preset(known.preset), out=f"runs/{known.preset}")
     run = tyro.cli(Run, default=default, args=rest, description=__doc__)
-    result = Pipeline(run.config, run.out).run(run.stages)
+    result = Pipeline(run.config, run.out, force=run.force_stages, fork_from=run.fork_from).run(run.stages)
     print(json.dumps(result, indent=2))
     return result
 

@@ -2,7 +2,11 @@
 
 Every stage reads one frozen dataclass; ``PipelineConfig`` nests them. Presets are plain
 functions returning a ``PipelineConfig``; command-line overrides go through tyro
-(``experiments/run.py``) or :func:`with_overrides`.
+(``experiments/run.py``) or :func:`with_overrides` (``londi-jax demo --set KEY=VALUE``).
+
+Every config checks its fields' types and ranges when it is built (``utils.fields``), so a bad
+override fails at once with one line naming the field, the expected type and the value, before
+any stage runs.
 """
 
 from __future__ import annotations
@@ -15,10 +19,16 @@ from typing import Any
 
 from londi_jax.agents.bc import BCConfig
 from londi_jax.lm.lora import LoRAConfig
-from londi_jax.utils.errors import UnknownNameError
+from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.fields import (INCREASING, NONEMPTY, ConfigFieldError, Rule, above, at_least, build, check_fields,
+                                    conform, each, field_type, one_of, within)
 
 __all__ = ["EnvConfig", "ModelSpec", "SwitchConfig", "EvalConfig", "PipelineConfig", "PRESETS", "preset",
-           "with_overrides", "config_to_dict", "config_from_dict"]
+           "with_overrides", "config_to_dict", "config_from_dict", "flatten_config", "config_diff",
+           "ConfigFieldError"]
+
+
+_NONBLANK = Rule("that is not blank", lambda v: bool(v.strip()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +42,18 @@ class EnvConfig:
     num_dists: int = 8
     demo_episodes: int = 1000
     seed: int = 0
+    max_steps: int | None = None  # steps before an episode is cut off (None: the level's own, growing with the room)
+
+    def __post_init__(self) -> None:
+        # level names, kinds and room sizes are checked against the env itself when a run starts
+        check_fields(self, {"level": [_NONBLANK], "eval_level": [_NONBLANK], "kinds": [NONEMPTY], "room_size": [at_least(1)], "num_dists": [at_least(0)],
+                            "demo_episodes": [at_least(1)], "seed": [at_least(0)], "max_steps": [at_least(1)]})
 
     def level_kwargs(self) -> dict[str, int]:
-        return {"room_size": self.room_size, "num_dists": self.num_dists}
+        kw = {"room_size": self.room_size, "num_dists": self.num_dists}
+        if self.max_steps is not None:  # only when set: runs made before the field keep their episode specs
+            kw["max_steps"] = self.max_steps
+        return kw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +80,16 @@ class ModelSpec:
     eval_episodes: int = 32  # policy-alone rollouts during BC (0 = none)
     eval_every: int = 1  # ... after every eval_every-th epoch and the last
 
+    def __post_init__(self) -> None:
+        from londi_jax.lm.config import SUPPORTED_DTYPES
+
+        check_fields(self, {
+            **{name: [at_least(1)] for name in ("hidden_size", "num_layers", "num_heads", "head_dim",
+                                                "intermediate_size", "vocab_size", "max_position_embeddings",
+                                                "eval_every")},
+            "source": [_NONBLANK], "dtype": [one_of(SUPPORTED_DTYPES, "dtype")],
+            "demo_kinds": [NONEMPTY], "eval_episodes": [at_least(0)]})
+
 
 @dataclasses.dataclass(frozen=True)
 class SwitchConfig:
@@ -84,8 +113,14 @@ class SwitchConfig:
     def __post_init__(self) -> None:  # fail at start-up, not after minutes of behaviour cloning
         from londi_jax.agents.policy import ENCODERS
 
-        if self.encoder not in ENCODERS:
-            raise UnknownNameError("switch encoder", self.encoder, ENCODERS)
+        check_fields(self, {
+            "encoder": [one_of(ENCODERS, "switch encoder")], "collect_episodes": [at_least(1)],
+            "deep_probs": [NONEMPTY, each(within(0, 1))], "hidden": [NONEMPTY, each(at_least(1))],
+            "num_updates": [at_least(1)], "batch_size": [at_least(1)], "lr": [above(0)], "gamma": [within(0, 1)],
+            "target_period": [at_least(1)], "c_grid": [NONEMPTY, each(at_least(0)), INCREASING],
+            # LONDI-B with budget 0 is QUICK-only, already a row of the table
+            "budgets": [NONEMPTY, each(at_least(1))], "budget_c": [at_least(0)], "seeds": [at_least(1)],
+            "target_call_rate": [within(0, 1)]})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +135,11 @@ class EvalConfig:
     threshold_rates: tuple[float, ...] = (0.25, 0.5)
     seed: int = 100_000
 
+    def __post_init__(self) -> None:
+        check_fields(self, {"episodes": [at_least(1)], "num_envs": [at_least(1)], "seeds": [at_least(1)],
+                            "random_rates": [each(within(0, 1))], "threshold_rates": [each(within(0, 1))],
+                            "seed": [at_least(0)]})
+
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
@@ -111,7 +151,16 @@ class PipelineConfig:
     deep: ModelSpec = ModelSpec()
     switch: SwitchConfig = SwitchConfig()
     eval: EvalConfig = EvalConfig()
-    progress: bool = True
+    progress: bool = True  # stage lines and progress bars (not part of what a run's results depend on)
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"preset": [_NONBLANK]})
+        for name in ("quick", "deep"):
+            spec = getattr(self, name)
+            extra = sorted(set(spec.demo_kinds or ()) - set(self.env.kinds))
+            if extra:
+                raise ConfigFieldError(f"{name}.demo_kinds", f"kinds among env.kinds {self.env.kinds}",
+                                       spec.demo_kinds)
 
 
 def _cpu_small() -> PipelineConfig:
@@ -149,7 +198,8 @@ def _gpu() -> PipelineConfig:
 
 
 def _tiny() -> PipelineConfig:
-    """A seconds-long smoke configuration (tests): everything runs, nothing is meaningful."""
+    """A minutes-long smoke configuration (tests, trying the pipeline out): every stage runs on
+    tiny models and a handful of episodes; the numbers mean nothing."""
     env = EnvConfig(kinds=("goto", "pickup"), room_size=5, num_dists=1, demo_episodes=24)
     small = ModelSpec(hidden_size=16, num_layers=1, num_heads=1, head_dim=16, intermediate_size=32,
                       vocab_size=96, max_position_embeddings=512,
@@ -159,11 +209,33 @@ def _tiny() -> PipelineConfig:
         switch=SwitchConfig(collect_episodes=8, num_updates=50, batch_size=16, seeds=2, c_grid=(0.0, 0.05),
                             budgets=(1,), hidden=(16,)),
         eval=EvalConfig(episodes=4, num_envs=4, seeds=1, random_rates=(0.5,), threshold_rates=(0.5,)),
-        progress=False,
     )
 
 
-PRESETS: dict[str, Callable[[], PipelineConfig]] = {"cpu-small": _cpu_small, "gpu": _gpu, "tiny": _tiny}
+def _real_small() -> PipelineConfig:
+    """A real pretrained pair, each behaviour-cloned with LoRA on cpu-small's tasks (goto + pickup,
+    6x6 rooms, 2 distractors): QUICK = SmolLM2-135M-Instruct cloned from the goto demos only (as in
+    cpu-small, a cheap model that lacks a skill), DEEPTHINK = Qwen2.5-Coder-0.5B-Instruct on all
+    demos. Each model keeps its own tokenizer (two vocabularies). Needs an accelerator and
+    ``londi-jax lm fetch qwen2.5-coder-0.5b-instruct``; ``--set deep.source=qwen2.5-coder-1.5b-instruct``
+    runs the 1.5B instead (about 3.6x the 0.5B's FLOPs per scoring call)."""
+    env = EnvConfig(kinds=("goto", "pickup"), room_size=6, num_dists=2, demo_episodes=1000)
+    lora = LoRAConfig(rank=16, alpha=32.0, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                    "down_proj"))
+    quick = ModelSpec(source="smollm2-135m-instruct", demo_kinds=("goto",), eval_episodes=32, eval_every=2,
+                      bc=BCConfig(epochs=2, batch_size=16, learning_rate=3e-4, warmup_steps=20, finetune="lora",
+                                  lora=lora))
+    deep = ModelSpec(source="qwen2.5-coder-0.5b-instruct", eval_episodes=32, eval_every=2,
+                     bc=BCConfig(epochs=2, batch_size=16, learning_rate=2e-4, warmup_steps=20, finetune="lora",
+                                 lora=lora))
+    switch = SwitchConfig(collect_episodes=512, gamma=0.8, c_grid=(0.01, 0.02, 0.05, 0.1, 0.2), budgets=(1, 2, 4),
+                          budget_c=0.02, target_call_rate=0.1)
+    return PipelineConfig(preset="real-small", env=env, quick=quick, deep=deep, switch=switch,
+                          eval=EvalConfig(random_rates=(0.05, 0.1, 0.25, 0.5), threshold_rates=(0.1, 0.25)))
+
+
+PRESETS: dict[str, Callable[[], PipelineConfig]] = {"cpu-small": _cpu_small, "gpu": _gpu, "tiny": _tiny,
+                                                    "real-small": _real_small}
 
 
 def preset(name: str) -> PipelineConfig:
@@ -174,16 +246,43 @@ def preset(name: str) -> PipelineConfig:
 
 
 def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
-    """Replace nested fields by dotted name, e.g. ``{"eval.episodes": 32, "deep.bc.epochs": 2}``."""
+    """Replace nested fields by dotted name, e.g. ``{"eval.episodes": 32, "deep.bc.epochs": 2}``.
+
+    Values are checked against the field's type (strings are parsed as that type, as the command
+    line gives them: ``"32"``, ``"0.1,0.2"``, ``"none"``, ``"false"``) and the config's rules.
+    Raises ``UnknownNameError`` for a field that does not exist (listing the known ones) and
+    :class:`ConfigFieldError` naming the dotted field, the expected type and the value.
+    """
     for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        names = [f.name for f in dataclasses.fields(config)]
-        if head not in names:
-            raise UnknownNameError(f"{type(config).__name__} field", head, names)
-        if rest:
-            value = with_overrides(getattr(config, head), {rest: value})
-        config = dataclasses.replace(config, **{head: value})
+        config = _override(config, key.split("."), value, prefix="")
     return config
+
+
+def _override(config: Any, parts: list[str], value: Any, prefix: str) -> Any:
+    head, rest = parts[0], parts[1:]
+    names = [f.name for f in dataclasses.fields(config)]
+    if head not in names:
+        kind = f"{prefix.rstrip('.')} field" if prefix else "config field"
+        raise UnknownNameError(kind, f"{prefix}{head}", [f"{prefix}{n}" for n in names])
+    if rest:
+        sub = getattr(config, head)
+        if not dataclasses.is_dataclass(sub):
+            raise UnknownNameError("config field", f"{prefix}{'.'.join(parts)}", [f"{prefix}{head}"],
+                                   hint=f"{prefix}{head} is a value, not a section")
+        new = _override(sub, rest, value, f"{prefix}{head}.")
+    else:
+        new = conform(value, field_type(type(config), head), f"{prefix}{head}", parse=True)
+    try:
+        return dataclasses.replace(config, **{head: new})
+    except ConfigFieldError as err:
+        raise err.within(prefix) from None
+    except LondiError as err:  # a config class with its own checks (LoRAConfig): name the field
+        msg = f"invalid value for {prefix}{head}: {err}"
+        try:
+            named = type(err)(msg)
+        except TypeError:  # an error class with another signature
+            named = LondiError(msg)
+        raise named from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -192,18 +291,27 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(d: Mapping[str, Any], cls: type = None) -> Any:
-    """Inverse of :func:`config_to_dict` (lists become tuples; nested dataclasses rebuilt)."""
-    cls = cls or PipelineConfig
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            continue
-        v, t = d[f.name], hints[f.name]
-        if dataclasses.is_dataclass(t) and isinstance(v, Mapping):
-            v = config_from_dict(v, t)
-        elif isinstance(v, list):
-            v = tuple(v)
-        kwargs[f.name] = v
-    return cls(**kwargs)
+    """Inverse of :func:`config_to_dict` (lists become tuples; nested dataclasses rebuilt; every
+    value checked as in :func:`with_overrides`; keys that are not fields are ignored)."""
+    return build(cls or PipelineConfig, d)
 
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"eval.episodes": 96, "deep.bc.epochs": 4, ...}``: every leaf field by dotted name
+    (tuples as lists, as in the stored ``config.json``)."""
+    d = config if isinstance(config, Mapping) else config_to_dict(config)
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = ("progress",)) -> dict[str, tuple[Any, Any]]:
+    """``{dotted field: (old value, new value)}`` for every leaf that differs (``ignore``d fields
+    aside; a field only one side has shows ``None`` on the other)."""
+    a, b = flatten_config(old), flatten_config(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)}

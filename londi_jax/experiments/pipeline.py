@@ -5,15 +5,29 @@ method on the same episodes -> table + plot.
 Each stage writes its outputs under ``out_dir`` and a ``<stage>.done.json`` marker; a rerun
 skips finished stages (and BC resumes from its orbax checkpoints, evaluation from the runs
 already in ``eval/runs.jsonl``), so an interrupted pipeline loses no finished work.
+
+A run stores its configuration in ``config.json``; :meth:`Pipeline.from_run_dir` (``londi-jax
+demo --out DIR``) resumes it without repeating the flags. Each stage declares the config fields it
+reads (:data:`STAGE_DEPENDS`); a stage reruns when one of them changes or when an earlier stage
+reruns. A changed configuration is refused with the fields that differ and three ways on: resume
+with the stored configuration, fork into a new directory that reuses the unaffected finished
+stages (``fork_from``), or force the affected stages to rerun in place (``force``).
+
+Every file a resume reads is written atomically or appended line by line and read tolerantly
+(``utils.io``), so a kill at any instant never blocks a resume. Reading a finished run (models,
+switchers, the report, calibration) writes nothing: a run on read-only storage can be used.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import platform
+import shutil
+import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from londi_jax.agents.bc import BCTrainer, bc_data_from_episodes
 from londi_jax.agents.calibration import greedy_call_rate, interpolate_cost
@@ -29,7 +44,7 @@ from londi_jax.agents.policy import LMPolicy, SwitchEncoder
 from londi_jax.agents.routers import (ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter, SwiftSageRouter,
                                       SwitcherRouter, calibrate_threshold)
 from londi_jax.envs.babyai_text.demos import read_demos, write_demos
-from londi_jax.experiments.config import ModelSpec, PipelineConfig, config_to_dict
+from londi_jax.experiments.config import ModelSpec, PipelineConfig, config_diff, config_from_dict, config_to_dict
 from londi_jax.experiments.logging import RunLogger
 from londi_jax.lm.config import ModelConfig
 from londi_jax.lm.engine import LanguageModel
@@ -43,8 +58,32 @@ from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, load_dataset, make_offline_train, save_dataset
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.io import (DataFileError, append_jsonl, atomic_write_json, check_writable_dir, read_json,
+                                read_jsonl)
 
-__all__ = ["Pipeline", "run_pipeline", "PipelineError"]
+__all__ = ["Pipeline", "run_pipeline", "PipelineError", "ConfigMismatchError", "STAGES", "STAGE_DEPENDS",
+           "read_run_config", "estimate_work", "measured_flops_per_second", "accelerator_warning", "time_estimate"]
+
+STAGES = ("demos", "models", "switch_data", "switchers", "evaluate", "report")
+_ENV_EPISODES = ("env.level", "env.kinds", "env.room_size", "env.num_dists", "env.seed", "env.max_steps")
+_ROLLOUTS = ("eval.num_envs", "eval.sample_actions")  # batching shares one action RNG across slots
+# The config fields (dotted prefixes) each stage reads itself. A stage also reruns whenever an
+# earlier stage does (each reads the previous one's outputs), so inherited inputs are not repeated.
+STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
+    "demos": (*_ENV_EPISODES, "env.demo_episodes"),
+    "models": ("quick", "deep", *_ENV_EPISODES, *_ROLLOUTS),  # BC's evaluation rollouts use eval.*
+    "switch_data": ("switch.collect_episodes", "switch.deep_probs", "switch.encoder", *_ENV_EPISODES, *_ROLLOUTS),
+    "switchers": ("switch",),
+    "evaluate": ("eval", "env.eval_level", "env.kinds", "env.room_size", "env.num_dists", "env.max_steps", "switch",
+                 "preset"),
+    "report": (),
+}
+# What a stage writes (cleared when it is forced to rerun); _REUSED is what a fork copies.
+_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "demos": ("demos",), "models": ("models", "checkpoints"), "switch_data": ("switch_data.npz",),
+    "switchers": ("switchers",), "evaluate": ("eval",), "report": ("report",),
+}
+_REUSED = {**_OUTPUTS, "models": ("models",)}  # BC checkpoints only serve resuming an unfinished BC
 
 MODEL_NAMES = ("quick", "deepthink")
 MIN_BATCH = 8  # LM calls pad to >= 8 rows: 4 batch shapes (8..64) to compile instead of 7
@@ -54,10 +93,55 @@ class PipelineError(LondiError):
     """A pipeline stage cannot run (missing or mismatched outputs of an earlier stage)."""
 
 
+class ConfigMismatchError(PipelineError):
+    """A run directory holds a run whose configuration differs from the requested one.
+
+    ``diff``: ``{dotted field: (stored, requested)}``; ``affected``: the stages that would have
+    to rerun (the first stage reading a changed field and every later one)."""
+
+    def __init__(self, message: str, diff: dict[str, tuple[Any, Any]], affected: list[str]):
+        super().__init__(message)
+        self.diff, self.affected = diff, affected
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)
+
+
+def _check_stages(stages: Iterable[str], what: str = "stage") -> list[str]:
+    out = list(stages)
+    for s in out:
+        if s not in STAGES:
+            raise PipelineError(f"unknown {what} {s!r}; stages: {', '.join(STAGES)}")
+    return out
+
+
+def _depends(stage: str, field: str) -> bool:
+    return any(field == p or field.startswith(p + ".") for p in STAGE_DEPENDS[stage])
+
+
+def first_affected(diff: Iterable[str]) -> int:
+    """Index in :data:`STAGES` of the first stage reading any of the changed fields ``diff``
+    (``len(STAGES)`` when none does)."""
+    fields = list(diff)
+    return next((i for i, s in enumerate(STAGES) if any(_depends(s, f) for f in fields)), len(STAGES))
+
+
+def read_run_config(out_dir: str | os.PathLike) -> PipelineConfig | None:
+    """The configuration stored in a run directory (``None`` when it holds no run). Read only."""
+    path = Path(out_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return config_from_dict(read_json(path))
+    except LondiError as err:
+        raise PipelineError(f"{path} cannot be used ({err}); restore it, or start the run in a new --out "
+                            f"directory") from err
+
+
+def _show(v: Any) -> str:
+    s = repr(tuple(v) if isinstance(v, list) else v)
+    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def device_description() -> str:
@@ -67,79 +151,234 @@ def device_description() -> str:
 
 
 class Pipeline:
-    """The staged pipeline over one output directory."""
+    """The staged pipeline over one output directory.
 
-    STAGES = ("demos", "models", "switch_data", "switchers", "evaluate", "report")
+    ``force``: stages to rerun even if finished (with every later stage); with a changed
+    configuration they must include the first stage the change affects. ``fork_from``: a
+    finished (or partly finished) run whose stages that do not depend on what changed are copied
+    into ``out_dir`` instead of being rerun. Building a ``Pipeline`` writes nothing; ``run`` writes
+    only when there is work to do.
+    """
 
-    def __init__(self, config: PipelineConfig, out_dir: str | os.PathLike):
+    STAGES = STAGES
+
+    def __init__(self, config: PipelineConfig, out_dir: str | os.PathLike, *, force: Iterable[str] = (),
+                 fork_from: str | os.PathLike | None = None):
         self.config = config
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._check_config()
-        self.log = RunLogger(self.out)
+        self.force = _check_stages(force, "stage in force")
         self.timings: dict[str, float] = {}
         self._models: dict[str, LanguageModel] = {}
+        self.log: RunLogger | None = None
+        self.stored = read_run_config(self.out)
+        self.fork_from = Path(fork_from) if fork_from is not None else None
+        self._fork_config: PipelineConfig | None = None
+        if self.fork_from is not None:
+            if self.fork_from.resolve() == self.out.resolve():
+                raise PipelineError(f"--fork-from {self.fork_from} is the output directory itself; give a new --out")
+            self._fork_config = read_run_config(self.fork_from)
+            if self._fork_config is None:
+                raise PipelineError(f"cannot fork from {self.fork_from}: it holds no pipeline run (no config.json)")
+            if self.stored is None and self.out.is_dir() and any(self.out.iterdir()):
+                raise PipelineError(f"cannot fork into {self.out}: it is not empty and holds no run; "
+                                    f"give a new or empty --out directory")
+        self._change: dict[str, tuple[Any, Any]] = {}
+        if self.stored is not None:
+            self._change = config_diff(self.stored, config)
+            if self._change:
+                self._check_change()
 
     @classmethod
-    def from_run_dir(cls, out_dir: str | os.PathLike) -> Pipeline:
-        """Reopen an existing run with the configuration it was started with."""
-        from londi_jax.experiments.config import config_from_dict
-
-        path = Path(out_dir) / "config.json"
-        if not path.exists():
+    def from_run_dir(cls, out_dir: str | os.PathLike, **kwargs: Any) -> Pipeline:
+        """Reopen an existing run with the configuration stored in it (reading writes nothing)."""
+        config = read_run_config(out_dir)
+        if config is None:
             raise PipelineError(f"{out_dir} is not a pipeline run directory (no config.json)")
-        return cls(config_from_dict(json.loads(path.read_text())), out_dir)
+        return cls(config, out_dir, **kwargs)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _check_config(self) -> None:
-        path = self.out / "config.json"
-        mine = config_to_dict(self.config)
-        mine_cmp = {k: v for k, v in mine.items() if k != "progress"}
-        if path.exists():
-            old = json.loads(path.read_text())
-            old_cmp = {k: v for k, v in old.items() if k != "progress"}
-            if old_cmp != mine_cmp:
-                diff = sorted(k for k in set(old_cmp) | set(mine_cmp) if old_cmp.get(k) != mine_cmp.get(k))
-                raise PipelineError(f"{self.out} holds a run with a different configuration (sections differing: "
-                                    f"{', '.join(diff)}); use another --out directory or delete it")
-        else:
-            _write_json(path, mine)
+    def _check_change(self) -> None:
+        """Accept a changed configuration only if no work it invalidates is kept unforced."""
+        cut = first_affected(self._change)
+        affected = list(STAGES[cut:])
+        with_work = [s for s in affected if self._has_outputs(s)]
+        forced_from = min((STAGES.index(s) for s in self.force), default=len(STAGES))
+        if not with_work or STAGES.index(with_work[0]) >= forced_from:
+            return
+        kept = [s for s in STAGES[:cut] if self._done(s)]
+        lines = [f"{self.out} holds a run with a different configuration (stored -> requested):"]
+        lines += [f"  {k}: {_show(a)} -> {_show(b)}" for k, (a, b) in self._change.items()]
+        lines.append(f"This changes what stages {', '.join(affected)} compute; finished work there: "
+                     f"{', '.join(with_work)}.")
+        lines.append(f"  (a) resume with the stored configuration: londi-jax demo --out {self.out} "
+                     f"(no --preset/--set; Python: Pipeline.from_run_dir(out).run())")
+        reuse = f"reusing {', '.join(kept)}" if kept else "(no finished stage can be reused)"
+        lines.append(f"  (b) fork into a new directory {reuse}: londi-jax demo --out NEW_DIR --fork-from {self.out} "
+                     f"with the same --preset/--set (Python: Pipeline(config, NEW_DIR, fork_from=out))")
+        lines.append(f"  (c) rerun the affected stages here with the new configuration: add --force-stages "
+                     f"{with_work[0]} (later stages rerun too; Python: Pipeline(config, out, force=['{with_work[0]}']))")
+        raise ConfigMismatchError("\n".join(lines), self._change, affected)
 
-    def _done(self, stage: str) -> bool:
-        return (self.out / f"{stage}.done.json").exists()
+    def _marker(self, stage: str) -> Path:
+        return self.out / f"{stage}.done.json"
+
+    def _done(self, stage: str, root: Path | None = None) -> bool:
+        path = (root or self.out) / f"{stage}.done.json"
+        if not path.exists():
+            return False
+        try:
+            read_json(path)
+        except DataFileError as err:  # cannot come from a crash (atomic write): damaged from outside
+            warnings.warn(f"{err}; treating stage {stage} as not finished (it resumes or reruns)", stacklevel=2)
+            return False
+        return True
+
+    def _has_outputs(self, stage: str) -> bool:
+        return self._marker(stage).exists() or any((self.out / p).exists() for p in _OUTPUTS[stage])
 
     def _mark(self, stage: str, info: dict[str, Any]) -> None:
-        _write_json(self.out / f"{stage}.done.json", info)
+        _write_json(self._marker(stage), info)
 
     def _say(self, msg: str) -> None:
         if self.config.progress:
-            print(f"[londi] {msg}", flush=True)
+            print(f"[londi] {msg}", file=sys.stderr, flush=True)
 
-    def run(self, stages: Sequence[str] | None = None) -> dict[str, Any]:
-        """Run (or resume) the stages in order; returns where the outputs are and the summary."""
-        wanted = list(stages or self.STAGES)
-        for s in wanted:
-            if s not in self.STAGES:
-                raise PipelineError(f"unknown stage {s!r}; stages: {', '.join(self.STAGES)}")
+    def _fork_plan(self, cut: int) -> list[str]:
+        """Finished stages of the fork source that the new configuration does not affect (a
+        prefix of STAGES, before ``cut``) and that this directory has not finished yet."""
+        if self._fork_config is None:
+            return []
+        src_cut = min(first_affected(config_diff(self._fork_config, self.config)), cut)
+        plan = []
+        for s in STAGES[:src_cut]:
+            if not self._done(s, self.fork_from):
+                break
+            if not self._done(s):
+                plan.append(s)
+        return plan
+
+    def plan(self, stages: Sequence[str] | None = None, force: bool = False) -> dict[str, list[str]]:
+        """What :meth:`run` would do: ``run`` (stages to run), ``skipped`` (asked for but already
+        done), ``invalidated`` (finished or partial stages whose outputs are removed first),
+        ``copied`` (stages copied from ``fork_from``). Reads only."""
+        wanted = _check_stages(stages or STAGES)
+        forced = set(self.force) | (set(wanted) if force else set())
+        cut = min([STAGES.index(s) for s in forced] + [first_affected(self._change) if self._change else len(STAGES)])
+        invalid = [s for s in STAGES[cut:] if self._has_outputs(s)]
+        copied = self._fork_plan(cut)
+        done = {s: (self._done(s) and s not in invalid) or s in copied for s in STAGES}
+        run = [s for s in STAGES if s in wanted and not done[s]]
+        for s in run:
+            missing = [p for p in STAGES[:STAGES.index(s)] if not done[p] and p not in run]
+            if missing:
+                raise PipelineError(f"stage {s} needs the outputs of {', '.join(missing)}, which "
+                                    f"{'has' if len(missing) == 1 else 'have'} not run; add "
+                                    f"{'it' if len(missing) == 1 else 'them'} to the stages (e.g. --stages "
+                                    f"{','.join(missing + [s])})")
+        return {"run": run, "skipped": [s for s in wanted if done[s] and s not in copied],
+                "invalidated": invalid, "copied": copied}
+
+    def run(self, stages: Sequence[str] | None = None, force: bool = False) -> dict[str, Any]:
+        """Run (or resume) the stages in order; returns what ran, what was skipped and the outputs.
+
+        ``stages``: a subset of :data:`STAGES` (default all). Finished stages are skipped (and
+        listed under ``skipped``); ``force=True`` reruns ``stages`` even if finished, and with them
+        every later stage (a later stage not in ``stages`` is left not done, its outputs removed).
+        Nothing is written when there is nothing to do, so a finished run on read-only storage can
+        be reopened and reported on. Before any work the output directory is checked to be writable
+        and the models and levels the stages need are checked to exist.
+        """
+        p = self.plan(stages, force)
         t_all = time.perf_counter()
-        for stage in self.STAGES:
-            if stage not in wanted:
-                continue
-            if self._done(stage):
-                self._say(f"{stage}: already done (skipped)")
-                continue
-            t0 = time.perf_counter()
-            self._say(f"{stage}: running")
-            info = getattr(self, f"stage_{stage}")() or {}
-            self.timings[stage] = time.perf_counter() - t0
-            info["seconds"] = self.timings[stage]
-            self._mark(stage, info)
-            self.log.scalar(f"time/{stage}", self.timings[stage], 0)
-            self._say(f"{stage}: done in {self.timings[stage]:.1f} s")
-        self.log.close()
-        total = time.perf_counter() - t_all
-        return {"out_dir": str(self.out), "seconds": total, "timings": self.timings,
-                "report": str(self.out / "report"), "results": str(self.out / "eval" / "results.json")}
+        if p["skipped"]:
+            names = ",".join(p["skipped"])
+            self._say(f"already done, skipped: {names} (to rerun: --force-stages {names.split(',')[-1]}, "
+                      f"or in Python run([...], force=True))")
+        if p["run"] or p["invalidated"] or p["copied"] or self._change:
+            self._preflight(p["run"])
+            self._open(p)
+        try:
+            for i, stage in enumerate(p["run"], 1):
+                t0 = time.perf_counter()
+                self._say(f"{stage}: running (stage {STAGES.index(stage) + 1}/{len(STAGES)})")
+                info = getattr(self, f"stage_{stage}")() or {}
+                self.timings[stage] = time.perf_counter() - t0
+                info["seconds"] = self.timings[stage]
+                self._mark(stage, info)
+                self.log.scalar(f"time/{stage}", self.timings[stage], 0)
+                self._say(f"{stage}: done in {self.timings[stage]:.1f} s")
+        finally:
+            if self.log is not None:
+                self.log.close()
+                self.log = None
+        left = [s for s in p["invalidated"] if s not in p["run"]]
+        if left:
+            self._say(f"{', '.join(left)}: outputs removed (an earlier stage reran); run "
+                      f"{'it' if len(left) == 1 else 'them'} with --stages {','.join(left)} or a full run")
+        return {"out_dir": str(self.out), "preset": self.config.preset, "seconds": time.perf_counter() - t_all,
+                "timings": self.timings, "ran": p["run"], "skipped": p["skipped"], "invalidated": p["invalidated"],
+                "copied": p["copied"], "forked_from": str(self.fork_from) if p["copied"] else None,
+                "stages_done": [s for s in STAGES if self._done(s)], "outputs": self.outputs()}
+
+    def outputs(self) -> dict[str, str]:
+        """The run's result files that exist now (name -> path)."""
+        files = {"table": "report/results_table.md", "plot": "report/cost_quality.png",
+                 "summary": "report/summary.json", "results": "eval/results.json", "runs": "eval/runs.jsonl",
+                 "models": "models", "switch_data": "switch_data.npz", "switchers": "switchers", "demos": "demos",
+                 "log": "log.jsonl", "tensorboard": "tb", "config": "config.json"}
+        return {k: str(self.out / v) for k, v in files.items() if (self.out / v).exists()}
+
+    def _preflight(self, to_run: Sequence[str]) -> None:
+        """Fail before any work: an unwritable --out, a model source or level that does not exist."""
+        check_writable_dir(self.out, "output directory (--out)")
+        if "models" in to_run:
+            from londi_jax.lm.registry import resolve_model_path
+
+            for name in ("quick", "deep"):
+                spec = getattr(self.config, name)
+                if spec.source != "scratch":
+                    try:
+                        resolve_model_path(spec.source)
+                    except LondiError as err:
+                        raise PipelineError(f"{name}.source: {err}") from None
+        if set(to_run) & {"demos", "models", "switch_data", "evaluate"}:
+            e = self.config.env
+            for level in dict.fromkeys((e.level, e.eval_level)):
+                for spec in episode_specs(level, len(e.kinds), e.seed, e.kinds, **e.level_kwargs()):
+                    try:
+                        env, _ = spec.make()
+                        getattr(env, "close", lambda: None)()
+                    except Exception as err:  # noqa: BLE001 - any failure here means bad env settings
+                        raise PipelineError(
+                            f"env settings do not make a valid episode (level {level!r}, kind {spec.kind!r}, "
+                            f"room_size={e.room_size}, num_dists={e.num_dists}): {type(err).__name__}: {err}; "
+                            f"fix --set env.*") from None
+
+    def _open(self, p: dict[str, list[str]]) -> None:
+        """Start writing: the logger, removal of invalidated outputs, the stored config, fork copies."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = RunLogger(self.out)
+        for s in p["invalidated"]:  # markers first: a kill mid-removal leaves the stages not done
+            self._marker(s).unlink(missing_ok=True)
+        for s in p["invalidated"]:
+            for rel in _OUTPUTS[s]:
+                _remove(self.out / rel)
+            self._say(f"{s}: previous outputs removed (it reruns)")
+        if self.stored is None or self._change:
+            if self._change:
+                self._say("configuration updated: " + "; ".join(f"{k}: {_show(a)} -> {_show(b)}"
+                                                                for k, (a, b) in self._change.items()))
+            _write_json(self.out / "config.json", config_to_dict(self.config))
+            self.stored, self._change = self.config, {}
+        for s in p["copied"]:
+            for rel in _REUSED[s]:
+                src, dst = self.fork_from / rel, self.out / rel
+                _remove(dst)  # a copy cut short by a kill is redone whole
+                if src.exists():
+                    _copy(src, dst)
+            info = read_json(self.fork_from / f"{s}.done.json")
+            self._mark(s, {**info, "copied_from": str(self.fork_from)})
+            self._say(f"{s}: reused from {self.fork_from}")
 
     # ------------------------------------------------------------------ stage 1: demos
     def stage_demos(self) -> dict[str, Any]:
@@ -208,7 +447,9 @@ class Pipeline:
         info = {}
         for name in MODEL_NAMES:
             target = self.out / "models" / name
-            if (target / "config.json").exists():
+            record = self.out / "models" / f"{name}_bc.json"
+            if (target / "config.json").exists() and record.exists():  # finished before a kill
+                info[name] = _model_info(read_json(record))
                 continue
             spec = self._spec(name)
             kinds = spec.demo_kinds or self.config.env.kinds
@@ -222,14 +463,17 @@ class Pipeline:
             def log(row: dict[str, Any], name: str = name) -> None:
                 self.log.scalars(f"bc/{name}", row, int(row["step"]))
 
+            # a model whose weights were saved but not its record resumes from BC's last checkpoint
+            # (no steps left), which also gives back its full history
             result = trainer.train(self.out / "checkpoints" / f"bc_{name}", eval_fn=self._policy_eval_fn(name, tok),
                                    progress=self.config.progress, log=log, desc=f"bc {name}",
                                    eval_every=spec.eval_every)
             save_hf_directory(result.model, target, tok)
             if result.adapted is not None:
                 save_lora(result.adapted, self.out / "models" / f"{name}_lora", base=spec.source)
-            _write_json(self.out / "models" / f"{name}_history.json", result.history)
-            info[name] = {"examples": len(data), "steps": result.steps, "history": result.history[-1:]}
+            rec = {"examples": len(data), "kinds": list(kinds), "steps": result.steps, "history": result.history}
+            _write_json(record, rec)  # after the weights: its presence means the model is complete
+            info[name] = _model_info(rec)
         return info
 
     def model(self, name: str) -> LanguageModel:
@@ -287,21 +531,27 @@ class Pipeline:
         s = self.config.switch
         ds = jax.tree.map(jnp.asarray, load_dataset(self.out / "switch_data.npz"))
         seeds = list(range(s.seeds))
+        # three programs; _grid and _offline_rates return host arrays, so the bar counts finished ones
+        bar = tqdm(total=3, desc="switchers", unit="grid", disable=not self.config.progress)
         # LONDI: c grid x seeds (one program)
         cfg = self.switcher_config(False)
         members = [{"c": c} for c in s.c_grid for _ in seeds]
         params, loss = self._grid(cfg, members, [k for _ in s.c_grid for k in seeds], ds)
         rates = self._offline_rates(cfg, params, ds).reshape(len(s.c_grid), len(seeds)).mean(-1)
+        bar.update(1)
         try:
             c_star = float(interpolate_cost(list(s.c_grid), list(rates), s.target_call_rate))
         except LondiError as err:  # target outside the grid's range: keep the closest grid point
             c_star = float(s.c_grid[int(np.argmin(np.abs(rates - s.target_call_rate)))])
             self._say(f"calibration: {err}; using c = {c_star}")
         cal_params, _ = self._grid(cfg, [{"c": c_star} for _ in seeds], seeds, ds)
+        bar.update(1)
         # LONDI-B: budgets x seeds
         cfg_b = self.switcher_config(True)
         members_b = [{"c": s.budget_c, "budget": n} for n in s.budgets for _ in seeds]
         params_b, loss_b = self._grid(cfg_b, members_b, [k for _ in s.budgets for k in seeds], ds)
+        bar.update(1)
+        bar.close()
         store = CheckpointStore(self.out / "switchers", keep=1)
         tree = {"londi": params, "calibrated": cal_params, "londi_b": params_b}
         store.save(1, tree, kind="londi-switcher-grid", config={"switch": config_to_dict(s)},
@@ -354,19 +604,18 @@ class Pipeline:
         conf = {m: _confidence_from_features(ds.obs, m, self.model("quick").config.hidden_size)
                 for m in ("margin",)}
         runs_path = self.out / "eval" / "runs.jsonl"
-        runs_path.parent.mkdir(parents=True, exist_ok=True)
-        done = {}
-        if runs_path.exists():
-            for line in runs_path.read_text().splitlines():
-                if line.strip():
-                    r = json.loads(line)
-                    done[(r["label"], r["seed"])] = r
+        # one line per finished (method, seed); a line torn by a kill is skipped (and cut off
+        # before the next append), so that run is simply redone
+        done = {(r["label"], r["seed"]): r for r in read_jsonl(runs_path)}
+        per_seed = 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1
+        counter = {"n": 0, "total": per_seed * v.seeds}
 
         def member(params: Any, i: int) -> Any:
             return jax.tree.map(lambda x: x[i], params)
 
         def run(method: str, label: str, params: dict[str, Any], seed: int, router: Any,
                 budget: int | None = None) -> dict[str, Any]:
+            counter["n"] += 1
             if (label, seed) in done:
                 return done[(label, seed)]
             quick, deep = self.policies()
@@ -376,13 +625,12 @@ class Pipeline:
             row = {"method": method, "label": label, "params": params, "seed": seed,
                    "episodes": [e.to_json() for e in res.episodes],
                    "env_steps_per_second": res.env_steps / max(res.wall_seconds, 1e-9)}
-            with runs_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(runs_path, row)
             done[(label, seed)] = row
             summ = res.summary()
             self.log.scalars(f"eval/{label}", {k: summ[k] for k in ("success_rate", "call_rate")}, seed)
-            self._say(f"  {label:<28} seed {seed}: success {summ['success_rate']:.3f}  "
-                      f"DEEPTHINK call rate {summ['call_rate']:.3f}")
+            self._say(f"  [{counter['n']}/{counter['total']}] {label:<28} seed {seed}: success "
+                      f"{summ['success_rate']:.3f}  DEEPTHINK call rate {summ['call_rate']:.3f}")
             return row
 
         def rate(row: dict[str, Any]) -> float:
@@ -427,9 +675,32 @@ class Pipeline:
     def stage_report(self) -> dict[str, Any]:
         from londi_jax.experiments.report import write_report
 
-        results = json.loads((self.out / "eval" / "results.json").read_text())
+        results = read_json(self.out / "eval" / "results.json")
         paths = write_report(results, self.out / "report")
         return {"paths": {k: str(v) for k, v in paths.items()}}
+
+
+def _model_info(record: dict[str, Any]) -> dict[str, Any]:
+    """A model's entry in ``models.done.json`` from its ``models/<name>_bc.json`` record."""
+    return {"examples": record["examples"], "steps": record["steps"], "history": record["history"][-1:]}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy a file or tree with normal permissions (not the source's modes: a read-only source
+    must not give a read-only copy)."""
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True, mode=0o777)
+        for child in src.iterdir():
+            _copy(child, dst / child.name)
+    else:
+        shutil.copyfile(src, dst)
 
 
 def _confidence_from_features(obs: np.ndarray, measure: str, hidden_size: int) -> np.ndarray:
@@ -450,3 +721,108 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike, stages: Seq
     """Run the pipeline (resuming whatever ``out_dir`` already holds)."""
     return Pipeline(config, out_dir).run(stages)
 
+
+
+# ---------------------------------------------------------------------- how long a preset takes
+PROMPT_TOKENS = 170  # GLAM BabyAI-Text prompts: 144-193 tokens with SmolLM2's tokenizer (README, LM benchmark)
+DEMO_STEPS = 4.2  # expert steps per demo episode, 6x6 rooms (cpu-small: 4,210 in 1,000 episodes)
+ROLLOUT_STEPS = 22.7  # policy steps per episode, 6x6 rooms (cpu-small switch data: 11,605 in 512)
+
+
+def _params(spec: ModelSpec) -> float | None:
+    """Parameter count of a model spec: from its sizes (scratch) or its weight file's header."""
+    if spec.source == "scratch":
+        h = spec.hidden_size
+        layer = 4 * h * spec.num_heads * spec.head_dim + 3 * h * spec.intermediate_size
+        return float(spec.vocab_size * h + spec.num_layers * layer)
+    try:
+        from londi_jax.lm.registry import resolve_model_path
+
+        path = resolve_model_path(spec.source)
+        if path is None:
+            return None
+        if path.suffix == ".gguf":
+            import gguf
+
+            return float(sum(int(np.prod(t.shape)) for t in gguf.GGUFReader(str(path)).tensors))
+        from safetensors import safe_open
+
+        total = 0
+        for f in sorted(path.glob("*.safetensors")):
+            with safe_open(str(f), "np") as st:
+                total += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())
+        return float(total) or None
+    except (LondiError, OSError, ValueError):
+        return None
+
+
+def estimate_work(config: PipelineConfig) -> dict[str, float]:
+    """Model FLOPs the pipeline needs, per stage, from the preset's sizes (a rough lower bound).
+
+    A forward pass over a prompt costs ``2 * params * PROMPT_TOKENS`` FLOPs, a BC step on it three
+    times that (forward + backward; the six candidates share the prompt's prefill). Episode
+    lengths are the ones measured on cpu-small (6x6 rooms), scaled with the room side. Counted:
+    BC over every demo step for both models, BC's evaluation rollouts, switch data (both models
+    score every state) and evaluation (every method, both models at every step: an upper bound
+    for QUICK-only, about right for LONDI). Switcher training (small MLPs) is left out.
+    Returns FLOPs per part and ``total``; ``nan`` when a model's size is unknown.
+    """
+    e, s, v = config.env, config.switch, config.eval
+    nq, nd = _params(config.quick), _params(config.deep)
+    if nq is None or nd is None:
+        return {"total": math.nan}
+    scale = e.room_size / 6
+    fwd = {"quick": 2 * nq * PROMPT_TOKENS, "deep": 2 * nd * PROMPT_TOKENS}
+    demo_steps = e.demo_episodes * DEMO_STEPS * scale
+    roll = min(ROLLOUT_STEPS * scale, e.max_steps or math.inf)  # env.max_steps cuts episodes off
+    bc = bc_eval = 0.0
+    for name, spec in (("quick", config.quick), ("deep", config.deep)):
+        share = len(spec.demo_kinds or e.kinds) / len(e.kinds)
+        bc += spec.bc.epochs * demo_steps * share * 3 * fwd[name]
+        evals = math.ceil(spec.bc.epochs / spec.eval_every) if spec.eval_episodes else 0
+        bc_eval += evals * spec.eval_episodes * roll * fwd[name]
+    both = fwd["quick"] + fwd["deep"]
+    collect = s.collect_episodes * roll * both
+    methods = 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1
+    evaluate = v.seeds * methods * v.episodes * roll * both
+    out = {"bc": bc, "bc_eval": bc_eval, "switch_data": collect, "evaluate": evaluate}
+    out["total"] = sum(out.values())
+    return out
+
+
+def measured_flops_per_second() -> float:
+    """This machine's float32 matmul rate on JAX's default device (1024 x 1024, jitted, warm)."""
+    n = 1024
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    reps, t0 = 4, time.perf_counter()
+    for _ in range(reps):
+        f(x).block_until_ready()
+    return reps * 2 * n ** 3 / (time.perf_counter() - t0)
+
+
+ACCELERATOR_PRESETS = ("gpu", "real-small")  # presets sized for a GPU / TPU (real pretrained models)
+
+
+def accelerator_warning(config: PipelineConfig) -> str | None:
+    """A warning when a preset of ``ACCELERATOR_PRESETS`` is about to run on a machine whose JAX sees
+    no accelerator (instant; :func:`time_estimate` says how long it would take); else ``None``."""
+    if config.preset not in ACCELERATOR_PRESETS or jax.default_backend() != "cpu":
+        return None
+    return (f"the {config.preset} preset is starting on a machine without an accelerator (JAX sees only the CPU); "
+            "install JAX for your GPU or TPU (see the README) or use --preset cpu-small")
+
+
+def time_estimate(config: PipelineConfig, flops_per_second: float | None = None) -> str:
+    """How long ``config`` would take on this machine, and how that is estimated:
+    :func:`estimate_work` at :func:`measured_flops_per_second` (a lower bound)."""
+    work = estimate_work(config)["total"]
+    if not math.isfinite(work):
+        return "no time estimate: the size of a model source could not be read"
+    rate = flops_per_second or measured_flops_per_second()
+    hours = work / rate / 3600
+    return (f"estimated time here: {hours:,.1f} h or more ({work:.1e} FLOPs of model forward/backward passes: "
+            f"2 x params per token, ~{PROMPT_TOKENS}-token prompts, over the preset's demo steps x BC epochs, BC "
+            f"evaluation, switch-data and evaluation episodes; at this machine's measured {rate / 1e9:.0f} GFLOP/s "
+            f"float32 matmul rate; env steps and compiles come on top)")

@@ -63,7 +63,7 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a tuple of {_plural(args[0])} (e.g. 1,2 or (1, 2))"
+            return f"a tuple of {_plural(args[0])}"
         return f"a tuple ({', '.join(describe(a) for a in args)})"
     if dataclasses.is_dataclass(tp):
         return f"a {tp.__name__}"

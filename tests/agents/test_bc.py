@@ -135,3 +135,35 @@ def test_a_one_step_run_has_a_valid_schedule(demos):
     assert tr.total_steps == 1
     res = tr.train(progress=False)
     assert res.steps == 1 and np.isfinite(res.history[0]["train_loss"])
+
+
+def test_progress_bar_counts_finished_steps(demos, monkeypatch):
+    """The bar advances for a step only once its results were waited for (finished work), not
+    when it was dispatched to JAX."""
+    import londi_jax.agents.bc as bc
+
+    eps, tok = demos
+    tr = BCTrainer(tiny_model(tok), tok, bc_data_from_episodes(eps, tok),
+                   BCConfig(epochs=1, batch_size=8, length_multiple=256))
+    outputs, blocked, checks = [], set(), []
+    real_step, real_block = tr._step, jax.block_until_ready
+
+    def step(*args):
+        out = real_step(*args)
+        outputs.append(out[2])
+        return out
+
+    def block(x):
+        blocked.add(id(x))
+        return real_block(x)
+
+    class Bar(bc.tqdm):
+        def update(self, n=1):
+            checks.append((len(checks) + n, all(id(o) in blocked for o in outputs[:len(checks) + n])))
+            return super().update(n)
+
+    tr._step = step
+    monkeypatch.setattr(bc.jax, "block_until_ready", block)
+    monkeypatch.setattr(bc, "tqdm", Bar)
+    tr.train(progress=False)
+    assert len(checks) == tr.total_steps and all(ok for _, ok in checks)

@@ -1,6 +1,7 @@
 """End-to-end smoke run of the LONDI pipeline on the ``tiny`` preset through ``londi-jax demo``:
 every stage runs, every output exists and is well-formed, a rerun resumes without redoing work,
-and a mismatched rerun is refused."""
+and a mismatched rerun is refused. (Resuming, forking, forcing, torn writes, read-only runs and
+permissions: test_pipeline_resume.py.)"""
 
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ METHODS = {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Thresh
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_run")
-    assert main(["demo", "--preset", "tiny", "--out", str(out), "--json"]) == 0
-    return out
+def run_dir(tiny_run):
+    return tiny_run.path  # one finished tiny run per session (conftest.py)
 
 
 def test_outputs_exist_and_are_well_formed(run_dir):
