@@ -19,7 +19,8 @@ episodes -> results table, cost-quality plot and summary (in OUT/report).
 
 Presets: cpu-small (the default; tiny from-scratch models, about 13 minutes on a 2-core CPU), tiny
 (a smoke run of every stage in a few minutes; numbers meaningless), gpu (SmolLM2-135M fine-tuned
-with LoRA as DEEPTHINK, all five task kinds; needs an accelerator).
+with LoRA as DEEPTHINK, all five task kinds; needs an accelerator), real-small (a real pretrained
+pair, both with LoRA; needs an accelerator).
 
 Every stage writes OUT/<stage>.done.json; rerunning resumes where it stopped. A run keeps its
 configuration in OUT/config.json, so `londi-jax demo --out OUT` resumes it without repeating the
@@ -106,17 +107,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+PRESET_NAMES = ("cpu-small", "tiny", "gpu", "real-small")  # config.PRESETS' keys (a test keeps them equal); named
+# here so that building the parser for --help imports no JAX (config.py imports the BC trainer)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``demo`` (the main job) to ``londi-jax``. Imports nothing heavy (``--help`` stays fast):
-    the preset name is checked by ``config.preset`` when the command runs, before any work."""
+    """Add ``demo`` (the main job) to ``londi-jax``."""
+    from londi_jax.utils.cli_args import HelpFormatter
+
+    class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Defaults shown (as every command) and the description's layout kept."""
+
     p = subparsers.add_parser(
         "demo", help="the main job: demos -> BC of QUICK and DEEPTHINK -> LONDI / LONDI-B -> every baseline "
                      "-> table + plot (cpu-small preset by default)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=None, metavar="PRESET",
-                   help=f"cpu-small (default for a new run): tiny models, 2-core CPU in minutes; tiny: a smoke "
-                        f"run of every stage; gpu: SmolLM2-135M as DEEPTHINK. Omitted on an existing --out: the "
-                        f"run's stored configuration")
+        description=DESCRIPTION, formatter_class=Formatter)
+    p.add_argument("--preset", default=None, choices=PRESET_NAMES,
+                   help="cpu-small (default for a new run): tiny models, 2-core CPU in minutes; tiny: a smoke "
+                        "run of every stage; gpu: SmolLM2-135M as DEEPTHINK; real-small: a real pretrained pair. "
+                        "Omitted on an existing --out: the run's stored configuration")
     p.add_argument("--out", default=None,
                    help=f"output directory (default runs/<preset>, i.e. runs/{DEFAULT_PRESET}); rerunning resumes it")
     p.add_argument("--stages", default=None,

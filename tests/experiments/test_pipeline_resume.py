@@ -442,6 +442,10 @@ def test_demo_help_describes_the_job_and_presets(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "Presets: cpu-small" in text and "tiny" in text and "--force-stages" in text and "--fork-from" in text
+    from londi_jax.experiments.cli import PRESET_NAMES
+    from londi_jax.experiments.config import PRESETS
+
+    assert set(PRESET_NAMES) == set(PRESETS)  # the parser names them without importing the configs
 
 
 def test_gpu_preset_without_accelerator_warns_at_once_with_an_estimate(tmp_path, capsys, monkeypatch):
