@@ -7,7 +7,13 @@ one run, on the same model, prompts and candidates:
   all K candidates (one jitted program);
 * ``naive``: one forward per prompt+candidate sequence (B*K left-padded rows in one jitted batch,
   logits only at candidate positions, log-probs on device): scoring without the shared cache;
-* ``shared+embedding``: the same scoring also returning prompt embeddings (same forward pass).
+* ``shared+embedding``: the same scoring also returning prompt embeddings (same forward pass);
+* ``matmul``: plain XLA matmuls of the model's projection shapes at the prompts' token count
+  (``lm_throughput.plain_matmuls``), the reference for the scoring call's FLOP/s (useful FLOPs,
+  the engine's count), reported as ``shared_fraction_of_matmul``.
+
+The naive method packs its sequences' real tokens like the engine's prefill does, so the two
+differ only in the shared cache.
 
 Both methods must agree (max |difference| of the summed log-probs is reported). Timing: the first
 call (trace + compile + run) is reported as ``compile_s``; then ``--repeats`` rounds of warm calls,
@@ -22,6 +28,7 @@ writes ``benchmarks/results/lm_scoring.json`` (``--quick``: ``lm_scoring_quick.j
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -36,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info as common_machine_info  # noqa: E402
+from lm_throughput import plain_matmuls  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ACTIONS = [" turn left", " turn right", " go forward", " pick up", " drop", " toggle"]
@@ -77,26 +85,27 @@ def make_naive(lm):
     must compute), log-probs gathered on device."""
     from flax import nnx
 
-    from londi_jax.lm.engine import bucket, prefill, token_logprobs
+    from londi_jax.lm.engine import PACKED_BUCKET, PROMPT_BUCKET, bucket, prefill, token_logprobs
 
-    @jax.jit
-    def run(state, tok, valid, tmask):
+    @functools.partial(jax.jit, static_argnames="packed")
+    def run(state, tok, valid, tmask, packed):
         model = nnx.merge(lm.graphdef, state)
-        hidden, _, _ = prefill(model, tok, valid, tok.shape[1])
+        hidden, _, _ = prefill(model, tok, valid, tok.shape[1], packed)
         L = tmask.shape[1]
         lp = token_logprobs(model.logits(hidden[:, -L - 1:-1]), tok[:, -L:])
         return jnp.where(tmask, lp, 0.0).sum(-1)
 
     def score(prompt_ids, cand_ids) -> list[np.ndarray]:
         seqs = [(p + c, len(c)) for p, cs in zip(prompt_ids, cand_ids) for c in cs]
-        T = bucket(max(len(q) for q, _ in seqs), 16)
+        T = bucket(max(len(q) for q, _ in seqs), *PROMPT_BUCKET)
         L = max(m for _, m in seqs)
         tok = np.zeros((bucket(len(seqs)), T), np.int32)
         valid = np.zeros(tok.shape, bool)
         tmask = np.zeros((tok.shape[0], L), bool)
         for i, (q, m) in enumerate(seqs):
             tok[i, T - len(q):], valid[i, T - len(q):], tmask[i, L - m:] = q, True, True
-        sums = np.asarray(jax.block_until_ready(run(lm.state, tok, valid, tmask)))
+        packed = bucket(int(valid.sum()), *PACKED_BUCKET)
+        sums = np.asarray(jax.block_until_ready(run(lm.state, tok, valid, tmask, packed if packed < tok.size else None)))
         out, j = [], 0
         for cs in cand_ids:
             out.append(sums[j:j + len(cs)].astype(np.float64))
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="batches 1,4 and 3 repeats")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--results-dir", default=None, help="where to write the JSON (default benchmarks/results)")
     args = ap.parse_args(argv)
     if args.quick:
         args.batches, args.repeats = "1,4", 4
@@ -133,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                       for i in range(b)]
         cand_ids = [cands] * b
         lm.batch_size = max(b, 1)
+        matmuls, mm_flops = plain_matmuls(lm, sum(map(len, prompt_ids)))
         m = interleaved({
             "shared": lambda: lm.score_tokens(prompt_ids, cand_ids),
             "shared_with_embedding": lambda: lm.score_tokens(prompt_ids, cand_ids, with_embedding=True),
             "naive": lambda: naive(prompt_ids, cand_ids),
+            "matmul": matmuls,
         }, args.repeats)
+        lm.score_tokens(prompt_ids, cand_ids)
+        score_flops = lm.cost().last_call.flops
         res, ref = m["shared"]["result"], m["naive"]["result"]
         diff = max(float(np.abs(a - r).max()) for a, r in zip(res.logprobs, ref))
         t_shared, t_naive = m["shared"]["min_s"], m["naive"]["min_s"]
@@ -150,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             "embedding_overhead_min": m["shared_with_embedding"]["min_s"] / t_shared,
             "prompts_per_s_shared": b / t_shared, "prompts_per_s_naive": b / t_naive,
             "max_abs_logprob_diff": diff,
+            "shared_flops": score_flops, "shared_flops_per_s": score_flops / t_shared,
+            "matmul_flops_per_s": mm_flops / m["matmul"]["min_s"],
+            "shared_fraction_of_matmul": score_flops / t_shared / (mm_flops / m["matmul"]["min_s"]),
         }
         print(f"B={b:3d}: shared {t_shared * 1e3:8.1f} ms (compile {m['shared']['compile_s']:5.1f} s) | naive "
               f"{t_naive * 1e3:8.1f} ms (compile {m['naive']['compile_s']:5.1f} s) | min x{t_naive / t_shared:.2f} "
               f"median x{row['speedup_shared_vs_naive_median']:.2f} | +embedding x{row['embedding_overhead_min']:.2f}"
-              f" | max|diff| {diff:.2e}", file=sys.stderr)
+              f" | max|diff| {diff:.2e} | {row['shared_fraction_of_matmul']:.0%} of plain-matmul FLOP/s", file=sys.stderr)
         rows.append(row)
     cost = lm.cost()
     result = {
@@ -162,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "num_params": cost.num_params, "machine": {**machine, "load_average_end": os.getloadavg()},
         "repeats": args.repeats, "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("lm_scoring_quick.json" if args.quick else "lm_scoring.json")
+    out_dir = Path(args.results_dir) if args.results_dir else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / ("lm_scoring_quick.json" if args.quick else "lm_scoring.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))

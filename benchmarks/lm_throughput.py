@@ -12,15 +12,24 @@
     of the same compiled program with different step counts.
 (c) GPU only: decode at batch 1 in bf16 as bytes moved per step (weights + KV cache) / step time vs
     the device's HBM bandwidth, and large-batch prefill FLOP/s vs its dense bf16 peak.
+(d) Prefill vs a plain XLA matmul of the same shapes, side by side: the prefill program (``embed_tokens``)
+    on the scoring prompts, its useful FLOPs (real tokens, the engine's count) per second, against
+    ``x @ W`` jitted alone for each of the model's projection shapes at the same number of tokens
+    (reference FLOP/s = all projections' FLOPs / the sum of their plain-matmul times); the two are
+    timed in alternation so load changes hit both.
+(e) The real pair (``--pair``): cost of one scoring call (1 and 16 GLAM prompts x 6 actions) of each
+    installed model (SmolLM2-135M and Qwen2.5-Coder-1.5B-Instruct by default): seconds and FLOPs.
 
 Compile time is reported apart (first call), then warm-up, ``block_until_ready``, median of repeats.
-Results: benchmarks/results/lm_throughput_<device>[_quick].json.
+The load average is recorded at the start and the end. Results:
+benchmarks/results/lm_throughput_<device>[_quick].json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Timing, device_tag, machine_info, render_table, time_call, write_result  # noqa: E402
+
+from londi_jax.lm.engine import PROMPT_BUCKET, bucket  # noqa: E402
 
 ACTIONS = ("turn left", "turn right", "go forward", "pick up", "drop", "toggle")
 COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
@@ -142,6 +153,109 @@ def bench_generation(lm: Any, prompts: list[str], batch_sizes: list[int], repeat
     return rows
 
 
+# ----------------------------------------------------------------------------------- prefill vs matmul
+def projection_shapes(lm: Any) -> list[tuple[int, int]]:
+    """``(in, out)`` of every dense projection in the decoder layers (the prefill's matmuls), read
+    from the model's own kernels, one entry per matmul."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves_with_path(lm.state)
+    return [tuple(x.shape) for path, x in leaves
+            if x.ndim == 2 and "layers" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)]
+
+
+def plain_matmuls(lm: Any, n_tokens: int) -> tuple[Any, float]:
+    """``(run, flops)``: ``run()`` performs ``x @ W`` (jitted, float32, outputs ready) once for every
+    projection of the model (``projection_shapes``) on ``n_tokens`` rows: the prefill's matmul work
+    as plain XLA matmuls, the reference for its FLOP/s."""
+    import collections
+
+    import jax
+    import jax.numpy as jnp
+
+    shapes = collections.Counter(projection_shapes(lm))
+    matmul = jax.jit(lambda x, w: x @ w)
+    rng = np.random.default_rng(0)
+    operands = [(jnp.asarray(rng.standard_normal((n_tokens, i)), jnp.float32),
+                 jnp.asarray(rng.standard_normal((i, o)) * 0.02, jnp.float32), c) for (i, o), c in shapes.items()]
+
+    def run() -> None:
+        for x, w, c in operands:
+            for _ in range(c):
+                jax.block_until_ready(matmul(x, w))
+
+    return run, sum(2.0 * n_tokens * i * o * c for (i, o), c in shapes.items())
+
+
+def bench_prefill_vs_matmul(lm: Any, prompts: list[str], batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Prefill FLOP/s (useful FLOPs: real tokens) as a fraction of plain XLA matmuls of the model's
+    projection shapes at the same token count, timed in alternation (see module docstring)."""
+    rows = []
+    for b in batch_sizes:
+        ids = [lm.tokenizer.encode(p) for p in prompts[:b]]
+        n_tok = sum(map(len, ids))
+        lm.batch_size = max(lm.batch_size, b)
+        matmuls, mm_flops = plain_matmuls(lm, n_tok)
+        calls = {"prefill": lambda: lm.embed_tokens(ids), "matmul": matmuls}
+        first, times = {}, {name: [] for name in calls}
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            first[name] = time.perf_counter() - t0
+        for r in range(repeats + 1):  # round 0 is a warm-up
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+        best = {name: min(t) for name, t in times.items()}  # min: the steadier estimate on a shared machine
+        prefill_flops = lm.cost().last_call.flops  # the last LM call: embed_tokens(ids), the engine's count
+        pf, ref = prefill_flops / best["prefill"], mm_flops / best["matmul"]
+        rows.append({
+            "batch": b, "prompt_tokens": n_tok, "prefill_s": best["prefill"],
+            "prefill_median_s": float(np.median(times["prefill"])), "prefill_flops": prefill_flops,
+            "prefill_flops_per_s": pf, "matmul_s": best["matmul"], "matmul_flops": mm_flops,
+            "matmul_flops_per_s": ref, "fraction_of_matmul": pf / ref,
+            "prefill_compile_s": max(first["prefill"] - best["prefill"], 0.0),
+            "matmul_compile_s": max(first["matmul"] - best["matmul"], 0.0),
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------------- the real pair
+PAIR = ("smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct")
+
+
+def bench_pair(names: tuple[str, ...], prompts: list[str], batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Cost of one scoring call (N prompts x 6 actions, float32) for each installed model; a model
+    that is not installed gets a row saying how to install it."""
+    import gc
+
+    from londi_jax.lm import load_lm
+    from londi_jax.lm.registry import ModelNotInstalledError
+
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            t0 = time.perf_counter()
+            lm = load_lm(name, progress=False)
+        except ModelNotInstalledError as err:
+            rows.append({"model": name, "skipped": str(err)})
+            continue
+        load_s = time.perf_counter() - t0
+        for b in batch_sizes:
+            lm.batch_size = max(lm.batch_size, b)
+            t = time_call(lm.score, prompts[:b], [list(ACTIONS)] * b, repeats=repeats, warmup=0)
+            last = lm.cost().last_call
+            rows.append({"model": name, "num_params": lm.num_params, "load_s": load_s, "batch": b,
+                         "prompt_tokens": last.prompt_tokens, "scored_tokens": last.scored_tokens,
+                         "seconds_per_call": t.median_s, "flops_per_call": last.flops,
+                         "flops_per_s": last.flops / t.median_s, "compile_s": t.compile_s, "timing": t.to_dict()})
+        del lm
+        gc.collect()
+    return rows
+
+
 # ----------------------------------------------------------------------------------- PyTorch
 def load_torch_reference(gguf_path: Path):
     import torch
@@ -213,7 +327,7 @@ def bench_gpu_roofline(model_name: str, prompts: list[str], repeats: int) -> dic
     # Decode at batch 1: the same program run for 17 and 32 steps; the difference is 15 decode steps.
     gen = bench_generation(lm, prompts, [1], repeats)[0]
     p_len = len(lm.tokenizer.encode(prompts[0]))
-    cache_slots = max(16, 1 << (p_len - 1).bit_length()) + 32  # bucketed prompt + step cap
+    cache_slots = bucket(p_len, *PROMPT_BUCKET) + 32  # bucketed prompt + step cap
     kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * cache_slots * 2  # k and v, bf16, whole cache read
     if gen["decode_step_ms"]:
         step_s = gen["decode_step_ms"] / 1e3
@@ -243,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the result JSON instead of tables")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--pair", nargs="+", default=list(PAIR), metavar="MODEL",
+                    help=f"models whose scoring call is costed in (e) (default: {' '.join(PAIR)}; "
+                         "a model that is not installed is reported as such)")
+    ap.add_argument("--no-pair", action="store_true", help="skip (e)")
     ap.add_argument("--results-dir", default=None, help="where to write the JSON (default benchmarks/results)")
     args = ap.parse_args(argv)
 
@@ -251,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     from londi_jax.lm import load_lm
     from londi_jax.lm.registry import resolve_model_path
 
+    load_start = os.getloadavg()
     on_gpu = jax.devices()[0].platform == "gpu"
     repeats = 3 if args.quick else 5
     score_batches = [1, 4, 16] + ([64] if on_gpu else [])
@@ -267,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_params": lm.num_params,
     }
     result["scoring"] = bench_scoring(lm, prompts, score_batches, repeats)
+    result["prefill_vs_matmul"] = bench_prefill_vs_matmul(lm, prompts, score_batches, repeats)
     result["generation"] = bench_generation(lm, prompts, gen_batches, repeats)
 
     if not args.no_torch:
@@ -279,6 +399,13 @@ def main(argv: list[str] | None = None) -> int:
             model, tok = load_torch_reference(path)
             n = 16
             ours16 = lm.score(prompts[:n], [list(ACTIONS)] * n).logprobs
+            ours_times: list[float] = []
+
+            def time_ours() -> None:  # right before and after the PyTorch passes: same machine state
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    lm.score(prompts[:n], [list(ACTIONS)] * n)
+                    ours_times.append(time.perf_counter() - t0)
             torch_repeats = 1 if args.quick else 2  # each pass is 96 full forwards: slow on a small CPU
             with torch.inference_mode():  # warm-up (allocator, thread pool)
                 model(torch.tensor([tok.encode(prompts[0])]))
@@ -292,40 +419,58 @@ def main(argv: list[str] | None = None) -> int:
                     times.append(time.perf_counter() - t0)
                 return Timing(first_call_s=times[0], times=times, warmup=1)
 
+            time_ours()
             pairs = timed(torch_score_pairs, "pairs")
             batched = timed(torch_score_batched, "batched")
-            ours_t = next(r for r in result["scoring"] if r["batch"] == n)["median_s"]
+            time_ours()
+            ours_t = float(np.median(ours_times))
             result["torch_baseline"] = {
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "prompts": n, "pairs": n * len(ACTIONS),
                 "per_pair_median_s": pairs.median_s, "per_prompt_batched_median_s": batched.median_s,
+                "ours_median_s": ours_t, "ours_times_s": ours_times,
                 "speedup_vs_per_pair": pairs.median_s / ours_t,
                 "speedup_vs_per_prompt_batched": batched.median_s / ours_t,
                 "max_abs_logprob_diff_vs_ours": float(np.max(np.abs(np.array(ours16) - got["pairs"]))),
                 "max_abs_logprob_diff_batched_vs_pairs": float(np.max(np.abs(got["batched"] - got["pairs"]))),
                 "timing_per_pair": pairs.to_dict(), "timing_batched": batched.to_dict(),
             }
+            del model
     if on_gpu:
         result["gpu"] = bench_gpu_roofline(args.model, prompts, repeats)
+    else:
+        result["gpu"] = {"skipped": "no accelerator on this machine: decode vs HBM bandwidth and prefill vs "
+                                    "peak FLOP/s were not measured"}
+    model_name = lm.name
+    if not args.no_pair:
+        del lm  # room for the larger model
+        result["pair"] = bench_pair(tuple(args.pair), prompts, [1] if args.quick else [1, 16], repeats=2)
+    result["load_average"] = {"start": load_start, "end": os.getloadavg()}
 
     name = f"lm_throughput_{device_tag()}" + ("_quick" if args.quick else "")
     path = write_result(name, result, args.results_dir)
     if args.json:
         print(json.dumps({"machine": machine_info(), **result}, indent=2, default=str))
         return 0
-    print(f"{lm.name} on {jax.devices()[0]} (load {load_s:.1f} s); prompts {result['prompt_tokens']}")
+    print(f"{model_name} on {jax.devices()[0]} (load {load_s:.1f} s); prompts {result['prompt_tokens']}")
     print("\n(a) action scoring: N prompts x 6 actions")
     print(render_table(result["scoring"], ["batch", "pairs", "median_s", "ms_per_prompt", "pairs_per_s", "compile_s"]))
     print("\n(b) greedy generation")
     print(render_table(result["generation"], ["batch", "generated_tokens", "median_s", "tokens_per_s",
                                               "decode_step_ms", "decode_tokens_per_s", "compile_s"]))
+    print("\n(d) prefill vs plain XLA matmuls of the same shapes (useful FLOPs: real tokens)")
+    print(render_table(result["prefill_vs_matmul"], ["batch", "prompt_tokens", "prefill_s", "prefill_flops_per_s",
+                                                     "matmul_flops_per_s", "fraction_of_matmul", "prefill_compile_s"]))
+    if "pair" in result:
+        print("\n(e) the real pair: one scoring call, N prompts x 6 actions")
+        print(render_table(result["pair"], ["model", "batch", "prompt_tokens", "seconds_per_call", "flops_per_call",
+                                            "flops_per_s", "compile_s", "skipped"]))
     tb = result.get("torch_baseline")
     if tb and "skipped" not in tb:
         print(f"\nPyTorch baseline, 16 prompts x 6 actions ({tb['threads']} threads): one forward per pair "
               f"{tb['per_pair_median_s']:.2f} s -> londi_jax {tb['speedup_vs_per_pair']:.1f}x faster; "
               f"6 candidates batched per prompt {tb['per_prompt_batched_median_s']:.2f} s -> "
               f"{tb['speedup_vs_per_prompt_batched']:.1f}x; max |logprob diff| {tb['max_abs_logprob_diff_vs_ours']:.2e}")
-    if "gpu" in result:
-        print("\n(c) GPU roofline:", json.dumps(result["gpu"], indent=2, default=str))
+    print("\n(c) GPU roofline:", json.dumps(result["gpu"], indent=2, default=str))
     print(f"\nsaved {path}")
     return 0
 
