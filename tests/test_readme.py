@@ -11,8 +11,8 @@ What is a step:
 - every line of a ```bash block that starts like ``START`` (``londi-jax ...``, ``python
   experiments/...``, ``python benchmarks/...``), and every inline code span that does
   (``### Switcher: `python benchmarks/switcher_throughput.py` ``) unless it holds a placeholder
-  (``--out DIR``). Optional groups ``[--chat]`` are run included. Any other ```bash line must be listed in ``NOT_RUN`` with its reason, or the
-  test fails.
+  (``--out DIR``). Optional groups ``[--chat]`` are run included. Any other ```bash line must be
+  listed in ``NOT_RUN`` with its reason, or the test fails.
 
 Which interpreter: CLI commands, ``python experiments/...`` and the Python blocks run in the
 runtime-only venv named by ``$LONDI_RUNTIME_VENV`` (``make test`` sets it to ``./.venv``, made by
