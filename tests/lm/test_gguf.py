@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import llama_cpp_permute
+from gguf_files import llama_cpp_permute
 from londi_jax.lm.gguf_loader import GGUFError, permute_rotary_rows, read_gguf, unpermute_rotary_rows
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import LLAMA3_SPECIALS, LLAMA3_TEMPLATE
+from gguf_files import LLAMA3_SPECIALS, LLAMA3_TEMPLATE
 
 from londi_jax.cli import main
 from londi_jax.lm import load_gguf

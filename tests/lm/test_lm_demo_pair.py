@@ -111,7 +111,7 @@ def test_default_deep_is_the_largest_installed_model(tmp_path, monkeypatch, tiny
     small, _ = tiny_gguf("small.gguf")
     big, _ = tiny_gguf("big.gguf", tie=False)  # an untied LM head: a larger file
     assert big.stat().st_size > small.stat().st_size
-    fetchable = {k: v for k, v in registry._REGISTRY.items() if k != "smollm2-135m-instruct"}  # not installed here
+    fetchable = {k: registry._REGISTRY[k] for k in registry._installable_names()}  # the fetch-installed ones only
     monkeypatch.setattr(registry, "_REGISTRY", {**fetchable, "q": small})
     name, note = default_deep("q")
     assert name is None  # only QUICK is installed: QUICK alone, with how to install a DEEPTHINK model
@@ -129,7 +129,7 @@ def test_pair_demo_quick_alone_when_no_deep_is_installed(tmp_path, monkeypatch, 
 
     monkeypatch.setenv("LONDI_JAX_CACHE", str(tmp_path / "empty-cache"))
     path, _ = tiny_gguf(context=2048)
-    fetchable = {k: v for k, v in registry._REGISTRY.items() if k != "smollm2-135m-instruct"}  # not installed here
+    fetchable = {k: registry._REGISTRY[k] for k in registry._installable_names()}  # the fetch-installed ones only
     monkeypatch.setattr(registry, "_REGISTRY", {**fetchable, "q": path})
     r = run_pair_demo("q", max_new_tokens=2, repeats=0, progress=False)
     assert [m["role"] for m in r["models"]] == ["quick"] and r["ratios"] is None
