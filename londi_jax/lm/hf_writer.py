@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,12 +193,15 @@ def hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
 
 
 def save_hf_directory(model: CausalLM, directory: str | os.PathLike, tokenizer: Any = None, *,
-                      dtype: str = "float32") -> Path:
+                      dtype: str = "float32", eog_token_ids: Sequence[int] = ()) -> Path:
     """Write ``model`` (and ``tokenizer`` via ``save_pretrained``) as a Hugging Face directory.
 
     ``dtype`` is the stored tensor dtype ('float32', 'bfloat16' or 'float16'). LoRA adapters are
-    folded in first (``lora.merge_lora``). The directory is built in a temporary sibling and renamed
-    into place; an existing directory is replaced only if it is empty or holds a config.json.
+    folded in first (``lora.merge_lora``). ``eog_token_ids`` (ids that end generation, e.g. a GGUF's
+    ``<|eot_id|>`` beside its EOS) go to generation_config.json's ``eos_token_id`` list, where
+    transformers' ``generate()`` and our loader read them, so a saved model stops where its source
+    did. The directory is built in a temporary sibling and renamed into place; an existing
+    directory is replaced only if it is empty or holds a config.json.
     """
     import ml_dtypes
     from safetensors.numpy import save_file
@@ -220,10 +223,14 @@ def save_hf_directory(model: CausalLM, directory: str | os.PathLike, tokenizer: 
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if eog_token_ids:
+            gen = {"eos_token_id": sorted({int(i) for i in eog_token_ids})}
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     return Path(directory)
 
 
 def save_language_model(lm: Any, directory: str | os.PathLike, *, dtype: str = "float32") -> Path:
-    """``save_hf_directory`` for a ``LanguageModel`` (its current weights and tokenizer)."""
-    return save_hf_directory(lm.model, directory, lm.tokenizer, dtype=dtype)
+    """``save_hf_directory`` for a ``LanguageModel`` (its current weights, tokenizer and
+    end-of-generation ids)."""
+    return save_hf_directory(lm.model, directory, lm.tokenizer, dtype=dtype, eog_token_ids=lm.eog_token_ids)

@@ -39,6 +39,31 @@ def test_gguf_end_of_turn_token_ends_the_row(llama3_gguf, eot_key):
     assert ids == [[the, and_, 2]] and lm.cost().last_call.flops == pytest.approx(stopped.flops)
 
 
+def test_saved_model_keeps_its_end_of_generation_ids(llama3_gguf, tmp_path):
+    """A GGUF saved as a Hugging Face directory (what BC/LoRA stages write) still stops on <|eot_id|>:
+    in our loader and in transformers' generate(), which reads generation_config.json."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from londi_jax.lm.hf_loader import load_hf_directory
+    from londi_jax.lm.hf_writer import save_language_model
+
+    _, info = llama3_gguf("probe.gguf", tie=False)
+    the, and_, a = _ids(info, "Ġthe", "Ġand", "Ġa")
+    path, _ = llama3_gguf(tie=False, script=[the, and_, 2, a])
+    saved = save_language_model(load_gguf(path, progress=False), tmp_path / "saved")
+    assert GenerationConfig.from_pretrained(str(saved)).eos_token_id == [1, 2]
+    lm = load_hf_directory(saved, progress=False)
+    assert lm.eog_token_ids == (1, 2)
+    res = lm.generate(["hi"], 8)
+    assert res.token_ids == [[the, and_, 2]] and res.finish_reasons == ["eos"]
+    ref = AutoModelForCausalLM.from_pretrained(str(saved), dtype=torch.float32).eval()
+    prompt = torch.tensor([lm.tokenizer.encode("hi")])
+    with torch.no_grad():
+        out = ref.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert out[0, prompt.shape[1]:].tolist() == [the, and_, 2]
+
+
 def test_stop_strings_that_are_or_span_special_tokens(tiny_gguf):
     _, info = tiny_gguf("probe.gguf", tie=False)
     the, and_, a = _ids(info, "Ġthe", "Ġand", "Ġa")
