@@ -85,7 +85,7 @@ def make_naive(lm):
     must compute), log-probs gathered on device."""
     from flax import nnx
 
-    from londi_jax.lm.engine import PACKED_BUCKET, PROMPT_BUCKET, bucket, prefill, token_logprobs
+    from londi_jax.lm.engine import PROMPT_BUCKET, bucket, packed_slots, prefill, token_logprobs
 
     @functools.partial(jax.jit, static_argnames="packed")
     def run(state, tok, valid, tmask, packed):
@@ -104,8 +104,7 @@ def make_naive(lm):
         tmask = np.zeros((tok.shape[0], L), bool)
         for i, (q, m) in enumerate(seqs):
             tok[i, T - len(q):], valid[i, T - len(q):], tmask[i, L - m:] = q, True, True
-        packed = bucket(int(valid.sum()), *PACKED_BUCKET)
-        sums = np.asarray(jax.block_until_ready(run(lm.state, tok, valid, tmask, packed if packed < tok.size else None)))
+        sums = np.asarray(jax.block_until_ready(run(lm.state, tok, valid, tmask, packed_slots(int(valid.sum()), tok.size))))
         out, j = [], 0
         for cs in cand_ids:
             out.append(sums[j:j + len(cs)].astype(np.float64))

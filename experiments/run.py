@@ -21,6 +21,7 @@ import tyro
 
 from londi_jax.experiments.config import PRESETS, PipelineConfig, preset
 from londi_jax.experiments.pipeline import Pipeline
+from londi_jax.utils.cache import enable_compilation_cache
 
 
 @dataclasses.dataclass
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     known, rest = pre.parse_known_args(argv)
     default = Run(config=preset(known.preset), out=f"runs/{known.preset}")
     run = tyro.cli(Run, default=default, args=rest, description=__doc__)
+    enable_compilation_cache()  # as `londi-jax demo`: reruns load their compiled programs
     result = Pipeline(run.config, run.out, force=run.force_stages, fork_from=run.fork_from).run(run.stages)
     print(json.dumps(result, indent=2))
     return result

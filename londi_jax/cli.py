@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from londi_jax.utils.cache import enable_compilation_cache
 from londi_jax.utils.errors import LondiError
 
 
@@ -34,6 +35,7 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # reruns and resumed stages load their XLA programs (utils/cache.py)
     try:
         return int(args.func(args) or 0)
     except LondiError as err:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One XLA compilation cache for the session, shared by the xdist workers (they inherit this
+# environment) and the README's commands in subprocesses: the tiny pipeline run, its resumed, forced
+# and forked copies and the README's run compile their programs once (utils/cache.py; a user's
+# rerun gets the same). Fresh per session, so a session still compiles everything once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="londi-jax-test-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -16,9 +16,10 @@ walk. Programs:
 Prefill packs the prompts' real tokens back to back for the projections and MLPs (the bulk of
 the FLOPs) and runs attention per left-padded row (``prefill(..., packed=N)``), so padding costs
 attention only. Shapes are bucketed by ``bucket`` (its docstring states the waste bound): batch
-rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, packed tokens to
-8 per octave, candidate count and length exact up to 8; new lengths inside a bucket reuse the
-compiled program; values such as ``max_new_tokens``, temperature, top-k and top-p are traced
+rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, candidate count
+and length exact up to 8; packed tokens to eighths of the padded block (``packed_slots``: at most
+7 packed programs per block shape, not one per octave step, which multiplied compiles); new
+lengths inside a bucket reuse the compiled program; values such as ``max_new_tokens``, temperature, top-k and top-p are traced
 arguments and never recompile.
 
 Tokenization: prompts use ``encode(prompt, add_special_tokens=True)`` (BOS if the tokenizer adds
@@ -92,12 +93,29 @@ def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
 
 # Bucket policies (``bucket(n, granule, steps)``), chosen for the CPU prefill of GLAM-style prompts:
 # prompt slots (attention and the KV cache only, once prompts are packed): < 25% extra slots;
-# packed prompt tokens (every projection and MLP): < 12.5% extra tokens; candidates per prompt and
-# candidate tokens: exact up to 8, then < 25% extra. Batch rows stay powers of two (``_batch_bucket``):
-# an all-padding row costs attention only, since packed prefill skips padding tokens.
+# candidates per prompt and candidate tokens: exact up to 8, then < 25% extra. Batch rows stay powers
+# of two (``_batch_bucket``): an all-padding row costs attention only, since packed prefill skips
+# padding tokens. Packed prompt tokens: ``packed_slots``.
 PROMPT_BUCKET = (16, 4)
-PACKED_BUCKET = (16, 8)
 CANDIDATE_BUCKET = (1, 4)
+PACKED_FRACTIONS = 8
+
+
+def packed_slots(num_tokens: int, block: int) -> int | None:
+    """Packed-token count for ``prefill`` of ``num_tokens`` real tokens in a padded ``block`` of
+    ``B * P`` slots: ``num_tokens`` rounded up to a multiple of ``block / PACKED_FRACTIONS``, or None
+    (the padded layout) when that is the whole block.
+
+    Why eighths of the block and not an octave bucket of ``num_tokens``: the packed count is a static
+    shape *per block shape*, so an octave scheme multiplied the programs (about 10 per block shape, 101
+    score programs in one tiny pipeline run); eighths give at most 7 per block shape, and a workload of
+    similar prompt lengths hits one or two. Waste: under ``block / 8`` packed tokens, i.e. < 12.5% of
+    the block (< 25% of the real tokens when they fill at least half of it). E.g. ``block = 4 * 32``:
+    26 tokens -> 32, 100 -> 112, 120 -> None.
+    """
+    step = max(block // PACKED_FRACTIONS, 1)
+    packed = -(-max(int(num_tokens), 1) // step) * step
+    return packed if packed < block else None
 
 
 def positions_from_valid(valid: jax.Array) -> jax.Array:
@@ -343,8 +361,7 @@ class LanguageModel:
         B = self._batch_bucket(len(rows))
         P = bucket(max(len(r) for r in rows), *PROMPT_BUCKET)
         tok, valid = self._left_pad(rows, B, P)
-        packed = bucket(sum(len(r) for r in rows), *PACKED_BUCKET)
-        return tok, valid, (packed if packed < B * P else None)
+        return tok, valid, packed_slots(sum(len(r) for r in rows), B * P)
 
     def _batch_bucket(self, n: int) -> int:
         """Rows of a program call: ``n`` rounded up to a power of two, at least ``min_batch``

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from londi_jax.utils.cache import CACHE_ENV, cache_dir  # noqa: F401  (re-exported: the installer's cache)
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
-CACHE_ENV = "LONDI_JAX_CACHE"
 _CHUNK = 1 << 22  # 4 MiB copy/hash blocks
 
 
@@ -138,15 +138,6 @@ def catalogue_entry(name: str) -> CatalogueEntry:
         return CATALOGUE[name]
     except KeyError:
         raise UnknownNameError("installable model", name, CATALOGUE) from None
-
-
-def cache_dir() -> Path:
-    """``$LONDI_JAX_CACHE``, else ``$XDG_CACHE_HOME/londi_jax``, else ``~/.cache/londi_jax``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: relative paths are invalid
-    return base / "londi_jax"
 
 
 def models_dir() -> Path:

@@ -175,7 +175,7 @@ def test_real_pair_smollm2_and_qwen_05b(capsys, monkeypatch, smollm2_lm):
     monkeypatch.setattr(registry, "load_lm", lambda name, dtype="float32", progress=True:
                         smollm2_lm if name == "smollm2-135m-instruct" else real(name, dtype, progress))
     rc, out, _ = _cli(capsys, "lm", "demo", "--quick", "smollm2-135m-instruct", "--deep", deep,
-                      "--max-new-tokens", "24", "--json")
+                      "--max-new-tokens", "8", "--repeats", "0", "--json")  # load + one call each: enough
     assert rc == 0
     r = json.loads(out)
     q, d = r["models"]

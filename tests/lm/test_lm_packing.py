@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from lm_core_helpers import load_tiny
 
-from londi_jax.lm.engine import PACKED_BUCKET, PROMPT_BUCKET, bucket, prefill
+from londi_jax.lm.engine import PROMPT_BUCKET, bucket, packed_slots, prefill
 
 
 @pytest.mark.parametrize("granule,steps", [(1, 1), (16, 1), (16, 4), (16, 8), (1, 4)])
@@ -30,6 +30,31 @@ def test_bucket_examples():
     assert [bucket(n, 16, 4) for n in (1, 17, 144, 160, 161, 193)] == [16, 32, 160, 160, 192, 224]
     assert [bucket(n, 16, 8) for n in (193, 2690)] == [208, 2816]
     assert [bucket(n, 1, 4) for n in range(1, 11)] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 10]
+
+
+def test_packed_slots_bound_waste_and_programs_per_block():
+    assert [packed_slots(n, 4 * 32) for n in (1, 26, 100, 112, 113, 128)] == [16, 32, 112, 112, None, None]
+    for B, P in [(1, 160), (4, 192), (8, 224), (16, 320)]:
+        block, seen = B * P, set()
+        for n in range(1, block + 1):
+            got = packed_slots(n, block)
+            if got is not None:
+                assert n <= got < block and got - n < block / 8, (B, P, n, got)
+            seen.add(got)
+        assert len(seen - {None}) <= 7  # one program per eighth at most, whatever the prompt lengths
+
+
+def test_ragged_batches_of_one_block_shape_compile_a_few_programs():
+    """Scoring many batches whose lengths differ but share one (B, P) block compiles at most one
+    program per packed eighth (the octave scheme compiled about ten per block shape)."""
+    lm, _ = load_tiny("llama")
+    rng = np.random.default_rng(1)
+    before = lm.trace_counts["score"]
+    for _ in range(12):
+        lengths = rng.integers(20, 33, 4)  # P bucket 32, B 4: block 128
+        prompts = [rng.integers(3, 300, int(n)).tolist() for n in lengths]
+        lm.score_tokens(prompts, [[[5], [6, 7]]] * 4)
+    assert lm.trace_counts["score"] - before <= 3  # 80-128 real tokens: eighths 96, 112 and None
 
 
 @pytest.mark.parametrize("kind", ["llama", "neox_parallel"])
@@ -60,7 +85,7 @@ def test_engine_packs_ragged_prompts():
     rows = [[1] * 19, [1] * 2, [1] * 5]
     tok, valid, packed = lm._prompt_block(rows)
     assert tok.shape == (4, bucket(19, *PROMPT_BUCKET)) and valid.sum() == 26
-    assert packed == bucket(26, *PACKED_BUCKET) < tok.size  # the projections see 32 tokens, not 128
+    assert packed == 32 < tok.size  # eighths of the 4 x 32 block: the projections see 32 tokens, not 128
     _, _, packed = lm._prompt_block([[1] * 16])
     assert packed is None  # nothing to save: the padded layout is used
 
