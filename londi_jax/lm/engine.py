@@ -99,12 +99,13 @@ def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
 PROMPT_BUCKET = (16, 4)
 CANDIDATE_BUCKET = (1, 4)
 PACKED_FRACTIONS = 8
+PACKED_GRANULE = 16  # below this many tokens a step saves nothing worth a program
 
 
 def packed_slots(num_tokens: int, block: int) -> int | None:
     """Packed-token count for ``prefill`` of ``num_tokens`` real tokens in a padded ``block`` of
-    ``B * P`` slots: ``num_tokens`` rounded up to a multiple of ``block / PACKED_FRACTIONS``, or None
-    (the padded layout) when that is the whole block.
+    ``B * P`` slots: ``num_tokens`` rounded up to a multiple of ``block / PACKED_FRACTIONS`` (at least
+    ``PACKED_GRANULE`` tokens), or None (the padded layout) when that is the whole block.
 
     Why eighths of the block and not an octave bucket of ``num_tokens``: the packed count is a static
     shape *per block shape*, so an octave scheme multiplied the programs (about 10 per block shape, 101
@@ -113,7 +114,7 @@ def packed_slots(num_tokens: int, block: int) -> int | None:
     the block (< 25% of the real tokens when they fill at least half of it). E.g. ``block = 4 * 32``:
     26 tokens -> 32, 100 -> 112, 120 -> None.
     """
-    step = max(block // PACKED_FRACTIONS, 1)
+    step = max(block // PACKED_FRACTIONS, PACKED_GRANULE)
     packed = -(-max(int(num_tokens), 1) // step) * step
     return packed if packed < block else None
 
