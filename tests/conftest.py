@@ -32,13 +32,18 @@ def smollm2_gguf_path() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _restore_model_registry():
-    """Names a test registers (``register_model``) end with the test: later tests in the same
-    worker see only the built-in registry, whichever order xdist runs them in."""
+    """Names a test registers or replaces (``register_model``) end with the test: later tests in the
+    same worker see the registry as it was, whichever order xdist runs them in."""
+    registry = sys.modules.get("londi_jax.lm.registry")
+    before = dict(registry._REGISTRY) if registry is not None else None
     yield
     registry = sys.modules.get("londi_jax.lm.registry")
-    if registry is not None:
-        for name in [n for n, src in registry._REGISTRY.items() if src not in registry._PATH_FACTORIES]:
-            del registry._REGISTRY[name]
+    if registry is None:
+        return
+    if before is None:  # first imported during the test: the built-ins are the lazy path factories
+        before = {n: src for n, src in registry._REGISTRY.items() if src in registry._PATH_FACTORIES}
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ attention only. Shapes are bucketed by ``bucket`` (its docstring states the wast
 rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, candidate count
 and length exact up to 8; packed tokens to eighths of the padded block (``packed_slots``: at most
 7 packed programs per block shape, not one per octave step, which multiplied compiles); new
-lengths inside a bucket reuse the compiled program; values such as ``max_new_tokens``, temperature, top-k and top-p are traced
-arguments and never recompile.
+lengths inside a bucket reuse the compiled program; values such as ``max_new_tokens``,
+temperature, top-k and top-p are traced arguments and never recompile.
 
 Tokenization: prompts use ``encode(prompt, add_special_tokens=True)`` (BOS if the tokenizer adds
 one), a whole batch in one call of the fast tokenizer's batch encoding; each candidate is

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from londi_jax.utils.cache import CACHE_ENV, cache_dir  # noqa: F401  (re-exported: the installer's cache)
+from londi_jax.utils.cache import cache_dir
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
 _CHUNK = 1 << 22  # 4 MiB copy/hash blocks
