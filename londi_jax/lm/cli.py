@@ -19,9 +19,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_json_flag(p)
 
 
-def _cost_dict(lm: Any) -> dict[str, Any]:
+def _cost_dict(lm: Any, last: Any) -> dict[str, Any]:
+    """The model's size and ``last``, the cost the call's result carries."""
     rep = lm.cost()
-    last = rep.last_call
     return {
         "num_params": rep.num_params,
         "flops_per_generated_token": rep.flops_per_generated_token,
@@ -57,7 +57,7 @@ def _score(args: argparse.Namespace) -> int:
             for c, lp, n, p in zip(args.candidate, lps, res.num_tokens[0], among)
         ],
         "best": args.candidate[res.best()[0]],
-        "cost": _cost_dict(lm),
+        "cost": _cost_dict(lm, res.cost),
     }
 
     def render(r: dict[str, Any]) -> str:
@@ -99,7 +99,7 @@ def _generate(args: argparse.Namespace) -> int:
         "token_ids": res.token_ids[0],
         "num_tokens": len(res.token_ids[0]),
         "finish_reason": res.finish_reasons[0],
-        "cost": _cost_dict(lm),
+        "cost": _cost_dict(lm, res.cost),
     }
 
     def render(r: dict[str, Any]) -> str:

@@ -87,11 +87,11 @@ def default_deep(quick: str = DEFAULT_QUICK) -> tuple[str | None, str | None]:
 def _score_timed(lm: Any, repeats: int) -> tuple[Any, dict[str, Any]]:
     """Score the GLAM prompt: the first call (maybe compiling) timed apart from ``repeats`` warm calls."""
     res = lm.score([GLAM_PROMPT], [list(BABYAI_ACTIONS)])
-    first = lm.cost().last_call
+    first = res.cost
     warm = []
     for _ in range(repeats):
         res = lm.score([GLAM_PROMPT], [list(BABYAI_ACTIONS)])
-        warm.append(lm.cost().last_call.seconds)
+        warm.append(res.cost.seconds)
     warm_s = statistics.median(warm) if warm else None
     return res, {
         "prompt_tokens": first.prompt_tokens,
@@ -112,7 +112,7 @@ def _model_demo(lm: Any, load_s: float, dtype: str, max_new_tokens: int, repeats
     among = softmax(logprobs)
     conversation = [{"role": "user", "content": CHAT_QUESTION}]
     gen = lm.generate_chat([conversation], max_new_tokens)  # stops on the model's end-of-turn token
-    gen_cost = lm.cost().last_call
+    gen_cost = gen.cost
     report = lm.cost()
     return {
         "model": lm.name,

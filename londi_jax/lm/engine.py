@@ -376,7 +376,7 @@ class LanguageModel:
         return tqdm(chunks, desc=desc, disable=len(chunks) < 4, leave=False)
 
     def _record(self, kind: str, t0: float, traces_before: int, prompt_tokens: int, scored: int,
-                generated: int, spans: list[tuple[float, float]]) -> None:
+                generated: int, spans: list[tuple[float, float]]) -> CallCost:
         flops = sum(f for f, _ in spans)
         n_tok = prompt_tokens + scored + generated
         self._last_context = sum(c for _, c in spans) / max(n_tok, 1)
@@ -386,6 +386,7 @@ class LanguageModel:
         self._totals["seconds"] += call.seconds
         self._totals["flops"] += call.flops
         self._totals["calls"] += 1
+        return call
 
     # ------------------------------------------------------------------ FLOPs
     def _flops(self, context: float, logits: bool = False) -> float:
@@ -467,13 +468,14 @@ class LanguageModel:
                 spans.append(self._span(0, pl, 1))  # the prompt's last logits score candidate token 0
                 spans.extend(self._span(pl, m, m - 1) for m in lens)
         n_scored = sum(len(c) for cs in candidate_ids for c in cs)
-        self._record("score", t0, traces, sum(map(len, prompt_ids)), n_scored, 0, spans)
+        call = self._record("score", t0, traces, sum(map(len, prompt_ids)), n_scored, 0, spans)
         return ScoreResult(
             logprobs=[np.array([t.sum() for t in row]) for row in lp_out],
             num_tokens=[np.array([len(c) for c in cs]) for cs in candidate_ids],
             token_logprobs=lp_out,
             embeddings=emb if with_embedding else None,
             last_hidden=last_h if with_embedding else None,
+            cost=call,
         )
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:
@@ -508,6 +510,11 @@ class LanguageModel:
         self._record("logits", t0, traces, sum(map(len, token_ids)), 0, 0,
                      [self._span(0, len(p), len(p)) for p in token_ids])
         return out
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states (``ScoreResult.embeddings`` / ``last_hidden``)."""
+        return int(self.config.hidden_size)
 
     @property
     def eog_token_ids(self) -> tuple[int, ...]:
@@ -575,8 +582,8 @@ class LanguageModel:
         if isinstance(stop, str):
             stop = (stop,)
         stop = tuple(s for s in stop if s)
-        ids, _ = self.generate_tokens(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, stop=stop, seed=seed)
+        ids, _, call = self._generate_ids(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, stop=stop, seed=seed)
         eog = set(self.eog_token_ids)
         texts, out_ids, out_reasons = [], [], []
         for row in ids:
@@ -590,7 +597,7 @@ class LanguageModel:
             texts.append(text)
             out_ids.append(row)
             out_reasons.append(reason)
-        return GenerateResult(texts, out_ids, out_reasons)
+        return GenerateResult(texts, out_ids, out_reasons, call)
 
     def _stop_string_end(self, row: Sequence[int], stop: tuple[str, ...]) -> int | None:
         """Number of tokens up to the one completing the first stop string in ``row`` decoded with
@@ -626,6 +633,13 @@ class LanguageModel:
                         stop: tuple[str, ...] = (), seed: int = 0) -> tuple[list[list[int]], list[str]]:
         """Token-level ``generate``: new token ids per prompt (incl. a final EOS / stop token) and
         on-device finish reasons ('eos' for any stopping token, else 'length')."""
+        ids, reasons, _ = self._generate_ids(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                             top_p=top_p, stop=stop, seed=seed)
+        return ids, reasons
+
+    def _generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float,
+                      top_k: int | None, top_p: float | None, stop: tuple[str, ...],
+                      seed: int) -> tuple[list[list[int]], list[str], CallCost]:
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         if int(max_new_tokens) < 1:
             raise LMInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -657,8 +671,8 @@ class LanguageModel:
                 # token t is sampled from logits of the previous position; the last one is never fed back
                 spans.append(self._span(0, pl, 1))
                 spans.append(self._span(pl, max(g - 1, 0), max(g - 1, 0)))
-        self._record("generate", t0, traces, sum(map(len, prompt_ids)), 0, sum(map(len, out_ids)), spans)
-        return out_ids, reasons
+        call = self._record("generate", t0, traces, sum(map(len, prompt_ids)), 0, sum(map(len, out_ids)), spans)
+        return out_ids, reasons, call
 
     def cost(self) -> CostReport:
         """Parameter counts, FLOPs per token (formula in ``CostReport``) and measured seconds."""

@@ -34,18 +34,33 @@ class TokenizerLike(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class CallCost:
+    """Measured cost of one call."""
+
+    kind: str  # 'score' | 'generate' | 'embed' | 'logits'
+    seconds: float  # wall time incl. host work, outputs block_until_ready'd
+    compiled: bool  # True if this call traced/compiled a new program (then seconds include compile)
+    prompt_tokens: int
+    scored_tokens: int
+    generated_tokens: int
+    flops: float  # useful FLOPs (real tokens only, padding not counted), formula in CostReport
+
+
+@dataclasses.dataclass(frozen=True)
 class ScoreResult:
     """Per prompt i: ``logprobs[i][k]`` = summed log-probability of candidate k's tokens given the
     prompt, ``num_tokens[i][k]`` its token count, ``token_logprobs[i][k]`` the per-token values.
     ``embeddings (B, D)``: prompt embeddings from the same forward pass (``with_embedding``);
     ``last_hidden (B, D)``: the final-normed hidden state of each prompt's last token (the state
-    the next-token prediction reads), also from that pass (``with_embedding``)."""
+    the next-token prediction reads), also from that pass (``with_embedding``). ``cost``: the
+    measured cost of the call that produced this result (seconds, FLOPs, tokens)."""
 
     logprobs: list[np.ndarray]
     num_tokens: list[np.ndarray]
     token_logprobs: list[list[np.ndarray]]
     embeddings: np.ndarray | None = None
     last_hidden: np.ndarray | None = None
+    cost: CallCost | None = None
 
     def mean_logprobs(self) -> list[np.ndarray]:
         """Length-normalised scores (sum / token count) per prompt."""
@@ -60,25 +75,13 @@ class ScoreResult:
 @dataclasses.dataclass(frozen=True)
 class GenerateResult:
     """Generated continuations: decoded ``texts`` (stop string / EOS excluded), the generated
-    ``token_ids`` (up to and including a stopping token) and ``finish_reasons`` in
-    {'eos', 'stop', 'length'}."""
+    ``token_ids`` (up to and including a stopping token), ``finish_reasons`` in
+    {'eos', 'stop', 'length'} and ``cost``, the measured cost of the call."""
 
     texts: list[str]
     token_ids: list[list[int]]
     finish_reasons: list[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class CallCost:
-    """Measured cost of one call."""
-
-    kind: str  # 'score' | 'generate' | 'embed' | 'logits'
-    seconds: float  # wall time incl. host work, outputs block_until_ready'd
-    compiled: bool  # True if this call traced/compiled a new program (then seconds include compile)
-    prompt_tokens: int
-    scored_tokens: int
-    generated_tokens: int
-    flops: float  # useful FLOPs (real tokens only, padding not counted), formula in CostReport
+    cost: CallCost | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +113,26 @@ class CostReport:
 
 @runtime_checkable
 class LM(Protocol):
-    """A language model that can score fixed candidate actions, generate, embed and report cost."""
+    """A language model as the rest of londi_jax uses it (QUICK, DEEPTHINK, an FSLM stack).
+
+    Policies score fixed action strings after prompts they tokenize themselves
+    (``tokenizer`` + ``score_tokens(..., with_embedding=True)``: the action scores and the
+    prompt's pooled / last-token states, ``hidden_size`` wide, from one forward); every result
+    carries the measured cost of its call (``ScoreResult.cost``, ``GenerateResult.cost``);
+    ``cost()`` reports the model's size and running totals.
+    """
 
     name: str
+    tokenizer: Any  # TokenizerLike, callable on a batch of texts (transformers' fast tokenizer)
+
+    @property
+    def hidden_size(self) -> int: ...
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *,
               with_embedding: bool = False) -> ScoreResult: ...
+
+    def score_tokens(self, prompt_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[Sequence[int]]], *,
+                     with_embedding: bool = False) -> ScoreResult: ...
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),

@@ -76,11 +76,6 @@ def test_bfloat16_params_and_activations(root):
         np.testing.assert_allclose(a, b, rtol=0.03)
 
 
-def test_language_model_satisfies_the_lm_protocol(root):
-    from londi_jax.lm.interface import LM
-
-    path, _ = save_tiny(root, "mistral")
-    assert isinstance(load_hf_directory(path), LM)
 
 
 @pytest.mark.parametrize("scaling", [
