@@ -34,7 +34,7 @@ from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.lm.engine import score_candidates
 from londi_jax.lm.layers import CausalLM
 from londi_jax.lm.lora import LoRAConfig, add_lora, merge_lora, merge_trainable, split_trainable
-from londi_jax.switcher.checkpoint import CheckpointStore
+from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import above, at_least, check_fields, one_of
 

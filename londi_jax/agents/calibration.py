@@ -10,18 +10,18 @@ target rate is read off that curve by monotone, piecewise-linear interpolation.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher.config import SwitcherConfig
-from londi_jax.switcher.network import graphdef, q_values
+from londi_jax.switcher.core import greedy
+from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, grid_hparams, make_offline_train, validate
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.programs import program_cache
 
 __all__ = ["CalibrationError", "CalibrationResult", "monotone_rates", "interpolate_cost", "greedy_call_rate",
            "offline_call_rates", "calibrate_cost", "calibrate_cost_for_budget"]
@@ -116,12 +116,11 @@ def _check_grid(c_grid: Sequence[float]) -> np.ndarray:
 
 def greedy_call_rate(gdef, params, obs: jax.Array) -> jax.Array:
     """Fraction of the states ``obs`` where a switcher's greedy choice is DEEPTHINK (ties -> QUICK)."""
-    q = q_values(gdef, params, obs)
-    g = budget_lib.masked_argmax(q, jnp.ones(q.shape[:-1], bool))
+    g = greedy(gdef, params, obs, jnp.ones(obs.shape[:-1], bool))
     return jnp.mean(g.astype(jnp.float32))
 
 
-@functools.lru_cache(maxsize=16)
+@program_cache(maxsize=16)
 def _rates_program(cfg: SwitcherConfig):
     """``jit(vmap(train -> greedy call rate))`` over members, dataset shared (cached per config,
     so repeated calibrations with the same shapes do not recompile)."""

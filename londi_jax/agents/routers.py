@@ -20,17 +20,17 @@ not read QUICK's output, so the agent runs QUICK only where it acts).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher.config import SwitcherConfig
-from londi_jax.switcher.network import graphdef, q_values as network_q_values
+from londi_jax.switcher.core import greedy_switch
+from londi_jax.switcher.network import graphdef
 from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.programs import program_cache
 
 __all__ = [
     "RouteInput", "Router", "RouterError", "QuickOnly", "DeepthinkOnly", "RandomRouter",
@@ -340,7 +340,7 @@ class SwiftSageRouter:
 # ----------------------------------------------------------------------------- learned switch
 
 
-@functools.lru_cache(maxsize=32)
+@program_cache(maxsize=32)
 def _greedy_switch_program(config: SwitcherConfig):
     """One jitted greedy-switch program per (hashable) config, shared by every router built on
     it: a sweep's many switchers (c values, seeds) compile once per batch shape, not once each."""
@@ -348,9 +348,7 @@ def _greedy_switch_program(config: SwitcherConfig):
 
     @jax.jit
     def run(params, obs, b, n):
-        x = budget_lib.features(obs, b, n, use_budget)
-        q = network_q_values(gdef, params, x)
-        return q, budget_lib.masked_argmax(q, budget_lib.can_call(b, True))
+        return greedy_switch(gdef, params, obs, b, n, use_budget, can=b > 0)  # never a call with none left
 
     return run
 

@@ -54,8 +54,22 @@ def act(gdef: nnx.GraphDef, params: nnx.State, obs: jax.Array, can: jax.Array,
 
 
 def greedy(gdef: nnx.GraphDef, params: nnx.State, obs: jax.Array, can: jax.Array) -> jax.Array:
-    """Greedy admissible switch (deployment)."""
+    """Greedy admissible switch for switcher inputs ``obs [..., input_dim]`` (ties go to QUICK)."""
     return budget_lib.masked_argmax(q_values(gdef, params, obs), can)
+
+
+def greedy_switch(gdef: nnx.GraphDef, params: nnx.State, obs: jax.Array, b: jax.Array, n: jax.Array,
+                  use_budget: bool, can: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The deployed LONDI switch, the one definition every evaluator and router uses.
+
+    ``obs [..., obs_dim]``: the state features; ``b [...]``: budget left; ``n``: the episode's
+    budget (LONDI-B appends ``b / n`` and masks g = 1 at ``b = 0``; without the budget both are
+    ignored). ``can``: where g = 1 is admissible, default ``budget.can_call(b, use_budget)`` (a
+    deployed agent also masks it wherever its own budget is spent). Returns ``(q [..., 2],
+    g [...] int32)``: unmasked Q-values and ``argmax_g Q`` over admissible g, ties to QUICK.
+    """
+    q = q_values(gdef, params, budget_lib.features(obs, b, n, use_budget))
+    return q, budget_lib.masked_argmax(q, budget_lib.can_call(b, use_budget) if can is None else can)
 
 
 def _factory(name: str):

@@ -37,6 +37,7 @@ from londi_jax.switcher.config import HParams, SwitcherConfig, epsilon
 from londi_jax.switcher.core import Transition, act, greedy
 from londi_jax.switcher.network import graphdef, q_values
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.programs import program_cache
 
 __all__ = ["HostSwitcher", "HostState", "HostLoopError"]
 
@@ -144,7 +145,7 @@ def observe_step(config: SwitcherConfig, hparams: HParams, state: HostState, rew
                          update=state.update + full.astype(jnp.int32)), metrics
 
 
-@functools.lru_cache(maxsize=32)
+@program_cache(maxsize=32)
 def _compiled(config: SwitcherConfig):
     """Jitted (init, act, observe) per static config, shared by every HostSwitcher using it."""
     return (jax.jit(functools.partial(init_state, config)),
@@ -217,7 +218,7 @@ class HostSwitcher:
     # ---- checkpoints -----------------------------------------------------------------
     def save(self, directory: str | os.PathLike, step: int | None = None, keep: int = 3) -> int:
         """Checkpoint the whole state (orbax, via :mod:`checkpoint`); returns the step used."""
-        from londi_jax.switcher.checkpoint import CheckpointStore
+        from londi_jax.utils.checkpoint import CheckpointStore
 
         step = int(self.state.update) if step is None else int(step)
         with CheckpointStore(directory, keep=keep) as store:
@@ -227,7 +228,7 @@ class HostSwitcher:
 
     def load(self, directory: str | os.PathLike, step: int | None = None) -> int:
         """Restore a checkpoint written by :meth:`save` (config / hparams must match)."""
-        from londi_jax.switcher.checkpoint import CheckpointStore
+        from londi_jax.utils.checkpoint import CheckpointStore
 
         with CheckpointStore(directory) as store:
             state, meta = store.restore(

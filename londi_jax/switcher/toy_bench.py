@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher import exact, toy
 from londi_jax.switcher.config import HParams, SwitcherConfig, check_hparam, check_value
-from londi_jax.switcher.network import q_values
+from londi_jax.switcher.core import greedy_switch
 from londi_jax.switcher.sweep import (ResultsTable, SweepSpec, evaluate_many, run_sweep,
                                       stack_hparams, train_many)
 from londi_jax.switcher.train import Trainer, make_train
@@ -59,9 +58,7 @@ def learned_policy(trainer: Trainer, params: Any, budget: int | None) -> np.ndar
     cols = []
     for b in range(budget + 1 if budget is not None else 1):
         bb = jnp.full((env.num_cells,), b, jnp.int32)
-        feats = budget_lib.features(obs, bb, n, budget is not None)
-        q = q_values(trainer.gdef, params, feats)
-        cols.append(np.asarray(budget_lib.masked_argmax(q, budget_lib.can_call(bb, budget is not None))))
+        cols.append(np.asarray(greedy_switch(trainer.gdef, params, obs, bb, n, budget is not None)[1]))
     return np.stack(cols, axis=1)
 
 

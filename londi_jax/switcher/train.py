@@ -28,7 +28,7 @@ from flax import struct
 from londi_jax.switcher import budget as budget_lib
 from londi_jax.switcher import dqn, pqn, replay
 from londi_jax.switcher.config import HParams, SwitcherConfig, epsilon
-from londi_jax.switcher.core import Transition, act, greedy
+from londi_jax.switcher.core import Transition, act, greedy_switch
 from londi_jax.switcher.network import graphdef
 from londi_jax.utils.errors import LondiError
 
@@ -196,8 +196,7 @@ class Trainer:
 
         def step(c):
             k = jax.random.fold_in(k_run, c["t"])
-            feats = budget_lib.features(c["obs"], c["b"], hparams.budget, cfg.use_budget)
-            g = greedy(self.gdef, params, feats, budget_lib.can_call(c["b"], cfg.use_budget))
+            _, g = greedy_switch(self.gdef, params, c["obs"], c["b"], hparams.budget, cfg.use_budget)
             obs2, st2, r, term, trunc, _ = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k, num_episodes), c["env_state"], g, env_params)
             alive = c["alive"]

@@ -1,5 +1,10 @@
-"""Update rules vs rlax's reference TD functions, and LONDI-B masking invariants."""
+"""Update rules vs rlax's reference TD functions, and LONDI-B masking invariants.
 
+chex checks what numpy cannot: whole pytrees against the reference, shapes, finiteness, and that
+sweeping traced hyperparameters (c, gamma, lambda, lr) never retraces an update rule.
+"""
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +46,7 @@ def test_double_q_target_matches_rlax():
     can = jnp.ones((B,), bool)
     ours = dqn.double_q_target(q_sel, q_val, r, disc, can) - q_tm1[jnp.arange(B), a]
     ref = jax.vmap(rlax.double_q_learning)(q_tm1, a, r, disc, q_val, q_sel)
-    np.testing.assert_allclose(ours, ref, atol=ATOL)
+    chex.assert_trees_all_close(ours, ref, atol=ATOL)
     # masked: where g=1 is inadmissible the target must use Q_target(z', 0) whatever Q1 says
     can = jax.random.bernoulli(k[0], 0.5, (B,))
     ours = dqn.double_q_target(q_sel + 5.0 * jnp.array([0.0, 1.0]), q_val, r, disc, can)
@@ -122,7 +127,8 @@ def test_pqn_lambda_zero_is_one_step_q_learning():
         return ours - q_tm1[jnp.arange(b.g.shape[0]), b.g], ref
 
     ours, ref = both(params, roll, b)
-    np.testing.assert_allclose(ours, ref, atol=ATOL)
+    chex.assert_shape(ours, (24,))
+    chex.assert_trees_all_close(ours, ref, atol=ATOL)
 
 
 def test_terminal_vs_truncated_by_hand():
@@ -233,3 +239,25 @@ def test_config_and_hparam_errors_name_the_fix():
         HParams.create(cost=0.1)
     with pytest.raises(LondiError, match="num_minibatches"):
         SwitcherConfig(obs_dim=3, learner="pqn", num_envs=3, rollout_len=3, num_minibatches=2)
+
+
+@pytest.mark.parametrize("learner", ["dqn", "pqn"])
+def test_sweeping_traced_hyperparameters_never_retraces(learner):
+    """One compiled update serves every (c, gamma, lambda, lr, tau): chex counts the traces."""
+    cfg = SwitcherConfig(obs_dim=3, hidden=(8,), learner=learner, num_minibatches=2, num_epochs=1)
+    mod = {"dqn": dqn, "pqn": pqn}[learner]
+    batch = _random_batch(jax.random.key(11), 8, 3, p_can=0.5)
+    data = batch if learner == "dqn" else jax.tree.map(lambda x: x.reshape((2, 4, *x.shape[1:])), batch)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state, hp, key):
+        return mod.update(cfg, hp, state, data) if learner == "dqn" else mod.update(cfg, hp, state, data, key)
+
+    state = mod.init(cfg, HParams.create(), jax.random.key(0))
+    for c, gamma, lam, lr in [(0.0, 0.9, 0.0, 1e-3), (0.5, 0.99, 0.9, 3e-4), (2.0, 0.5, 0.5, 1e-2)]:
+        hp = HParams.create(c=c, gamma=gamma, lam=lam, lr=lr)
+        new, metrics = step(state, hp, jax.random.key(1))
+        chex.assert_trees_all_equal_shapes_and_dtypes(new.params, state.params)
+        chex.assert_tree_all_finite((new.params, metrics))
+    chex.clear_trace_counter()
