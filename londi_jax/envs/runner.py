@@ -426,8 +426,10 @@ class BatchedEnv:
         self._workers[k] = self._start(k)
         w = self._workers[k]
         w.parent.send(("reset", with_valid, None))
-        if not w.parent.poll(self.step_timeout):
-            raise EnvWorkerError(f"a restarted runner worker did not reset its envs within {self.step_timeout:.0f} s")
+        # a fresh worker's first reset loads its simulators (e.g. a JVM's first task): as slow as a start
+        if not w.parent.poll(self.start_timeout):
+            raise EnvWorkerError(f"a restarted runner worker did not reset its envs within {self.start_timeout:.0f} s "
+                                 "(start_timeout)")
         reply = w.parent.recv()
         if reply[0] == "error":
             _raise_remote(reply, "resetting")
