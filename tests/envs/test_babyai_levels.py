@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import gymnasium as gym
 import pytest
 from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, OpenInstr, PickupInstr, PutNextInstr
 
 from londi_jax.envs.babyai_text import MIXED_KINDS, make_babyai_text
-from londi_jax.envs.babyai_text.levels import TEST_DOOR_COLORS, TRAIN_DOOR_COLORS, TRAIN_EXCLUDED, make_level
+from londi_jax.envs.babyai_text.levels import (
+    TEST_DOOR_COLORS,
+    TRAIN_DOOR_COLORS,
+    TRAIN_EXCLUDED,
+    make_level,
+    register_gym_levels,
+)
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
 COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
@@ -122,3 +131,37 @@ def test_gymnasium_registration():
     env = gym.make("BabyAI-MixedTrainLocal-v0", kind="putnext", disable_env_checker=True)
     obs, _ = env.reset(seed=1)
     assert obs["mission"].startswith("put ")
+
+
+def _gym_missions_in_new_process(level: str, seeds: list[int]) -> list[str]:
+    code = ("import gymnasium as gym, json, sys\n"
+            "from londi_jax.envs.babyai_text.levels import register_gym_levels\n"
+            "register_gym_levels()\n"
+            f"env = gym.make({level!r}, disable_env_checker=True)\n"
+            f"out = [env.reset(seed=s)[0]['mission'] for s in {seeds!r}]\n"
+            "out.append(env.reset()[0]['mission'])\n"
+            "print(json.dumps(out))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_gym_mixed_level_reproducible_from_reset_seed_alone():
+    # The kind used to be drawn unseeded when gym.make built the env: each process saw another mission.
+    seeds = [100, 3, 100, 7]
+    a = _gym_missions_in_new_process("BabyAI-MixedTrainLocal-v0", seeds)
+    b = _gym_missions_in_new_process("BabyAI-MixedTrainLocal-v0", seeds)
+    assert a == b
+    assert a[0] == a[2]  # the same seed again in the same env gives the same episode
+    # reset(seed=s) through Gymnasium = make_babyai_text(level, seed=s).reset(seed=s) (same kind and layout)
+    for s, m in zip(seeds, a):
+        env = make_babyai_text("MixedTrainLocal", seed=s)
+        assert env.reset(seed=s).mission == m
+    # every kind is reachable through seeds, and a kind change rebuilds the grid (open has two rooms)
+    register_gym_levels()
+    env = gym.make("BabyAI-MixedTestLocal-v0", disable_env_checker=True)
+    widths = {}
+    for s in range(40):
+        env.reset(seed=s)
+        widths[env.unwrapped.kind] = env.unwrapped.width
+    assert set(widths) == set(MIXED_KINDS)
+    assert widths["open"] > widths["goto"]

@@ -270,7 +270,8 @@ class GlamLevel(LevelGen):
                 return
 
 
-def _kind_from_seed(kind: str | None, kind_seed: int | None, kinds: tuple[str, ...]) -> str:
+def _kind_from_seed(kind: str | None, kind_seed: int | np.random.Generator | None, kinds: tuple[str, ...]) -> str:
+    """``kind`` if given, else one draw from ``default_rng(kind_seed)`` (a Generator is used as is)."""
     if kind is not None:
         return kind
     # Seeded replacement for the original's unseeded per-instance draw.
@@ -328,11 +329,55 @@ LOCAL_LEVELS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class SeededMixedLevel(gym.Wrapper):
+    """A Mixed level for Gymnasium whose task kind follows ``reset(seed=...)``.
+
+    ``gym.make`` builds an env before any seed is known, so a kind drawn at construction (as the
+    original does, unseeded) makes ``reset(seed=s)`` differ between processes. Here every
+    ``reset(seed=s)`` draws the kind from ``s`` exactly as ``make_babyai_text(level, seed=s)``
+    does (so both give the same episode) and rebuilds the level when the kind changes (the grid
+    width depends on it). An unseeded ``reset()`` draws the next kind from a generator seeded by
+    the last seeded reset, so a whole seeded run is reproducible. ``kind=`` fixes the kind.
+    """
+
+    def __init__(self, level_cls: type, **kwargs):
+        self._cls, self._kwargs = level_cls, dict(kwargs)
+        self._kwargs.pop("kind_seed", None)
+        if self._kwargs.get("kind") is None:
+            self._kwargs.pop("kind", None)
+        self._kind_rng = np.random.default_rng()
+        super().__init__(level_cls(**self._kwargs))
+
+    def reset(self, *, seed: int | None = None, options=None):
+        if self._kwargs.get("kind") is not None:
+            return self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._kind_rng = np.random.default_rng(seed)
+        kind = _kind_from_seed(None, self._kind_rng, MIXED_KINDS)
+        if kind != self.env.unwrapped.kind:
+            self.env.close()
+            self.env = self._cls(kind=kind, **self._kwargs)
+            if seed is None:  # a fresh level has an unseeded generator: seed it from the run's
+                seed = int(self._kind_rng.integers(2**31 - 1))
+        return self.env.reset(seed=seed, options=options)
+
+
+def _gym_entry(name: str):
+    factory = GLAM_LEVELS[name]
+    if name in MIXED_LEVELS:
+        return functools.partial(SeededMixedLevel, factory)
+    return factory
+
+
 def register_gym_levels() -> None:
-    """Register the GLAM levels with Gymnasium (``gym.make("BabyAI-MixedTrainLocal-v0")``)."""
-    for name, factory in GLAM_LEVELS.items():
+    """Register the GLAM levels with Gymnasium (``gym.make("BabyAI-MixedTrainLocal-v0")``).
+
+    The Mixed levels are wrapped in :class:`SeededMixedLevel`: ``reset(seed=s)`` alone fixes the
+    episode (kind, layout, mission) in every process.
+    """
+    for name in GLAM_LEVELS:
         if name not in gym.registry:
-            gym.register(id=name, entry_point=factory)
+            gym.register(id=name, entry_point=_gym_entry(name))
 
 
 @functools.cache
