@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from londi_jax.agents.londi import LondiAgent, episode_specs
+from londi_jax.agents.prompts import GlamFormat
+from londi_jax.agents.rollout import first_state
 import numpy as np
 
 from londi_jax.agents.policy import LMPolicy, PolicyOutput
@@ -54,10 +56,7 @@ def build_models(run: str | None, batch: int) -> tuple[LanguageModel, LanguageMo
         cfg = preset("cpu-small")
         e = cfg.env
         specs = episode_specs(e.level, 64, 0, e.kinds, **e.level_kwargs())
-        texts = []
-        for s in specs:
-            env, first = s.make()
-            texts.append(first.info["prompt"])
+        texts = [GlamFormat().prompt(first_state(s.make()[1])) for s in specs]
         tok = train_word_tokenizer(texts + list(ACTIONS), vocab_size=cfg.quick.vocab_size)
         lms = []
         for name, spec in (("quick", cfg.quick), ("deepthink", cfg.deep)):
@@ -79,10 +78,13 @@ class ZeroCostPolicy:
     def __init__(self, name: str):
         self.name, self.calls, self.prompts, self.seconds, self.flops = name, 0, 0, 0.0, 0.0
 
-    def __call__(self, prompts: list[str]) -> PolicyOutput:
+    fmt = GlamFormat()
+
+    def __call__(self, states: list[Any]) -> PolicyOutput:
         self.calls += 1
-        self.prompts += len(prompts)
-        return PolicyOutput(np.zeros((len(prompts), len(ACTIONS))), np.zeros((len(prompts), 2), np.float32), 0.0, 0.0)
+        self.prompts += len(states)
+        n = len(states)
+        return PolicyOutput(np.zeros((n, len(ACTIONS))), np.zeros((n, 2), np.float32), 0.0, 0.0, [ACTIONS] * n)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     q_lm, d_lm, source = build_models(args.run, args.num_envs)
 
     # a threshold router at ~30% calls, calibrated on QUICK's confidence in the first states
-    probe = LMPolicy(q_lm)([s.make()[1].info["prompt"] for s in specs[:32]])
+    probe = LMPolicy(q_lm)([first_state(s.make()[1]) for s in specs[:32]])
     thr = calibrate_threshold(confidence(probe.logprobs, "margin"), 0.3, "margin")
 
     def play(num_envs: int, free: bool = False) -> tuple[float, Any]:

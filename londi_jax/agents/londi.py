@@ -1,40 +1,48 @@
-"""The LONDI agent over batched BabyAI-Text environments.
+"""The LONDI agent over batched text environments, and switch-data collection.
 
-At each step, for the N envs still running: build the GLAM prompts, run QUICK once on all of
-them (its scores give its action and confidence, the same forward gives the embedding the
-switcher reads), let the router choose per env, run DEEPTHINK once on only the envs switched to
-it, step every env with the chosen model's action. Every model call and its measured compute is
-counted per episode.
+Both are controllers of the one rollout loop (``agents.rollout.run_episodes``). At each step,
+for the N envs still running: run QUICK once on all of their states (its scores give its action
+and confidence, the same forward gives the embedding the switcher reads), let the router choose
+per env, run DEEPTHINK once on only the envs switched to it; the loop steps every env with the
+chosen model's action. Every model call's measured compute comes back with its result and is
+charged to the episodes it served.
 
 Routers that do not read QUICK's output (``needs_quick = False``: DEEPTHINK-only, random
 switching) are charged only for the model that acts, so baselines are never billed for work
 they would not do.
 
-Episodes come from an explicit list of :class:`EpisodeSpec`; slot ``i`` plays specs
-``i, i + N, i + 2N, ...``, so every method is evaluated on exactly the same episodes whatever
-their lengths.
+Episodes come from an explicit list of episode specs (:class:`EpisodeSpec` for BabyAI-Text);
+slot ``i`` plays specs ``i, i + N, i + 2N, ...``, so every method is evaluated on exactly the
+same episodes whatever their lengths.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from londi_jax.agents.policy import LMPolicy, PolicyOutput, SwitchEncoder, switch_features
+from londi_jax.agents.policy import LMPolicy, SwitchEncoder, confidence_features, encode
+from londi_jax.agents.prompts import EpisodeState
+from londi_jax.agents.rollout import (
+    Decision,
+    EpisodeRecord,
+    EpisodeSource,
+    ModelCall,
+    RolloutResult,
+    StepBatch,
+    StepOutcome,
+    run_episodes,
+)
 from londi_jax.agents.routers import RouteInput, Router
 from londi_jax.envs.babyai_text.env import make_babyai_text
-from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.switcher.offline import OfflineDataset, OfflineLogger
 from londi_jax.utils.errors import LondiError
 
-__all__ = ["EpisodeSpec", "episode_specs", "EpisodeRecord", "RolloutResult", "LondiAgent", "BudgetViolationError",
-           "collect_switch_data", "NO_BUDGET"]
+__all__ = ["EpisodeSpec", "episode_specs", "EpisodeRecord", "RolloutResult", "LondiAgent", "LondiController",
+           "BudgetViolationError", "SwitchDataCollector", "collect_switch_data", "NO_BUDGET"]
 
 NO_BUDGET = 1 << 30  # "unbudgeted" in int arrays
 
@@ -68,127 +76,72 @@ def episode_specs(level: str, episodes: int, seed: int, kinds: Sequence[str] | N
     return [EpisodeSpec(level, seed + k, ks[k % len(ks)], kw) for k in range(episodes)]
 
 
-@dataclasses.dataclass
-class EpisodeRecord:
-    """Outcome and cost of one episode."""
+class LondiController:
+    """QUICK + DEEPTHINK + a router as a rollout controller (see ``LondiAgent``)."""
 
-    kind: str
-    seed: int
-    success: bool
-    ret: float
-    length: int
-    quick_calls: int = 0
-    deep_calls: int = 0
-    quick_flops: float = 0.0
-    deep_flops: float = 0.0
-    quick_seconds: float = 0.0
-    deep_seconds: float = 0.0
-    budget: int | None = None
+    def __init__(self, quick: LMPolicy, deep: LMPolicy, router: Router, *, budget: int | None,
+                 sample_actions: bool, seed: int, encoder: SwitchEncoder | None):
+        self.quick, self.deep, self.router = quick, deep, router
+        self.budget, self.seed, self.encoder = budget, seed, encoder
+        self.rng = np.random.default_rng(seed) if sample_actions else None
+        self.needs_quick = getattr(router, "needs_quick", True)
 
-    @property
-    def violated(self) -> bool:
-        return self.budget is not None and self.deep_calls > self.budget
+    def start(self, num_slots: int) -> None:
+        self.router.reset(num_slots, self.seed)
+        self.budget_left = np.full(num_slots, NO_BUDGET if self.budget is None else int(self.budget), np.int64)
 
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["return"] = d.pop("ret")
-        d["violated"] = self.violated
-        return d
-
-
-@dataclasses.dataclass
-class RolloutResult:
-    """All episodes of a rollout, with totals."""
-
-    episodes: list[EpisodeRecord]
-    env_steps: int
-    wall_seconds: float
-    model_calls: dict[str, int]
-
-    def summary(self) -> dict[str, float]:
-        eps = self.episodes
-        steps = max(sum(e.length for e in eps), 1)
-        return {
-            "episodes": len(eps),
-            "success_rate": float(np.mean([e.success for e in eps])) if eps else 0.0,
-            "mean_return": float(np.mean([e.ret for e in eps])) if eps else 0.0,
-            "call_rate": sum(e.deep_calls for e in eps) / steps,
-            "flops_per_episode": float(np.mean([e.quick_flops + e.deep_flops for e in eps])) if eps else 0.0,
-            "violations": sum(e.violated for e in eps),
-            "env_steps_per_second": self.env_steps / max(self.wall_seconds, 1e-9),
-        }
-
-
-class _Slot:
-    """One env slot: the current episode's env, prompt and running record."""
-
-    def __init__(self, spec: EpisodeSpec, budget: int | None):
-        self.env, first = spec.make()
-        self.prompt = first.info["prompt"]
-        self.max_steps = int(first.info["max_steps"])
-        self.record = EpisodeRecord(kind=str(first.info.get("task_kind") or spec.kind or ""), seed=spec.seed,
-                                    success=False, ret=0.0, length=0, budget=budget)
-        self.budget_left = NO_BUDGET if budget is None else int(budget)
-        self.new = True
-
-
-class _Slots:
-    """Episode scheduling shared by rollouts and data collection: ``min(num_envs, len(specs))``
-    slots, slot ``i`` playing specs ``i, i + N, ...`` as its episodes end."""
-
-    def __init__(self, specs: Sequence[EpisodeSpec], num_envs: int, budget: int | None):
-        self.specs, self.budget = specs, budget
-        self.queue = list(range(len(specs)))
-        n = min(num_envs, len(specs))
-        self.slots: list[_Slot | None] = [None] * n
-        self.owner = [-1] * n  # index of the spec each slot is playing
-        for i in range(n):
-            self._start(i)
-
-    def _start(self, i: int) -> None:
-        self.owner[i] = self.queue.pop(0)
-        self.slots[i] = _Slot(self.specs[self.owner[i]], self.budget)
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    def __bool__(self) -> bool:
-        return any(s is not None for s in self.slots)
-
-    def active(self) -> list[int]:
-        return [i for i, s in enumerate(self.slots) if s is not None]
-
-    def finish(self, i: int) -> tuple[int, EpisodeRecord]:
-        """Close slot ``i``'s episode and start its next spec (if any); returns (spec index, record)."""
-        slot, k = self.slots[i], self.owner[i]
-        slot.env.close()
-        if self.queue:
-            self._start(i)
+    def act(self, batch: StepBatch) -> Decision:
+        n, states = batch.n, batch.states
+        self.budget_left[batch.slots[batch.new_episode]] = NO_BUDGET if self.budget is None else int(self.budget)
+        budget_left = self.budget_left[batch.slots]
+        can_call = budget_left > 0
+        calls: list[ModelCall] = []
+        q_out = None
+        if self.needs_quick:
+            q_out = self.quick(states)
+            feats, q_lp = encode(self.encoder, q_out, states), q_out.logprobs
         else:
-            self.slots[i] = None
-        return k, slot.record
+            feats = np.zeros((n, 0), np.float32)
+            q_lp = np.zeros((n, max(len(self.quick.fmt.candidates(s)) for s in states)))
+        inp = RouteInput(slots=batch.slots, quick_logprobs=q_lp, features=feats, step=batch.step,
+                         max_steps=batch.max_steps, budget_left=budget_left,
+                         budget=np.full(n, NO_BUDGET if self.budget is None else self.budget),
+                         new_episode=batch.new_episode)
+        deep = np.asarray(self.router.decide(inp), bool).reshape(n)
+        if getattr(self.router, "respects_budget", False) and np.any(deep & ~can_call):
+            raise BudgetViolationError(f"router {getattr(self.router, 'name', '?')} asked for DEEPTHINK with "
+                                       f"no budget left in slots {batch.slots[deep & ~can_call].tolist()}")
+        deep &= can_call
+        idx = np.zeros(n, np.int64)
+        actions: list[str] = [""] * n
+        if q_out is not None:
+            calls.append(ModelCall("quick", range(n), q_out.seconds, q_out.flops))
+            idx[:] = q_out.actions(self.rng)
+            actions = q_out.action_strings(idx)
+        elif np.any(~deep):  # the router did not need QUICK: run it only where it acts
+            rows = np.flatnonzero(~deep)
+            out = self.quick([states[i] for i in rows])
+            calls.append(ModelCall("quick", rows, out.seconds, out.flops))
+            idx[rows] = out.actions(self.rng)
+            for r, a in zip(rows, out.action_strings(idx[rows])):
+                actions[r] = a
+        if np.any(deep):
+            rows = np.flatnonzero(deep)
+            d_out = self.deep([states[i] for i in rows])
+            calls.append(ModelCall("deep", rows, d_out.seconds, d_out.flops))
+            idx[rows] = d_out.actions(self.rng)
+            for r, a in zip(rows, d_out.action_strings(idx[rows])):
+                actions[r] = a
+            self.budget_left[batch.slots[rows]] -= 1
+        self._idx = idx
+        return Decision(actions, calls, deep)
 
-
-def _bill(slots: Sequence[_Slot], rows: Sequence[int], out: PolicyOutput, model: str) -> None:
-    """Charge one batched call of ``model`` ('quick' or 'deep') evenly to the episodes of ``rows``."""
-    n = max(len(rows), 1)
-    for i in rows:
-        rec = slots[i].record
-        setattr(rec, f"{model}_calls", getattr(rec, f"{model}_calls") + 1)
-        setattr(rec, f"{model}_flops", getattr(rec, f"{model}_flops") + out.flops / n)
-        setattr(rec, f"{model}_seconds", getattr(rec, f"{model}_seconds") + out.seconds / n)
-
-
-def encode(encoder: SwitchEncoder | None, out: PolicyOutput, prompts: Sequence[str], step: np.ndarray,
-           max_steps: np.ndarray) -> np.ndarray:
-    """Switcher features of a QUICK call (``encoder`` or, by default, QUICK's own features)."""
-    if encoder is None:
-        return switch_features(out, step, max_steps)
-    return encoder(out, prompts, step, max_steps)
+    def observe(self, batch: StepBatch, decision: Decision, outcome: StepOutcome) -> None:
+        self.router.observe(batch.slots, decision.deep, self._idx, outcome.rewards, outcome.dones)
 
 
 class LondiAgent:
-    """QUICK + DEEPTHINK + a router, stepping many BabyAI-Text envs in lockstep.
+    """QUICK + DEEPTHINK + a router, stepping many text envs in lockstep (``rollout.run_episodes``).
 
     ``budget``: LONDI-B's per-episode cap on DEEPTHINK calls (``None`` = no cap). The agent
     always masks calls once the budget is spent; a router with ``respects_budget = True`` that
@@ -207,164 +160,89 @@ class LondiAgent:
         self.seed = seed
         self.encoder = encoder
 
-    def run(self, specs: Sequence[EpisodeSpec], num_envs: int = 32, *, progress: bool = True,
+    def run(self, specs: Sequence[EpisodeSource], num_envs: int = 32, *, progress: bool = True,
             desc: str | None = None) -> RolloutResult:
         """Play every spec once; returns per-episode records (in spec order)."""
-        if not specs:
-            raise LondiError("no episodes to run; give at least one EpisodeSpec")
-        if num_envs < 1:
-            raise LondiError(f"num_envs must be >= 1, got {num_envs}")
-        rng = np.random.default_rng(self.seed) if self.sample_actions else None
-        needs_quick = getattr(self.router, "needs_quick", True)
-        slots = _Slots(specs, num_envs, self.budget)
-        self.router.reset(len(slots), self.seed)
-        records: list[EpisodeRecord | None] = [None] * len(specs)
-        env_steps = 0
-        t0 = time.perf_counter()
-        bar = tqdm(total=len(specs), desc=desc or f"{getattr(self.router, 'name', 'rollout')}", unit="ep",
-                   disable=not progress, leave=False)
-        while slots:
-            active = np.array(slots.active())
-            act_slots = [slots.slots[i] for i in active]
-            prompts = [s.prompt for s in act_slots]
-            n = len(active)
-            step = np.array([s.record.length for s in act_slots])
-            max_steps = np.array([s.max_steps for s in act_slots])
-            budget_left = np.array([s.budget_left for s in act_slots])
-            can_call = budget_left > 0
-            q_out = None
-            if needs_quick:
-                q_out = self.quick(prompts)
-                feats = encode(self.encoder, q_out, prompts, step, max_steps)
-                q_lp = q_out.logprobs
-            else:
-                feats = np.zeros((n, 0), np.float32)
-                q_lp = np.zeros((n, len(ACTIONS)))
-            inp = RouteInput(slots=active, quick_logprobs=q_lp, features=feats, step=step, max_steps=max_steps,
-                             budget_left=budget_left,
-                             budget=np.full(n, NO_BUDGET if self.budget is None else self.budget),
-                             new_episode=np.array([s.new for s in act_slots]))
-            deep = np.asarray(self.router.decide(inp), bool).reshape(n)
-            if getattr(self.router, "respects_budget", False) and np.any(deep & ~can_call):
-                raise BudgetViolationError(f"router {getattr(self.router, 'name', '?')} asked for DEEPTHINK with "
-                                           f"no budget left in slots {active[deep & ~can_call].tolist()}")
-            deep &= can_call
-            actions = np.zeros(n, np.int64)
-            if q_out is not None:
-                _bill(act_slots, range(n), q_out, "quick")
-                actions[:] = q_out.actions(rng)
-            elif np.any(~deep):  # the router did not need QUICK: run it only where it acts
-                idx = np.flatnonzero(~deep)
-                out = self.quick([prompts[i] for i in idx])
-                _bill(act_slots, idx, out, "quick")
-                actions[idx] = out.actions(rng)
-            if np.any(deep):
-                idx = np.flatnonzero(deep)
-                d_out = self.deep([prompts[i] for i in idx])
-                _bill(act_slots, idx, d_out, "deep")
-                actions[idx] = d_out.actions(rng)
-                for i in idx:
-                    act_slots[i].budget_left -= 1
-            rewards = np.zeros(n)
-            dones = np.zeros(n, bool)
-            for j, s in enumerate(act_slots):
-                out = s.env.step(ACTIONS[int(actions[j])])
-                s.new = False
-                s.record.length += 1
-                s.record.ret += out.reward
-                rewards[j], dones[j] = out.reward, out.done
-                s.prompt = out.info["prompt"]
-                if out.done:
-                    s.record.success = bool(out.terminated and out.reward > 0)
-            env_steps += n
-            self.router.observe(active, deep, actions, rewards, dones)
-            for j, i in enumerate(active):
-                if dones[j]:
-                    k, records[k] = slots.finish(int(i))
-                    bar.update(1)
-        bar.close()
-        return RolloutResult([r for r in records if r is not None], env_steps, time.perf_counter() - t0,
-                             {"quick": self.quick.calls, "deep": self.deep.calls})
+        ctl = LondiController(self.quick, self.deep, self.router, budget=self.budget,
+                              sample_actions=self.sample_actions, seed=self.seed, encoder=self.encoder)
+        return run_episodes(specs, ctl, num_envs, budget=self.budget, progress=progress,
+                            desc=desc or f"{getattr(self.router, 'name', 'rollout')}")
 
 
-def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[EpisodeSpec], *,
+class SwitchDataCollector:
+    """Both models in every state, both outcomes logged (see ``collect_switch_data``)."""
+
+    def __init__(self, quick: LMPolicy, deep: LMPolicy, deep_probs: Sequence[float], seed: int,
+                 sample_actions: bool, encoder: SwitchEncoder | None):
+        self.quick, self.deep, self.encoder = quick, deep, encoder
+        self.deep_probs = list(deep_probs)
+        self.rng = np.random.default_rng(seed)
+        self.act_rng = np.random.default_rng(seed + 1) if sample_actions else None
+        self.logger: OfflineLogger | None = None
+        self.branched = 0
+
+    def start(self, num_slots: int) -> None:
+        pass
+
+    def act(self, batch: StepBatch) -> Decision:
+        q_out, d_out = self.quick(batch.states), self.deep(batch.states)
+        self._feats = encode(self.encoder, q_out, batch.states)
+        self._conf = confidence_features(q_out.logprobs)
+        if self.logger is None:
+            self.logger = OfflineLogger(self._feats.shape[1])
+        a_q, a_d = q_out.actions(self.act_rng), d_out.actions(self.act_rng)
+        s_q, s_d = q_out.action_strings(a_q), d_out.action_strings(a_d)
+        # behaviour switch: episode k calls DEEPTHINK with probability deep_probs[k % len]
+        g = self.rng.random(batch.n) < np.array([self.deep_probs[k % len(self.deep_probs)] for k in batch.owners])
+        taken = [sd if gj else sq for sq, sd, gj in zip(s_q, s_d, g)]
+        branch = {j: (s_q[j] if g[j] else s_d[j]) for j in range(batch.n) if s_q[j] != s_d[j]}
+        n = range(batch.n)
+        return Decision(taken, [ModelCall("quick", n, q_out.seconds, q_out.flops),
+                                ModelCall("deep", n, d_out.seconds, d_out.flops)], g, branch)
+
+    def observe(self, batch: StepBatch, decision: Decision, outcome: StepOutcome) -> None:
+        n = batch.n
+        reward = np.zeros((n, 2), np.float32)
+        term = np.zeros((n, 2), bool)
+        nxt: list[list[EpisodeState]] = [[], []]
+        for j in range(n):
+            gi = int(decision.deep[j])
+            out, state = outcome.steps[j], outcome.next_states[j]
+            alt, alt_state = outcome.branches.get(j, (out, state))
+            self.branched += int(j in outcome.branches)
+            reward[j, gi], term[j, gi] = out.reward, out.terminated
+            reward[j, 1 - gi], term[j, 1 - gi] = alt.reward, alt.terminated
+            nxt[gi].append(state)
+            nxt[1 - gi].append(alt_state)
+        # features of both next states (one QUICK call; identical prompts are scored once)
+        prompt_of = [[self.quick.fmt.prompt(s) for s in nxt[b]] for b in (0, 1)]
+        state_of = {p: s for b in (0, 1) for p, s in zip(prompt_of[b], nxt[b])}
+        uniq = sorted(state_of)
+        pos = {p: i for i, p in enumerate(uniq)}
+        nq = self.quick([state_of[p] for p in uniq])
+        nfeat = np.stack([encode(self.encoder, nq.rows([pos[p] for p in prompt_of[b]]), nxt[b]) for b in (0, 1)],
+                         axis=1)
+        self.logger.record(self._feats, reward, nfeat, term, self._conf)
+
+
+def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[EpisodeSource], *,
                         num_envs: int = 32, deep_probs: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
                         seed: int = 0, sample_actions: bool = False, progress: bool = True,
                         encoder: SwitchEncoder | None = None) -> tuple[OfflineDataset, dict[str, Any]]:
     """Log both models' outcomes in every visited state (for offline switcher training).
 
     In each state QUICK and DEEPTHINK both score the actions; when their actions differ the env
-    is copied and the copy steps with the action not taken, so reward, termination and next-state
-    features are known for both switches (``switcher.offline`` format). The trajectory follows a
-    behaviour switch that calls DEEPTHINK with probability ``deep_probs[k % len]`` in episode k
-    (a spread of behaviours covers the states both good and poor switches visit).
-    Returns the dataset and collection statistics (states, branches, model calls, seconds).
+    is copied and the copy steps with the action not taken (a rollout branch), so reward,
+    termination and next-state features are known for both switches (``switcher.offline``
+    format). The trajectory follows a behaviour switch that calls DEEPTHINK with probability
+    ``deep_probs[k % len]`` in episode k (a spread of behaviours covers the states both good and
+    poor switches visit). Returns the dataset and collection statistics (states, branches,
+    episodes, successes, model calls, seconds).
     """
-    rng = np.random.default_rng(seed)
-    act_rng = np.random.default_rng(seed + 1) if sample_actions else None
-    logger: OfflineLogger | None = None
-    slots = _Slots(specs, num_envs, None)
-    stats = {"states": 0, "branched": 0, "episodes": 0, "successes": 0, "t0": time.perf_counter()}
-    bar = tqdm(total=len(specs), desc="collect switch data", unit="ep", disable=not progress, leave=False)
-    while slots:
-        active = slots.active()
-        act = [slots.slots[i] for i in active]
-        prompts = [s.prompt for s in act]
-        step = np.array([s.record.length for s in act])
-        max_steps = np.array([s.max_steps for s in act])
-        q_out = quick(prompts)
-        d_out = deep(prompts)
-        feats = encode(encoder, q_out, prompts, step, max_steps)
-        if logger is None:
-            logger = OfflineLogger(feats.shape[1])
-        a_q, a_d = q_out.actions(act_rng), d_out.actions(act_rng)
-        # behaviour switch: episode k calls DEEPTHINK with probability deep_probs[k % len]
-        g = rng.random(len(act)) < np.array([deep_probs[slots.owner[i] % len(deep_probs)] for i in active])
-        reward = np.zeros((len(act), 2), np.float32)
-        term = np.zeros((len(act), 2), bool)
-        next_prompts: list[list[str]] = [[], []]
-        next_steps = step + 1
-        done_exec = np.zeros(len(act), bool)
-        for j, s in enumerate(act):
-            other = None
-            if a_q[j] != a_d[j]:
-                other = copy.deepcopy(s.env)  # branch before stepping: the action not taken
-            taken = int(a_d[j] if g[j] else a_q[j])
-            out = s.env.step(ACTIONS[taken])
-            gi = int(g[j])
-            reward[j, gi], term[j, gi] = out.reward, out.terminated
-            next_prompts[gi].append(out.info["prompt"])
-            if other is not None:
-                alt = other.step(ACTIONS[int(a_q[j] if g[j] else a_d[j])])
-                reward[j, 1 - gi], term[j, 1 - gi] = alt.reward, alt.terminated
-                next_prompts[1 - gi].append(alt.info["prompt"])
-                other.close()
-                stats["branched"] += 1
-            else:
-                reward[j, 1 - gi], term[j, 1 - gi] = out.reward, out.terminated
-                next_prompts[1 - gi].append(out.info["prompt"])
-            s.record.length += 1
-            s.prompt = out.info["prompt"]
-            if out.done:
-                done_exec[j] = True
-                s.record.success = bool(out.terminated and out.reward > 0)
-        # features of both next states (one QUICK call; identical prompts are scored once)
-        uniq = sorted(set(next_prompts[0]) | set(next_prompts[1]))
-        pos = {p: i for i, p in enumerate(uniq)}
-        nq = quick(uniq)
-        order = [np.array([pos[p] for p in next_prompts[b]]) for b in (0, 1)]
-        nfeat = np.stack([encode(encoder, PolicyOutput(nq.logprobs[o], nq.embedding[o], 0.0, 0.0),
-                                 next_prompts[b], next_steps, max_steps) for b, o in enumerate(order)], axis=1)
-        logger.record(feats, reward, nfeat, term)
-        stats["states"] += len(act)
-        for j, i in enumerate(active):
-            if done_exec[j]:
-                _, record = slots.finish(i)
-                stats["episodes"] += 1
-                stats["successes"] += int(record.success)
-                bar.update(1)
-    bar.close()
-    stats["seconds"] = time.perf_counter() - stats.pop("t0")
-    stats["quick_calls"], stats["deep_calls"] = quick.calls, deep.calls
-    return logger.dataset(), stats
-
+    ctl = SwitchDataCollector(quick, deep, deep_probs, seed, sample_actions, encoder)
+    q0, d0 = quick.calls, deep.calls
+    res = run_episodes(specs, ctl, num_envs, progress=progress, desc="collect switch data")
+    stats = {"states": res.env_steps, "branched": ctl.branched, "episodes": len(res.episodes),
+             "successes": sum(int(r.success) for r in res.episodes), "seconds": res.wall_seconds,
+             "quick_calls": quick.calls - q0, "deep_calls": deep.calls - d0}
+    return ctl.logger.dataset(), stats

@@ -2,7 +2,9 @@
 
 One QUICK forward gives everything the agent needs at a state: the action scores (its action
 and its confidence) and the prompt embedding (the switcher's state encoding), because
-``LanguageModel.score_tokens(..., with_embedding=True)`` pools the same prefill.
+``LM.score_tokens(..., with_embedding=True)`` pools the same prefill. The policy renders its
+prompts and candidate actions from structured episode states with a prompt format
+(``agents.prompts``): GLAM's for BabyAI-Text, SwiftSage's for ScienceWorld.
 """
 
 from __future__ import annotations
@@ -11,69 +13,105 @@ import dataclasses
 import zlib
 from collections.abc import Sequence
 from typing import Any
+
 import numpy as np
 
-from londi_jax.envs.babyai_text.prompt import ACTIONS, parse_glam_prompt
-from londi_jax.lm.engine import LanguageModel
+from londi_jax.agents.prompts import EpisodeState, GlamFormat, PromptFormat
+from londi_jax.lm.interface import LM
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
 __all__ = ["PolicyOutput", "LMPolicy", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
-           "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features"]
+           "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features", "encode"]
 
 
 @dataclasses.dataclass
 class PolicyOutput:
-    """Scores of the K actions for n prompts, plus the call's measured cost."""
+    """Scores of each state's candidate actions, plus the call's measured cost.
 
-    logprobs: np.ndarray  # float64 (n, K): summed token log-probs of each action string
+    ``logprobs (n, K)``: summed token log-probs of candidate k of row i, ``-inf`` past a row's
+    own candidates (K = the most candidates of any row); ``candidates[i]``: row i's action strings
+    (None when the caller scored its own fixed set)."""
+
+    logprobs: np.ndarray  # float64 (n, K)
     embedding: np.ndarray  # float32 (n, 2H): the prompt's mean-pooled and last-token final hidden states
     seconds: float  # measured wall time of the call (outputs ready)
     flops: float  # useful forward FLOPs of the call (real tokens only)
+    candidates: list[tuple[str, ...]] | None = None
 
     def actions(self, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Greedy action indices, or sampled from softmax(scores) when ``rng`` is given."""
+        """Chosen candidate indices: greedy, or sampled from softmax(scores) when ``rng`` is given."""
         if rng is None:
             return np.argmax(self.logprobs, axis=-1)
         p = action_probs(self.logprobs)
         u = rng.random((p.shape[0], 1))
         return np.minimum((np.cumsum(p, axis=-1) < u).sum(-1), p.shape[1] - 1)
 
+    def action_strings(self, idx: np.ndarray) -> list[str]:
+        """The candidate strings of ``idx[i]`` in row i."""
+        if self.candidates is None:
+            raise LondiError("this PolicyOutput carries no candidate strings")
+        return [self.candidates[i][int(k)] for i, k in enumerate(np.asarray(idx).reshape(-1))]
+
+    def rows(self, idx: Sequence[int]) -> PolicyOutput:
+        """The output restricted to rows ``idx`` (cost not split: 0 seconds and FLOPs)."""
+        idx = np.asarray(idx, np.int64)
+        cands = None if self.candidates is None else [self.candidates[i] for i in idx]
+        return PolicyOutput(self.logprobs[idx], self.embedding[idx], 0.0, 0.0, cands)
+
 
 def action_probs(logprobs: np.ndarray) -> np.ndarray:
-    """GLAM's policy: softmax over the K action scores."""
+    """GLAM's policy: softmax over the K action scores (``-inf`` entries get probability 0)."""
     z = logprobs - logprobs.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
 class LMPolicy:
-    """Score a fixed set of action strings after each prompt with one batched LM call."""
+    """Score each state's candidate actions after its prompt, one batched LM call per batch.
 
-    def __init__(self, lm: LanguageModel, actions: Sequence[str] = ACTIONS, name: str | None = None):
+    ``fmt``: the prompt format (default GLAM's BabyAI-Text prompt and six actions). Candidate
+    token ids are cached per distinct action string, so a ScienceWorld state's hundreds of valid
+    actions are tokenized once each and scored against one shared prompt prefill.
+    """
+
+    def __init__(self, lm: LM, fmt: PromptFormat | None = None, name: str | None = None):
         if lm.tokenizer is None:
             raise LondiError(f"model {lm.name!r} has no tokenizer; an action-scoring policy needs one")
         self.lm = lm
-        self.actions = tuple(actions)
+        self.fmt = fmt if fmt is not None else GlamFormat()
         self.name = name or lm.name
-        self._cand = [list(lm.tokenizer.encode(a, add_special_tokens=False)) for a in self.actions]
-        empty = [a for a, c in zip(self.actions, self._cand) if not c]
-        if empty:
-            raise LondiError(f"actions {empty} tokenize to zero tokens with {lm.name!r}'s tokenizer")
+        self._ids: dict[str, list[int]] = {}
         self.calls = 0
         self.prompts = 0
         self.seconds = 0.0
         self.flops = 0.0
 
-    def __call__(self, prompts: Sequence[str]) -> PolicyOutput:
-        """Score the actions for each prompt (one model call for the whole batch)."""
+    def _candidate_ids(self, cands: Sequence[str]) -> list[list[int]]:
+        new = [c for c in dict.fromkeys(cands) if c not in self._ids]
+        if new:
+            for c, ids in zip(new, self.lm.tokenizer(new, add_special_tokens=False)["input_ids"]):
+                if not ids:
+                    raise LondiError(f"action {c!r} tokenizes to zero tokens with {self.lm.name!r}'s tokenizer")
+                self._ids[c] = list(ids)
+        return [self._ids[c] for c in cands]
+
+    def __call__(self, states: Sequence[EpisodeState]) -> PolicyOutput:
+        """Score the candidates of each state (``fmt.candidates``) after its prompt (``fmt.prompt``)."""
+        return self.score([self.fmt.prompt(s) for s in states], [tuple(self.fmt.candidates(s)) for s in states])
+
+    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> PolicyOutput:
+        """Score ``candidates[i]`` after ``prompts[i]`` (one model call for the whole batch)."""
         if len(prompts) == 0:
-            return PolicyOutput(np.zeros((0, len(self.actions))),
-                                np.zeros((0, self.embedding_dim), np.float32), 0.0, 0.0)
+            return PolicyOutput(np.zeros((0, 0)), np.zeros((0, self.embedding_dim), np.float32), 0.0, 0.0, [])
+        cands = [tuple(c) for c in candidates]
         ids = self.lm.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        res = self.lm.score_tokens(ids, [self._cand] * len(ids), with_embedding=True)
-        last = self.lm.cost().last_call
+        res = self.lm.score_tokens(ids, [self._candidate_ids(c) for c in cands], with_embedding=True)
+        width = max(len(c) for c in cands)
+        lp = np.full((len(cands), width), -np.inf)
+        for i, row in enumerate(res.logprobs):
+            lp[i, :len(row)] = row
         emb = np.concatenate([res.embeddings, res.last_hidden], axis=-1).astype(np.float32)
-        out = PolicyOutput(np.stack(res.logprobs), emb, float(last.seconds), float(last.flops))
+        out = PolicyOutput(lp, emb, float(res.cost.seconds), float(res.cost.flops), cands)
         self.calls += 1
         self.prompts += len(prompts)
         self.seconds += out.seconds
@@ -83,17 +121,21 @@ class LMPolicy:
     @property
     def embedding_dim(self) -> int:
         """Width of ``PolicyOutput.embedding``: mean-pooled and last-token states side by side."""
-        return 2 * int(self.lm.config.hidden_size)
+        return 2 * int(self.lm.hidden_size)
 
 
 NUM_CONFIDENCE_FEATURES = 4
 
 
 def confidence_features(logprobs: np.ndarray) -> np.ndarray:
-    """(n, 4): max probability, top-1 minus top-2 probability, normalised entropy, top-1 log-prob."""
+    """(n, 4): max probability, top-1 minus top-2 probability, normalised entropy (by the log of
+    the row's candidate count; ``-inf`` entries are not candidates), top-1 log-prob."""
     p = action_probs(logprobs)
     top = np.sort(p, axis=-1)[:, ::-1]
-    ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(p.shape[1])
+    if top.shape[1] < 2:
+        top = np.pad(top, ((0, 0), (0, 2 - top.shape[1])))
+    k = np.maximum(np.isfinite(logprobs).sum(-1), 2)
+    ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(k)
     return np.stack([top[:, 0], top[:, 0] - top[:, 1], ent, np.log(np.clip(top[:, 0], 1e-12, None))],
                     axis=-1).astype(np.float32)
 
@@ -160,7 +202,7 @@ class SwitchEncoder:
 
     ``"quick"``: :func:`switch_features` (QUICK's own encoding and confidence; free, QUICK runs
     anyway). ``"quick+bow"``: plus two bags of words (presence of each token of QUICK's
-    tokenizer) over the mission and over the newest observation of the GLAM prompt: a cheap text
+    tokenizer) over the mission and over the newest observation: a cheap text
     encoder that lets the switch see what the state says without running another model.
     ``"quick+match"``: plus :func:`match_ngram_features` of the goal and newest observation
     (goal-matched words marked, hashed n-grams): where the goal's objects are, not only which
@@ -182,20 +224,31 @@ class SwitchEncoder:
         extra = {"quick": 0, "quick+bow": 2 * self.vocab, "quick+match": MATCH_FEATURES}[self.kind]
         return feature_dim(self.hidden_size) + extra
 
-    def __call__(self, quick: PolicyOutput, prompts: Sequence[str], step: np.ndarray,
-                 max_steps: np.ndarray) -> np.ndarray:
+    def __call__(self, quick: PolicyOutput, states: Sequence[EpisodeState]) -> np.ndarray:
+        """Features ``(n, dim)`` of QUICK's output at ``states`` (the mission and the newest
+        observation are read from the states, never parsed out of a prompt)."""
+        step = np.array([s.step for s in states], np.int64)
+        max_steps = np.array([s.max_steps for s in states], np.int64)
         base = switch_features(quick, step, max_steps)
         if self.kind == "quick":
             return base
-        parts = [parse_glam_prompt(p) for p in prompts]
+        missions, observations = [s.mission for s in states], [s.current.text for s in states]
         if self.kind == "quick+match":
-            extra = np.stack([match_ngram_features(m, o) for m, o in parts]) if parts else \
+            extra = np.stack([match_ngram_features(m, o) for m, o in zip(missions, observations)]) if states else \
                 np.zeros((0, MATCH_FEATURES), np.float32)
             return np.concatenate([base, extra], axis=-1)
         bags = []
-        for texts in (list(m for m, _ in parts), list(o for _, o in parts)):
-            bag = np.zeros((len(prompts), self.vocab), np.float32)
+        for texts in (missions, observations):
+            bag = np.zeros((len(states), self.vocab), np.float32)
             for i, ids in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
                 bag[i, ids] = 1.0
             bags.append(bag)
         return np.concatenate([base, *bags], axis=-1)
+
+
+def encode(encoder: SwitchEncoder | None, quick: PolicyOutput, states: Sequence[EpisodeState]) -> np.ndarray:
+    """Switcher features of a QUICK call at ``states`` (``encoder``, by default QUICK's own features)."""
+    if encoder is None:
+        return switch_features(quick, np.array([s.step for s in states], np.int64),
+                               np.array([s.max_steps for s in states], np.int64))
+    return encoder(quick, states)

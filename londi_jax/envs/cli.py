@@ -40,6 +40,7 @@ def _scienceworld():
 def babyai_show(level: str, seed: int = 0, kind: str | None = None) -> dict[str, Any]:
     """The first observation of a BabyAI-Text episode as a JSON-able dict."""
     from londi_jax.envs.babyai_text import make_babyai_text
+    from londi_jax.envs.babyai_text.prompt import build_glam_prompt
 
     kwargs = {} if kind is None else {"kind": kind}
     env = make_babyai_text(level, seed=seed, **kwargs)
@@ -56,7 +57,7 @@ def babyai_show(level: str, seed: int = 0, kind: str | None = None) -> dict[str,
         "mission": first.mission,
         "descriptions": info["descriptions"],
         "observation": first.observation,
-        "prompt": info["prompt"],
+        "prompt": build_glam_prompt(first.mission, [info["descriptions"]], []),
         "valid_actions": first.valid_actions,
         "max_steps": info["max_steps"],
     }

@@ -52,7 +52,7 @@ from londi_jax.lm.hf_loader import init_model, load_hf_directory
 from londi_jax.lm.hf_writer import save_hf_directory
 from londi_jax.lm.lora import save_lora
 from londi_jax.lm.tokenizer import train_word_tokenizer
-from londi_jax.switcher.checkpoint import CheckpointStore
+from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.switcher.config import SwitcherConfig
 from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, load_dataset, make_offline_train, save_dataset
@@ -601,8 +601,7 @@ class Pipeline:
         c_star = float(extra["c_star"])
         cfg, cfg_b = self.switcher_config(False), self.switcher_config(True)
         ds = load_dataset(self.out / "switch_data.npz")
-        conf = {m: _confidence_from_features(ds.obs, m, self.model("quick").config.hidden_size)
-                for m in ("margin",)}
+        conf = {m: _logged_confidence(ds, m) for m in ("margin",)}
         runs_path = self.out / "eval" / "runs.jsonl"
         # one line per finished (method, seed); a line torn by a kill is skipped (and cut off
         # before the next append), so that run is simply redone
@@ -703,12 +702,13 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _confidence_from_features(obs: np.ndarray, measure: str, hidden_size: int) -> np.ndarray:
-    """QUICK's confidence in logged states, read back from the switcher features
-    (``policy.switch_features`` layout: 2H embedding, [max prob, margin, entropy, top-1 log-prob],
-    step fraction, then any encoder extras)."""
-    obs = np.asarray(obs)
-    conf = obs[:, 2 * hidden_size:2 * hidden_size + 4]
+def _logged_confidence(ds: OfflineDataset, measure: str) -> np.ndarray:
+    """QUICK's confidence in the logged states (the dataset's ``quick_confidence`` field:
+    ``policy.confidence_features`` columns max prob, margin, entropy, top-1 log-prob)."""
+    if ds.quick_confidence is None:
+        raise PipelineError("switch_data.npz was written before QUICK's confidence was logged as its own field; "
+                            "rerun that stage and the later ones (londi-jax demo --out RUN --force-stages switch_data)")
+    conf = np.asarray(ds.quick_confidence)
     if measure == "margin":
         return conf[:, 1]
     if measure == "max_prob":

@@ -12,6 +12,9 @@ the switch g: 0 = QUICK acted, 1 = DEEPTHINK acted):
     reward      float32 [N, 2]           environment reward after each model's action
     next_obs    float32 [N, 2, obs_dim]  features of each model's next state
     terminated  bool    [N, 2]           the episode ended (no bootstrap) after that action
+    quick_confidence  float32 [N, C] or None  QUICK's confidence in the state (``policy.confidence_features``:
+                                     max prob, margin, normalised entropy, top-1 log-prob), its own field
+                                     so confidence baselines never slice it out of ``obs``
 
 Step-limit truncation is not recorded: a one-step target bootstraps through it anyway.
 :func:`save_dataset` / :func:`load_dataset` store it as ``.npz`` with a ``format`` tag.
@@ -70,6 +73,7 @@ class OfflineDataset(struct.PyTreeNode):
     reward: jax.Array
     next_obs: jax.Array
     terminated: jax.Array
+    quick_confidence: jax.Array | None = None
 
     @property
     def size(self) -> int:
@@ -95,6 +99,9 @@ def validate(ds: OfflineDataset, obs_dim: int | None = None) -> OfflineDataset:
             )
     if obs_dim is not None and d != obs_dim:
         raise OfflineDataError(f"dataset features have width {d} but the switcher config has obs_dim={obs_dim}")
+    conf = ds.quick_confidence
+    if conf is not None and (np.ndim(conf) != 2 or np.shape(conf)[0] != n):
+        raise OfflineDataError(f"quick_confidence must have shape [{n}, C], got {list(np.shape(conf))}")
     for name in ("obs", "reward", "next_obs"):
         if not np.all(np.isfinite(np.asarray(getattr(ds, name)))):
             raise OfflineDataError(f"{name} contains NaN or inf; clean the log before training")
@@ -103,6 +110,7 @@ def validate(ds: OfflineDataset, obs_dim: int | None = None) -> OfflineDataset:
         reward=jnp.asarray(ds.reward, jnp.float32),
         next_obs=jnp.asarray(ds.next_obs, jnp.float32),
         terminated=jnp.asarray(ds.terminated, bool),
+        quick_confidence=None if conf is None else jnp.asarray(conf, jnp.float32),
     )
 
 
@@ -115,9 +123,10 @@ def save_dataset(path: str | os.PathLike, ds: OfflineDataset) -> None:
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
+    extra = {} if ds.quick_confidence is None else {"quick_confidence": np.asarray(ds.quick_confidence)}
     atomic_write(path, lambda fh: np.savez_compressed(
         fh, format=np.asarray(FORMAT), obs=np.asarray(ds.obs), reward=np.asarray(ds.reward),
-        next_obs=np.asarray(ds.next_obs), terminated=np.asarray(ds.terminated),
+        next_obs=np.asarray(ds.next_obs), terminated=np.asarray(ds.terminated), **extra,
     ))
 
 
@@ -138,7 +147,8 @@ def load_dataset(path: str | os.PathLike) -> OfflineDataset:
     if missing:
         raise OfflineDataError(f"{path} lacks arrays {missing}")
     return validate(OfflineDataset(obs=arrays["obs"], reward=arrays["reward"],
-                                   next_obs=arrays["next_obs"], terminated=arrays["terminated"]))
+                                   next_obs=arrays["next_obs"], terminated=arrays["terminated"],
+                                   quick_confidence=arrays.get("quick_confidence")))
 
 
 # ----------------------------------------------------------------------------- collection
@@ -159,17 +169,21 @@ class OfflineLogger:
         self.obs_dim = int(obs_dim)
         self._parts: list[tuple[np.ndarray, ...]] = []
 
-    def record(self, obs, reward, next_obs, terminated) -> None:
+    def record(self, obs, reward, next_obs, terminated, quick_confidence=None) -> None:
         """Add ``k`` states: ``obs [k, D]``, ``reward [k, 2]``, ``next_obs [k, 2, D]``,
-        ``terminated [k, 2]`` (axis 1 = g); a single state may drop the leading ``k``."""
+        ``terminated [k, 2]`` (axis 1 = g), optionally ``quick_confidence [k, C]`` (give it for
+        every record or none); a single state may drop the leading ``k``."""
         obs = np.asarray(obs, np.float32)
         single = obs.ndim == 1
         lift = (lambda x: np.asarray(x)[None]) if single else np.asarray  # noqa: E731
         part = OfflineDataset(obs=lift(obs), reward=lift(reward), next_obs=lift(next_obs),
-                              terminated=lift(terminated))
+                              terminated=lift(terminated),
+                              quick_confidence=None if quick_confidence is None else lift(quick_confidence))
         part = validate(part, self.obs_dim)  # shape errors name the field and the expected shape
-        self._parts.append(tuple(np.asarray(getattr(part, f)) for f in
-                                 ("obs", "reward", "next_obs", "terminated")))
+        if self._parts and (len(self._parts[0]) == 5) != (quick_confidence is not None):
+            raise OfflineDataError("give quick_confidence with every record or with none")
+        fields = ("obs", "reward", "next_obs", "terminated") + (() if quick_confidence is None else ("quick_confidence",))
+        self._parts.append(tuple(np.asarray(getattr(part, f)) for f in fields))
 
     def __len__(self) -> int:
         return sum(p[0].shape[0] for p in self._parts)

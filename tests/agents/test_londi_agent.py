@@ -8,6 +8,7 @@ import pytest
 
 from londi_jax.agents.londi import BudgetViolationError, LondiAgent, episode_specs
 from londi_jax.agents.policy import PolicyOutput
+from londi_jax.agents.prompts import GlamFormat
 from londi_jax.envs.babyai_text.prompt import ACTIONS
 
 LEVEL_KW = {"room_size": 5, "num_dists": 1}
@@ -16,22 +17,25 @@ LEVEL_KW = {"room_size": 5, "num_dists": 1}
 class FakePolicy:
     """Deterministic stand-in for an LMPolicy: prefers one action, records every prompt it scores."""
 
+    fmt = GlamFormat()
+
     def __init__(self, name: str, favourite: int, flops_per_prompt: float):
         self.name, self.favourite, self.fpp = name, favourite, flops_per_prompt
         self.seen: list[str] = []
         self.calls = 0
         self.batch_sizes: list[int] = []
 
-    def __call__(self, prompts):
+    def __call__(self, states):
+        prompts = [self.fmt.prompt(s) for s in states]
         self.calls += 1
-        self.seen += list(prompts)
+        self.seen += prompts
         self.batch_sizes.append(len(prompts))
         n = len(prompts)
         lp = np.full((n, len(ACTIONS)), -5.0)
         lp[:, self.favourite] = -0.1
         # a prompt-dependent embedding so routers can key on it
         emb = np.array([[len(p) % 7, hash(p) % 3] for p in prompts], np.float32).reshape(n, 2)
-        return PolicyOutput(lp, emb, seconds=0.001 * n, flops=self.fpp * n)
+        return PolicyOutput(lp, emb, seconds=0.001 * n, flops=self.fpp * n, candidates=[ACTIONS] * n)
 
 
 class ParityRouter:
@@ -127,3 +131,26 @@ def test_bad_arguments():
         LondiAgent(FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0), GreedyRouter()).run([], 2)
     with pytest.raises(Exception, match="budget must be"):
         LondiAgent(FakePolicy("q", 0, 1.0), FakePolicy("d", 0, 1.0), GreedyRouter(), budget=-1)
+
+
+def test_switch_data_logs_both_outcomes_consistently_and_quick_confidence():
+    from londi_jax.agents.londi import collect_switch_data
+    from londi_jax.agents.policy import confidence_features
+
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 2, seed=4, kinds=["goto"], **LEVEL_KW)
+    quick, deep = FakePolicy("q", 0, 1.0), FakePolicy("d", 2, 1.0)  # turn left vs go forward: always differ
+    ds, stats = collect_switch_data(quick, deep, specs, num_envs=1, deep_probs=(0.0, 1.0), progress=False)
+    n = ds.size
+    assert stats["states"] == n == stats["branched"] and stats["episodes"] == 2
+    lp = np.full((1, len(ACTIONS)), -5.0)
+    lp[0, 0] = -0.1
+    np.testing.assert_allclose(np.asarray(ds.quick_confidence), np.repeat(confidence_features(lp), n, 0))
+    # the taken branch's next state is the next logged state (episode 0 follows QUICK, episode 1 DEEPTHINK)
+    length0 = next(i for i in range(n) if np.asarray(ds.obs)[i, -1] == 0.0 and i > 0)  # step fraction resets
+    for i in range(n - 1):
+        if i + 1 == length0:
+            continue
+        g = 0 if i < length0 else 1
+        np.testing.assert_array_equal(np.asarray(ds.next_obs)[i, g], np.asarray(ds.obs)[i + 1])
+    # turning left never reaches a goal: QUICK's column earns nothing
+    assert float(np.asarray(ds.reward)[:, 0].max()) == 0.0

@@ -1,4 +1,4 @@
-"""The switcher's state encoders: GLAM prompt parsing and the bag-of-words extension."""
+"""The switcher's state encoders: they read the structured episode state (never a parsed prompt)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from londi_jax.agents.policy import PolicyOutput, SwitchEncoder, confidence_features, feature_dim, switch_features
-from londi_jax.envs.babyai_text.prompt import ACTIONS, build_glam_prompt, parse_glam_prompt
+from londi_jax.agents.prompts import EpisodeState, GlamFormat, Observation
+from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.lm.tokenizer import train_word_tokenizer
 
 OBS = [["You see a wall 2 steps forward", "You see a red ball 1 step left"],
@@ -14,19 +15,14 @@ OBS = [["You see a wall 2 steps forward", "You see a red ball 1 step left"],
        ["You see a wall 1 step forward", "You see a blue key 2 steps right"]]
 
 
-@pytest.mark.parametrize("n_obs", [1, 2, 3])
-def test_parse_recovers_mission_and_newest_observation(n_obs):
-    prompt = build_glam_prompt("pick up the red ball", OBS[:n_obs], ["turn left", "go forward"][:n_obs - 1])
-    mission, newest = parse_glam_prompt(prompt)
-    assert mission == "pick up the red ball"
-    assert newest == "".join(f"{s}, " for s in OBS[n_obs - 1])
-    with pytest.raises(ValueError, match="not a GLAM prompt"):
-        parse_glam_prompt("hello")
+def state(mission, n_obs, max_steps=10):
+    obs = tuple(Observation(", ".join(o), {"descriptions": o}) for o in OBS[:n_obs])
+    return EpisodeState(mission, obs, tuple(["turn left", "go forward"][:n_obs - 1]), tuple(ACTIONS), max_steps)
 
 
 def test_bag_of_words_marks_exactly_the_tokens_present():
-    prompts = [build_glam_prompt("go to the red ball", OBS[:2], ["turn left"]),
-               build_glam_prompt("pick up the blue key", OBS, ["turn left", "go forward"])]
+    states = [state("go to the red ball", 2, 10), state("pick up the blue key", 3, 20)]
+    prompts = [GlamFormat().prompt(s) for s in states]
     tok = train_word_tokenizer(prompts + list(ACTIONS), vocab_size=80)
     H = 3
     rng = np.random.default_rng(0)
@@ -34,15 +30,15 @@ def test_bag_of_words_marks_exactly_the_tokens_present():
     step, max_steps = np.array([1, 2]), np.array([10, 20])
     plain = SwitchEncoder("quick", H)
     assert plain.dim == feature_dim(H) == 2 * H + 5
-    np.testing.assert_array_equal(plain(out, prompts, step, max_steps), switch_features(out, step, max_steps))
+    np.testing.assert_array_equal(plain(out, states), switch_features(out, step, max_steps))
     enc = SwitchEncoder("quick+bow", H, tok)
-    feats = enc(out, prompts, step, max_steps)
+    feats = enc(out, states)
     assert feats.shape == (2, enc.dim) and enc.dim == 2 * H + 5 + 2 * len(tok)
     np.testing.assert_array_equal(feats[:, :2 * H + 5], switch_features(out, step, max_steps))
     np.testing.assert_allclose(feats[:, 2 * H:2 * H + 4], confidence_features(out.logprobs))
     V = len(tok)
-    for i, p in enumerate(prompts):
-        mission, newest = parse_glam_prompt(p)
+    for i, st in enumerate(states):
+        mission, newest = st.mission, ", ".join(OBS[st.step])
         for part, text in ((0, mission), (1, newest)):
             bag = feats[i, 2 * H + 5 + part * V: 2 * H + 5 + (part + 1) * V]
             expect = np.zeros(V)
@@ -94,15 +90,18 @@ def test_match_features_are_hashed_ngrams_of_the_goal_marked_observation():
 def test_match_encoder_appends_match_features():
     from londi_jax.agents.policy import MATCH_FEATURES, match_ngram_features
 
-    prompts = [build_glam_prompt("pick up the blue key", OBS, ["turn left", "go forward"])]
+    states = [state("pick up the blue key", 3)]
     H = 2
     out = PolicyOutput(np.zeros((1, 6)), np.ones((1, 2 * H), np.float32), 0.0, 0.0)
     enc = SwitchEncoder("quick+match", H)
-    feats = enc(out, prompts, np.array([3]), np.array([10]))
+    feats = enc(out, states)
     assert enc.dim == feats.shape[1] == 2 * H + 5 + MATCH_FEATURES
-    np.testing.assert_array_equal(feats[0, 2 * H + 5:], match_ngram_features(*parse_glam_prompt(prompts[0])))
+    np.testing.assert_array_equal(feats[0, 2 * H + 5:], match_ngram_features("pick up the blue key", ", ".join(OBS[2])))
+    # the GLAM prompt's rendering of the newest observation (trailing ", ") gives the same features
+    np.testing.assert_array_equal(feats[0, 2 * H + 5:],
+                                  match_ngram_features("pick up the blue key", "".join(f"{x}, " for x in OBS[2])))
     empty = PolicyOutput(np.zeros((0, 6)), np.zeros((0, 2 * H), np.float32), 0.0, 0.0)
-    assert enc(empty, [], np.zeros(0), np.zeros(0)).shape == (0, enc.dim)
+    assert enc(empty, []).shape == (0, enc.dim)
 
 
 def test_match_features_refuse_empty_hash_spaces():

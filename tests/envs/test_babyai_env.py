@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from londi_jax.envs.base import TextEnv
-from londi_jax.envs.babyai_text import ACTIONS, BabyAITextWrapper, build_glam_prompt, make_babyai_text
+from londi_jax.envs.babyai_text import ACTIONS, BabyAITextWrapper, GlamHistory, build_glam_prompt, make_babyai_text
 from londi_jax.envs.babyai_text.bot import expert_episode
 from londi_jax.envs.babyai_text.levels import make_level
 from londi_jax.utils.errors import LondiError
@@ -24,7 +24,7 @@ def test_text_env_contract_and_info():
     assert first.observation == ", ".join(first.info["descriptions"])
     assert first.info["mission"] == first.mission and first.info["success"] is False
     out = env.step("turn left")
-    for key in ("descriptions", "mission", "success", "task_kind", "prompt", "step_count", "max_steps"):
+    for key in ("descriptions", "mission", "success", "task_kind", "step_count", "max_steps"):
         assert key in out.info
     assert out.info["task_kind"] == "goto" and out.info["step_count"] == 1
     env.close()
@@ -108,18 +108,24 @@ def test_invalid_action_lists_the_six():
         env.step(2)  # the index is not the string
 
 
-def test_prompt_in_info_follows_glam_history():
+def test_glam_history_follows_glams_deques_and_the_env_builds_no_prompt():
     env = make_babyai_text("GoToLocal", seed=0)
     first = env.reset(seed=0)
+    assert "prompt" not in first.info  # prompts are the policy's business (agents.prompts)
+    hist = GlamHistory()
+    hist.reset(first.info["descriptions"])
     obs, acts = [first.info["descriptions"]], []
-    assert first.info["prompt"] == build_glam_prompt(first.mission, obs, acts)
+    assert hist.prompt(first.mission) == build_glam_prompt(first.mission, obs, acts)
     for a in ("go forward", "turn right", "turn left", "go forward"):
         out = env.step(a)
+        assert "prompt" not in out.info
+        hist.push(a, out.info["descriptions"])
         obs.append(out.info["descriptions"])
         acts.append(a)
-        assert out.info["prompt"] == build_glam_prompt(first.mission, obs, acts)
+        assert hist.prompt(first.mission) == build_glam_prompt(first.mission, obs, acts)
     # after four steps only the last 3 observations and the 2 actions between them remain
-    assert "Observation 3" not in out.info["prompt"] and "Action 2: \n" not in out.info["prompt"]
+    text = hist.prompt(first.mission)
+    assert "Observation 3" not in text and "Action 2: \n" not in text
 
 
 def test_prompt_exact_format():

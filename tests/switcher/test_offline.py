@@ -115,6 +115,29 @@ def test_dataset_save_load_round_trip_and_errors(dataset, tmp_path):
                                           next_obs=np.zeros((1, 2, 3)), terminated=np.zeros((1, 2), bool)))
 
 
+def test_quick_confidence_is_its_own_field_through_logger_and_files(tmp_path):
+    log = OfflineLogger(3)
+    rng = np.random.default_rng(0)
+    conf = rng.random((5, 4)).astype(np.float32)
+    for k in (0, 2):  # two records of 2 and 3 states
+        m = 2 if k == 0 else 3
+        log.record(rng.random((m, 3)), np.zeros((m, 2)), rng.random((m, 2, 3)), np.zeros((m, 2), bool),
+                   conf[k:k + m] if k == 0 else conf[2:])
+    ds = log.dataset()
+    np.testing.assert_array_equal(np.asarray(ds.quick_confidence), conf)
+    save_dataset(tmp_path / "c.npz", ds)
+    np.testing.assert_array_equal(np.asarray(load_dataset(tmp_path / "c.npz").quick_confidence), conf)
+    with pytest.raises(OfflineDataError, match="every record or with none"):
+        log.record(np.zeros((1, 3)), np.zeros((1, 2)), np.zeros((1, 2, 3)), np.zeros((1, 2), bool))
+    with pytest.raises(OfflineDataError, match=r"quick_confidence must have shape \[1, C\]"):
+        OfflineLogger(3).record(np.zeros((1, 3)), np.zeros((1, 2)), np.zeros((1, 2, 3)), np.zeros((1, 2), bool),
+                                np.zeros((2, 4)))
+    old = OfflineLogger(3)  # datasets without it still load (field None)
+    old.record(np.zeros((1, 3)), np.zeros((1, 2)), np.zeros((1, 2, 3)), np.zeros((1, 2), bool))
+    save_dataset(tmp_path / "o.npz", old.dataset())
+    assert load_dataset(tmp_path / "o.npz").quick_confidence is None
+
+
 def test_offline_rejects_pqn_and_bad_grids():
     with pytest.raises(ConfigError, match="learner='dqn'"):
         make_offline_train(SwitcherConfig(obs_dim=3, learner="pqn"))

@@ -17,7 +17,7 @@ from minigrid.envs.babyai.core.verifier import ObjDesc
 from minigrid.utils import baby_ai_bot as bb
 
 from londi_jax.envs.babyai_text.env import BabyAITextEnv, make_babyai_text
-from londi_jax.envs.babyai_text.prompt import ACTIONS
+from londi_jax.envs.babyai_text.prompt import ACTIONS, GlamHistory
 
 
 def _obj_phrase(type_: str | None, color: str | None) -> str:
@@ -91,7 +91,9 @@ def run_bot_episode(env: BabyAITextEnv, seed: int | None = None) -> ExpertEpisod
     """Reset ``env`` (with ``seed``) and let the BabyAI bot play one episode to its end."""
     first = env.reset(seed=seed)
     bot = bb.BabyAIBot(env.unwrapped)
-    prompt, observation, descriptions = first.info["prompt"], first.observation, first.info["descriptions"]
+    history = GlamHistory()  # the demos record the GLAM prompt the expert's step answers
+    history.reset(first.info["descriptions"])
+    prompt, observation, descriptions = history.prompt(first.mission), first.observation, first.info["descriptions"]
     steps: list[ExpertStep] = []
     reward, terminated, truncated, error = 0.0, False, False, None
     while True:
@@ -110,7 +112,8 @@ def run_bot_episode(env: BabyAITextEnv, seed: int | None = None) -> ExpertEpisod
         reward, terminated, truncated = out.reward, out.terminated, out.truncated
         if out.done:
             break
-        prompt, observation, descriptions = out.info["prompt"], out.observation, out.info["descriptions"]
+        history.push(action, out.info["descriptions"])
+        prompt, observation, descriptions = history.prompt(first.mission), out.observation, out.info["descriptions"]
     return ExpertEpisode(
         level=env.level,
         seed=-1 if seed is None else int(seed),

@@ -5,7 +5,8 @@ Two faces of the same thing:
 * ``BabyAITextWrapper``: a ``gymnasium.Wrapper`` around a BabyAI level that adds the fork's
   ``info["descriptions"]`` on reset and step (Gymnasium 5-tuple API, integer actions).
 * ``BabyAITextEnv``: the project's ``TextEnv`` (``londi_jax.envs.base``): string actions,
-  ``TextReset`` / ``TextStep``, and GLAM's prompt kept up to date in ``info["prompt"]``.
+  ``TextReset`` / ``TextStep`` with the sentences in ``info["descriptions"]``. Prompts are the
+  policy's business (``agents.prompts.GlamFormat`` renders GLAM's from the episode history).
 
 Rewards and step limits are minigrid's BabyAI ones, which match the original: reward
 ``1 - 0.9 * step_count / max_steps`` on success (episode terminates), 0 otherwise; on reaching
@@ -30,7 +31,7 @@ import numpy as np
 
 from londi_jax.envs.base import TextReset, TextStep
 from londi_jax.envs.babyai_text.levels import MIXED_LEVELS, LevelParamError, instr_kind, make_level, resolve_level
-from londi_jax.envs.babyai_text.prompt import ACTIONS, GlamHistory
+from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.envs.babyai_text.text import describe
 from londi_jax.utils.errors import LondiError
 
@@ -101,12 +102,11 @@ def _join(descriptions: list[str]) -> str:
 
 
 class BabyAITextEnv:
-    """BabyAI-Text as a ``TextEnv``: six action strings, sentences, GLAM prompt in ``info``.
+    """BabyAI-Text as a ``TextEnv``: six action strings, observations as sentences.
 
     ``observation`` is the sentences joined by ``", "``; ``info`` carries ``descriptions``
-    (the sentence list), ``mission``, ``success``, ``task_kind``, ``prompt`` (GLAM's prompt
-    for the current step, history of 3 observations / 2 actions), ``step_count``,
-    ``max_steps`` and ``level``.
+    (the sentence list), ``mission``, ``success``, ``task_kind``, ``step_count``, ``max_steps``
+    and ``level``.
     """
 
     actions: tuple[str, ...] = ACTIONS
@@ -121,7 +121,6 @@ class BabyAITextEnv:
         # first reset (so batched runners that only seed resets stay reproducible).
         if not (self.level in MIXED_LEVELS and seed is None and "kind" not in level_kwargs):
             self._build(seed)
-        self.history = GlamHistory()
         self._mission = ""
         self._done = True
 
@@ -137,7 +136,6 @@ class BabyAITextEnv:
 
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
         base = self.unwrapped
-        info["prompt"] = self.history.prompt(self._mission)
         info["step_count"] = base.step_count
         info["max_steps"] = base.max_steps
         info["level"] = self.level
@@ -156,7 +154,6 @@ class BabyAITextEnv:
         obs, info = self.gym_env.reset(seed=seed)
         self._mission = obs["mission"]
         self._done = False
-        self.history.reset(info["descriptions"])
         info["success"] = False
         return TextReset(
             observation=_join(info["descriptions"]),
@@ -174,7 +171,6 @@ class BabyAITextEnv:
             raise LondiError("BabyAI-Text episode is over (or never started): call reset() before step()")
         obs, reward, terminated, truncated, info = self.gym_env.step(idx)
         self._done = terminated or truncated
-        self.history.push(action, info["descriptions"])
         return TextStep(
             observation=_join(info["descriptions"]),
             reward=float(reward),

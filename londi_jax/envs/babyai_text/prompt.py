@@ -49,17 +49,6 @@ def build_glam_prompt(
     return "".join(parts)
 
 
-def parse_glam_prompt(prompt: str) -> tuple[str, str]:
-    """``(mission, newest observation)`` back from a prompt built by :func:`build_glam_prompt`."""
-    head, sep, rest = prompt.partition(" \n Goal of the agent: ")
-    if not sep:
-        raise ValueError("not a GLAM prompt: no 'Goal of the agent:' line")
-    mission, _, obs_part = rest.partition(" \n Observation ")
-    newest = obs_part.rsplit(" \n Observation ", 1)[-1]
-    newest = newest.split(": ", 1)[-1].split("\n Action", 1)[0]
-    return mission, newest
-
-
 class GlamHistory:
     """GLAM's per-environment observation/action deques, with the prompt built on demand."""
 

@@ -1,0 +1,96 @@
+"""ScienceWorld through the one rollout loop: valid actions scored with the SwiftSage prompt,
+one JVM per slot reused across episodes, no JVM left afterwards."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from jvm_support import tagged_jvms
+
+from londi_jax.agents.londi import LondiAgent
+from londi_jax.agents.policy import LMPolicy
+from londi_jax.agents.prompts import SwiftSageFormat
+from londi_jax.agents.rollout import Decision, ModelCall, run_episodes
+from londi_jax.agents.routers import QuickOnly
+from londi_jax.envs import scienceworld as sw
+from londi_jax.envs.scienceworld.episodes import ScienceWorldEpisode, scienceworld_episodes
+
+pytestmark = pytest.mark.slow
+TAG = f"swroll-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def jvm_tag():
+    with tagged_jvms(TAG, "the ScienceWorld rollout tests"):
+        yield TAG
+
+
+class FirstValid:
+    """Takes the first valid action; records the states and the JVMs alive at each step."""
+
+    def __init__(self):
+        self.states, self.jvms = [], []
+
+    def start(self, num_slots):
+        pass
+
+    def act(self, batch):
+        self.states += batch.states
+        self.jvms.append(len(sw.live_jvm_pids(TAG)))
+        return Decision([s.valid_actions[0] for s in batch.states], [ModelCall("quick", range(batch.n), 0.0, 0.0)],
+                        [False] * batch.n)
+
+    def observe(self, batch, decision, outcome):
+        pass
+
+
+def test_episodes_reuse_one_jvm_per_slot_and_carry_valid_actions():
+    specs = scienceworld_episodes(["4-1"], split="train", variations=3, step_limit=3)
+    assert [s.variation for s in specs] == [0, 1, 2] and all(s.kind == "4-1" for s in specs)
+    ctl = FirstValid()
+    res = run_episodes(specs, ctl, num_envs=1, progress=False)
+    assert [e.seed for e in res.episodes] == [0, 1, 2] and all(e.length <= 3 for e in res.episodes)
+    assert max(ctl.jvms) == 1  # one slot, one JVM for all three episodes
+    for s in ctl.states:
+        assert s.valid_actions and "look around" in s.valid_actions
+        assert "look" in s.current.info and "inventory" in s.current.info and s.max_steps == 3
+    assert sw.live_jvm_pids(TAG) == []  # closed when the run ended
+
+
+def tiny_lm():
+    """A 1-layer random Llama with a word tokenizer trained on ScienceWorld-like text."""
+    from londi_jax.lm.config import ModelConfig
+    from londi_jax.lm.engine import LanguageModel
+    from londi_jax.lm.hf_loader import init_model
+    from londi_jax.lm.tokenizer import train_word_tokenizer
+
+    text = ("Your task is to find a living thing. This room is called the kitchen. In it, you see: a door "
+            "look around go to open close pick up move focus on inventory teleport wait Time Score Action "
+            "history Current environment inventory Visited rooms What action should you do next")
+    tok = train_word_tokenizer([text], vocab_size=120)
+    cfg = ModelConfig(family="llama", vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
+                      head_dim=16, intermediate_size=64, tie_embeddings=True, max_position_embeddings=4096,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      model_type="llama")
+    return LanguageModel(cfg, init_model(cfg, 0), tok, name="tiny")
+
+
+def test_an_lm_scores_every_valid_action_with_the_swiftsage_prompt():
+    lm = tiny_lm()
+    pol = LMPolicy(lm, SwiftSageFormat(), name="quick")
+    specs = [ScienceWorldEpisode("4-1", 0, split="train", step_limit=2)]
+    seen = []
+    orig = pol.score
+
+    def spy(prompts, candidates):
+        seen.append((prompts, candidates))
+        return orig(prompts, candidates)
+
+    pol.score = spy
+    res = LondiAgent(pol, pol, QuickOnly()).run(specs, num_envs=1, progress=False)
+    (ep,) = res.episodes
+    assert ep.length == 2 and ep.quick_calls == 2 and ep.quick_flops > 0
+    prompts, cands = seen[0]
+    assert prompts[0].startswith("Your task is to") and "Current environment: This room is called" in prompts[0]
+    assert len(cands[0]) > 20  # every valid action is a candidate, scored after one shared prefill
