@@ -44,7 +44,8 @@ class PolicyOutput:
             return np.argmax(self.logprobs, axis=-1)
         p = action_probs(self.logprobs)
         u = rng.random((p.shape[0], 1))
-        return np.minimum((np.cumsum(p, axis=-1) < u).sum(-1), p.shape[1] - 1)
+        last = np.isfinite(self.logprobs).sum(-1) - 1  # a row's own last candidate (rows may be ragged)
+        return np.minimum((np.cumsum(p, axis=-1) < u).sum(-1), last)
 
     def action_strings(self, idx: np.ndarray) -> list[str]:
         """The candidate strings of ``idx[i]`` in row i."""

@@ -95,3 +95,21 @@ def test_bad_decisions_and_arguments_are_clear_errors():
         run_episodes([], WalkRight(), progress=False)
     with pytest.raises(LondiError, match="num_envs"):
         run_episodes([ToySpec(0)], WalkRight(), num_envs=0, progress=False)
+
+
+def test_sampling_never_picks_past_a_ragged_rows_own_candidates():
+    from londi_jax.agents.policy import PolicyOutput
+
+    # 10 equal candidates: their probabilities sum to 0.9999999999999999 in float64, so a draw near 1
+    # runs past them in the cumulative sum; it must stop at the row's own last candidate, not padding
+    lp = np.full((1, 12), -np.inf)
+    lp[0, :10] = 0.0
+    out = PolicyOutput(lp, np.zeros((1, 2), np.float32), 0.0, 0.0, [tuple("abcdefghij")])
+    assert np.cumsum(np.full(10, 0.1))[-1] < 1.0
+
+    class AlmostOne:
+        def random(self, shape):
+            return np.full(shape, 1.0)  # the top of the draw range, as a stub
+
+    idx = out.actions(AlmostOne())
+    assert idx.tolist() == [9] and out.action_strings(idx) == ["j"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import pytest
 from jvm_support import tagged_jvms
 
@@ -39,7 +40,7 @@ class FirstValid:
         self.states += batch.states
         self.jvms.append(len(sw.live_jvm_pids(TAG)))
         return Decision([s.valid_actions[0] for s in batch.states], [ModelCall("quick", range(batch.n), 0.0, 0.0)],
-                        [False] * batch.n)
+                        np.zeros(batch.n, bool))
 
     def observe(self, batch, decision, outcome):
         pass
@@ -94,3 +95,20 @@ def test_an_lm_scores_every_valid_action_with_the_swiftsage_prompt():
     prompts, cands = seen[0]
     assert prompts[0].startswith("Your task is to") and "Current environment: This room is called" in prompts[0]
     assert len(cands[0]) > 20  # every valid action is a candidate, scored after one shared prefill
+
+
+def test_bad_episode_specs_fail_before_any_jvm_starts():
+    from londi_jax.utils.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="boil"):
+        ScienceWorldEpisode("no-such-task", 0)
+    with pytest.raises(sw.ScienceWorldError, match="step_limit must be an int >= 1"):
+        ScienceWorldEpisode("4-1", 0, step_limit=0)
+    with pytest.raises(sw.ScienceWorldError, match="variation must be"):
+        ScienceWorldEpisode("4-1", -1)
+    with pytest.raises(UnknownNameError, match="train"):
+        ScienceWorldEpisode("4-1", 0, split="valid")
+    with pytest.raises(sw.ScienceWorldError, match="at least one task"):
+        scienceworld_episodes([])
+    assert ScienceWorldEpisode("boil", 0).task == "1-1"
+    assert sw.live_jvm_pids(TAG) == []

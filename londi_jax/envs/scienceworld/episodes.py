@@ -13,6 +13,8 @@ from typing import Any
 
 from londi_jax.envs.base import TextReset
 from londi_jax.envs.scienceworld.env import ScienceWorldTextEnv
+from londi_jax.envs.scienceworld.tasks import SPLITS, ScienceWorldError, _check_simplifications, resolve_task
+from londi_jax.utils.errors import UnknownNameError
 
 __all__ = ["ScienceWorldEpisode", "scienceworld_episodes"]
 
@@ -27,6 +29,18 @@ class ScienceWorldEpisode:
     simplifications: str = "easy"
     step_limit: int = 100
     with_valid: bool = True
+
+    def __post_init__(self) -> None:
+        # checked here, before any JVM starts (a reused env would otherwise skip the env's own checks)
+        info = resolve_task(self.task)
+        object.__setattr__(self, "task", info.id)
+        if self.split not in SPLITS:
+            raise UnknownNameError("split", str(self.split), SPLITS)
+        _check_simplifications(self.simplifications, info)
+        for name in ("variation", "step_limit"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "variation" else 1):
+                raise ScienceWorldError(f"{name} must be an int >= {0 if name == 'variation' else 1}, got {v!r}")
 
     @property
     def seed(self) -> int:
@@ -62,6 +76,9 @@ class ScienceWorldEpisode:
 def scienceworld_episodes(tasks: Sequence[str], split: str = "test", variations: int = 3, **kw: Any
                           ) -> list[ScienceWorldEpisode]:
     """The first ``variations`` variations of ``split`` for each task (one JVM to list them)."""
+    tasks = [tasks] if isinstance(tasks, (str, int)) else list(tasks)
+    if not tasks or isinstance(variations, bool) or not isinstance(variations, int) or variations < 1:
+        raise ScienceWorldError(f"give at least one task and variations >= 1, got tasks={tasks!r}, variations={variations!r}")
     out: list[ScienceWorldEpisode] = []
     with ScienceWorldTextEnv(tasks[0], split=split, simplifications=kw.get("simplifications", "easy")) as env:
         for t in tasks:
