@@ -39,7 +39,7 @@ from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import above, at_least, check_fields, one_of
 
 __all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
-           "bc_data_from_episodes", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
+           "bc_data_from_episodes", "bc_data_from_steps", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
 
 LOSSES = ("choice", "tokens", "both")
 FINETUNE_MODES = ("full", "lora")
@@ -66,11 +66,13 @@ class BCConfig:
     pool_batches: int = 16  # batches drawn together and sorted by length (less padding)
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at every epoch end)
     seed: int = 0
+    candidates: int = 16  # per-example candidate sets (ScienceWorld): the expert's + this many - 1 sampled others
 
     def __post_init__(self) -> None:  # every field typed and in range when built (overrides too)
         check_fields(self, {
             **{name: [at_least(1)] for name in ("epochs", "batch_size", "length_multiple", "pool_batches",
                                                 "checkpoint_every")},
+            "candidates": [at_least(2)],
             "learning_rate": [above(0)], "warmup_steps": [at_least(0)], "weight_decay": [at_least(0)],
             "max_grad_norm": [above(0)], "seed": [at_least(0)],
             "loss": [one_of(LOSSES, "BC loss")], "finetune": [one_of(FINETUNE_MODES, "fine-tuning mode")]})
@@ -78,14 +80,47 @@ class BCConfig:
 
 @dataclasses.dataclass
 class BCData:
-    """Tokenized demos: one prompt and the index of the expert's action per example."""
+    """Tokenized demos: one prompt and the index of the expert's action per example.
+
+    ``candidate_ids``: per-example candidate sets (example i's candidates as token-id lists,
+    ``labels[i]`` indexing into them), for environments whose actions depend on the state
+    (ScienceWorld's valid actions); ``None`` when every example shares the trainer's fixed
+    action list (BabyAI-Text's six actions)."""
 
     prompt_ids: list[np.ndarray]
     labels: np.ndarray  # int32 [N]
     kinds: list[str]
+    candidate_ids: list[list[list[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+
+def bc_data_from_steps(prompts: Sequence[str], candidates: Sequence[Sequence[str]], actions: Sequence[str],
+                       kinds: Sequence[str], tokenizer: Any) -> BCData:
+    """Examples with their own candidate sets: ``prompts[i]``, the expert's ``actions[i]`` among
+    ``candidates[i]`` (added when missing: the expert's action is always a candidate). Each
+    distinct action string is tokenized once. Raises ``BCError`` for no examples or an action
+    that tokenizes to nothing."""
+    if not prompts:
+        raise BCError("no demo steps to clone (no successful episodes?); write more demos first")
+    if not (len(prompts) == len(candidates) == len(actions) == len(kinds)):
+        raise BCError(f"prompts, candidates, actions and kinds differ in length: {len(prompts)}, "
+                      f"{len(candidates)}, {len(actions)}, {len(kinds)}")
+    rows = [list(dict.fromkeys(c)) for c in candidates]
+    labels = []
+    for row, a in zip(rows, actions):
+        if a not in row:
+            row.append(a)
+        labels.append(row.index(a))
+    vocab = sorted({c for row in rows for c in row})
+    ids = dict(zip(vocab, tokenizer(vocab, add_special_tokens=False)["input_ids"]))
+    for a, i in ids.items():
+        if not i:
+            raise BCError(f"action {a!r} tokenizes to zero tokens")
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    return BCData([np.asarray(i, np.int32) for i in p_ids], np.asarray(labels, np.int32), [str(k) for k in kinds],
+                  [[list(ids[c]) for c in row] for row in rows])
 
 
 def bc_data_from_episodes(episodes: Iterable[Mapping[str, Any]], tokenizer: Any,
@@ -157,12 +192,16 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, pool_batches: int, seed:
 def bc_loss(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, labels: jax.Array,
             row_valid: jax.Array, c_tok: jax.Array, c_valid: jax.Array, loss: str
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """BC loss of a batch (mean over ``row_valid`` rows) and metrics (choice CE, token NLL, accuracy)."""
+    """BC loss of a batch (mean over ``row_valid`` rows) and metrics (choice CE, token NLL, accuracy).
+
+    ``c_tok/c_valid``: the candidates, shared ``(K, L)`` or per row ``(B, K, L)`` (a candidate
+    with no valid token is padding and is never chosen)."""
     B = p_tok.shape[0]
-    ct = jnp.broadcast_to(c_tok, (B, *c_tok.shape))
-    cv = jnp.broadcast_to(c_valid, (B, *c_valid.shape))
+    ct = c_tok if c_tok.ndim == 3 else jnp.broadcast_to(c_tok, (B, *c_tok.shape))
+    cv = c_valid if c_valid.ndim == 3 else jnp.broadcast_to(c_valid, (B, *c_valid.shape))
     lp, _, _ = score_candidates(model, p_tok, p_valid, ct, cv)
-    scores = lp.sum(-1)  # (B, K) GLAM's action scores
+    # GLAM's action scores; padding candidates (no valid token) of per-row sets are not candidates
+    scores = jnp.where(cv.any(-1), lp.sum(-1), -jnp.inf)  # (B, K)
     picked = jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
     choice = jax.nn.logsumexp(scores, axis=-1) - picked
     tokens = -picked
@@ -221,7 +260,7 @@ class BCTrainer:
         self.graphdef, trainable, frozen = split_trainable(model, config.finetune)
         self.frozen = frozen
         self._init_trainable = trainable
-        self.c_tok, self.c_valid = encode_candidates(tokenizer, actions)
+        self.c_tok, self.c_valid = encode_candidates(tokenizer, actions) if data.candidate_ids is None else (None, None)
         self.steps_per_epoch = len(epoch_batches(self.lengths, config.batch_size, config.pool_batches,
                                                  config.seed, 0))
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -234,11 +273,13 @@ class BCTrainer:
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 1))
 
     # ------------------------------------------------------------------ pure step
-    def _step_impl(self, trainable, opt_state, frozen, p_tok, p_valid, labels, row_valid):
+    def _step_impl(self, trainable, opt_state, frozen, p_tok, p_valid, labels, row_valid, c_tok=None, c_valid=None):
+        c_tok = self.c_tok if c_tok is None else c_tok
+        c_valid = self.c_valid if c_valid is None else c_valid
+
         def loss_fn(tr):
             model = merge_trainable(self.graphdef, tr, frozen)
-            return bc_loss(model, p_tok, p_valid, labels, row_valid, self.c_tok, self.c_valid,
-                           self.config.loss)
+            return bc_loss(model, p_tok, p_valid, labels, row_valid, c_tok, c_valid, self.config.loss)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = self.tx.update(grads, opt_state, trainable)
@@ -253,13 +294,40 @@ class BCTrainer:
         """The (possibly LoRA-adapted) model holding ``trainable``."""
         return merge_trainable(self.graphdef, trainable, self.frozen)
 
-    def _batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _batch(self, idx: np.ndarray, epoch: int = 0) -> tuple[np.ndarray, ...]:
         B = self.config.batch_size
         p_tok, p_valid = pad_prompts([self.data.prompt_ids[i] for i in idx], B, self.config.length_multiple)
         labels = np.zeros((B,), np.int32)
         labels[:len(idx)] = self.data.labels[idx]
         row_valid = np.arange(B) < len(idx)
-        return p_tok, p_valid, labels, row_valid
+        if self.data.candidate_ids is None:
+            return p_tok, p_valid, labels, row_valid
+        c_tok, c_valid = self._candidate_batch(idx, epoch, labels)  # sets labels to the expert's slot
+        return p_tok, p_valid, labels, row_valid, c_tok, c_valid
+
+    def _candidate_batch(self, idx: np.ndarray, epoch: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row candidates ``(B, K, L)``: the expert's action first, then up to K - 1 others of
+        the example's set drawn without replacement; a pure function of (seed, epoch, examples),
+        so a resumed run draws the same. Sets labels to 0 (the expert's slot). L is padded to a
+        multiple of 8 (few programs)."""
+        K, B = self.config.candidates, self.config.batch_size
+        chosen = []
+        for r, i in enumerate(idx):
+            row, lab = self.data.candidate_ids[i], int(self.data.labels[i])
+            others = [k for k in range(len(row)) if k != lab]
+            rng = np.random.default_rng([self.config.seed, epoch, int(i)])
+            pick = rng.choice(len(others), size=min(K - 1, len(others)), replace=False) if others else []
+            chosen.append([row[lab]] + [row[others[j]] for j in pick])
+            labels[r] = 0
+        L = 8 * math.ceil(max(len(c) for cs in chosen for c in cs) / 8)
+        tok = np.zeros((B, K, L), np.int32)
+        valid = np.zeros((B, K, L), bool)
+        for r, cs in enumerate(chosen):
+            for k, c in enumerate(cs):
+                tok[r, k, :len(c)] = c
+                valid[r, k, :len(c)] = True
+        valid[len(chosen):, 0, 0] = True  # padding rows: one valid candidate token (masked by row_valid)
+        return tok, valid
 
     # ------------------------------------------------------------------ loop
     def train(self, checkpoint_dir: str | os.PathLike | None = None,
@@ -303,7 +371,7 @@ class BCTrainer:
                     epoch_metrics: list[dict[str, jax.Array]] = []  # read back once per epoch, not per step
                     for b_idx in range(step - epoch * self.steps_per_epoch, len(batches)):
                         tr, opt, metrics = self._step(state["trainable"], state["opt"], self.frozen,
-                                                      *self._batch(batches[b_idx]))
+                                                      *self._batch(batches[b_idx], epoch))
                         state = {"trainable": tr, "opt": opt}
                         step += 1
                         if epoch_metrics:  # the previous step is finished once its metrics are ready

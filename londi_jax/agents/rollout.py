@@ -34,7 +34,7 @@ from londi_jax.envs.base import TextEnv, TextReset, TextStep
 from londi_jax.utils.errors import LondiError
 
 __all__ = ["EpisodeSource", "EpisodeRecord", "RolloutResult", "StepBatch", "ModelCall", "Decision", "StepOutcome",
-           "Controller", "run_episodes", "first_state", "MODELS"]
+           "Controller", "run_episodes", "first_state", "mean_score", "MODELS"]
 
 MODELS = ("quick", "deep")  # the models a call may be charged to
 
@@ -72,6 +72,8 @@ class EpisodeRecord:
     quick_seconds: float = 0.0
     deep_seconds: float = 0.0
     budget: int | None = None
+    score: float | None = None  # the env's own score at the end, where it keeps one (ScienceWorld)
+    lost: bool = False  # cut short by a simulator failure (ScienceWorld's JVM died), not by the agent
 
     @property
     def violated(self) -> bool:
@@ -104,7 +106,15 @@ class RolloutResult:
             "flops_per_episode": float(np.mean([e.quick_flops + e.deep_flops for e in eps])) if eps else 0.0,
             "violations": sum(e.violated for e in eps),
             "env_steps_per_second": self.env_steps / max(self.wall_seconds, 1e-9),
+            **({"mean_score": mean_score(eps), "lost": sum(e.lost for e in eps)}
+               if eps and all(e.score is not None for e in eps) else {}),
         }
+
+
+def mean_score(episodes: Sequence[EpisodeRecord]) -> float:
+    """Mean final score with failed episodes (score -100) counted as 0, as ScienceWorld papers
+    report it (SwiftSage's ``show_results``)."""
+    return float(np.mean([max(e.score or 0.0, 0.0) for e in episodes])) if episodes else 0.0
 
 
 @dataclasses.dataclass
@@ -143,7 +153,8 @@ class ModelCall:
 class Decision:
     """A controller's choice for one step: ``actions[j]`` for row j, the calls it made,
     ``deep[j]`` whether DEEPTHINK chose row j's action, and ``branch[j] = action``: also try
-    ``action`` on a copy of row j's env (before stepping; the env must support ``copy.deepcopy``)."""
+    ``action`` from row j's state without changing its episode (the env's ``branch(action)``
+    where it has one, else a step of a ``copy.deepcopy`` of the env)."""
 
     actions: list[str]
     calls: list[ModelCall]
@@ -218,12 +229,21 @@ class _Slot:
         self.new = True
 
 
-def _copy_env(env: Any) -> Any:
+def _branch(env: Any, action: str, with_valid: bool) -> TextStep:
+    """The outcome of ``action`` from ``env``'s current state, leaving ``env`` as it is: the env's
+    own ``branch`` where it has one (ScienceWorld replays in a second JVM), else a step of a
+    ``copy.deepcopy`` of it (BabyAI-Text)."""
+    if hasattr(env, "branch"):
+        return env.branch(action, with_valid=True) if with_valid else env.branch(action)
     try:
-        return copy.deepcopy(env)
+        other = copy.deepcopy(env)
     except Exception as err:  # noqa: BLE001 - e.g. a simulator in another process
         raise LondiError(f"cannot copy a {type(env).__name__} to branch a rollout ({type(err).__name__}: {err}); "
-                         "branches need envs that support copy.deepcopy (BabyAI-Text does, ScienceWorld does not)") from err
+                         "branches need envs with a branch(action) method or that support copy.deepcopy") from err
+    try:
+        return other.step(action, with_valid=True) if with_valid else other.step(action)
+    finally:
+        getattr(other, "close", lambda: None)()
 
 
 def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 32, *, budget: int | None = None,
@@ -268,13 +288,11 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
             steps: list[TextStep] = []
             branches: dict[int, tuple[TextStep, EpisodeState]] = {}
             for j, s in enumerate(act):
-                other = _copy_env(s.env) if j in dec.branch else None  # before stepping: the action not taken
-                out = s.env.step(dec.actions[j], with_valid=True) if s.with_valid else s.env.step(dec.actions[j])
-                steps.append(out)
-                if other is not None:
-                    alt = other.step(dec.branch[j], with_valid=True) if s.with_valid else other.step(dec.branch[j])
+                if j in dec.branch:  # before stepping: the action not taken, from the same state
+                    alt = _branch(s.env, dec.branch[j], s.with_valid)
                     branches[j] = (alt, _next_state(s.state, dec.branch[j], alt))
-                    other.close()
+                steps.append(s.env.step(dec.actions[j], with_valid=True) if s.with_valid
+                             else s.env.step(dec.actions[j]))
             outcome = StepOutcome(steps, [_next_state(s.state, a, o) for s, a, o in zip(act, dec.actions, steps)],
                                   branches)
             env_steps += len(act)
@@ -284,8 +302,11 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
                 s.record.length += 1
                 s.record.ret += out.reward
                 s.state = outcome.next_states[j]
+                if "score" in out.info:  # environments with a running score (ScienceWorld: -100 or 0..100)
+                    s.record.score = float(out.info["score"])
                 if out.done:
-                    s.record.success = bool(out.terminated and out.reward > 0)
+                    s.record.success = bool(out.info.get("success", out.terminated and out.reward > 0))
+                    s.record.lost = bool(out.info.get("episode_lost", False))
             controller.observe(batch, dec, outcome)
             for j, i in enumerate(active):
                 if steps[j].done:

@@ -167,3 +167,38 @@ def test_progress_bar_counts_finished_steps(demos, monkeypatch):
     monkeypatch.setattr(bc, "tqdm", Bar)
     tr.train(progress=False)
     assert len(checks) == tr.total_steps and all(ok for _, ok in checks)
+
+
+def test_per_example_candidate_sets(demos):
+    """State-dependent candidates (ScienceWorld's valid actions): each row is scored against the
+    expert's action plus others drawn from its own set; the loss equals GLAM's policy over those
+    candidates computed by the scoring program; padding candidates are never candidates."""
+    from londi_jax.agents.bc import bc_data_from_steps
+
+    eps, tok = demos
+    steps = [(s["prompt"], s["action"]) for e in eps for s in e["steps"]]
+    rng = np.random.default_rng(0)
+    cands = [list(rng.choice(ACTIONS, size=int(rng.integers(1, 6)), replace=False)) for _ in steps]
+    data = bc_data_from_steps([p for p, _ in steps], cands, [a for _, a in steps], ["k"] * len(steps), tok)
+    for row, lab, (_, a), c in zip(data.candidate_ids, data.labels, steps, cands):
+        assert row[lab] == tok.encode(a, add_special_tokens=False) and len(row) == len(set(c) | {a})
+    model = tiny_model(tok)
+    tr = BCTrainer(model, tok, data, BCConfig(batch_size=8, candidates=4, length_multiple=256))
+    idx = np.arange(6)
+    p_tok, p_valid, labels, row_valid, c_tok, c_valid = tr._batch(idx, epoch=0)
+    assert c_tok.shape[:2] == (8, 4) and (labels == 0).all()
+    assert (tr._batch(idx, epoch=0)[4] == c_tok).all() and not (tr._batch(idx, epoch=1)[4] == c_tok).all()
+    lm = LanguageModel(model.config, model, tok)
+    expected = []
+    for r, i in enumerate(idx):
+        chosen = [list(c_tok[r, k][c_valid[r, k]]) for k in range(4) if c_valid[r, k].any()]
+        assert chosen[0] == list(data.candidate_ids[i][data.labels[i]])  # the expert's action first
+        assert len(chosen) == min(4, len(data.candidate_ids[i]))
+        assert all(c in data.candidate_ids[i] for c in chosen) and len({tuple(c) for c in chosen}) == len(chosen)
+        s = np.asarray(lm.score_tokens([list(data.prompt_ids[i])], [chosen]).logprobs[0])
+        expected.append(np.log(np.exp(s).sum()) - s[0])
+    loss, _ = bc_loss(model, p_tok, p_valid, labels, row_valid, c_tok, c_valid, "choice")
+    assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)
+    res = BCTrainer(model, tok, data, BCConfig(epochs=4, batch_size=8, learning_rate=1e-2, warmup_steps=2,
+                                                candidates=4, length_multiple=256)).train(progress=False)
+    assert res.history[-1]["train_loss"] < 0.8 * res.history[0]["train_loss"]

@@ -112,3 +112,57 @@ def test_bad_episode_specs_fail_before_any_jvm_starts():
         scienceworld_episodes([])
     assert ScienceWorldEpisode("boil", 0).task == "1-1"
     assert sw.live_jvm_pids(TAG) == []
+
+
+def test_branch_gives_the_step_without_changing_the_episode():
+    """``branch`` replays the episode in a second JVM: the same outcome as stepping, and the
+    episode itself does not move (checked against the real step taken afterwards)."""
+    env = sw.ScienceWorldTextEnv("4-2", split="train", gold_path=True, with_look_inventory=True)
+    try:
+        env.reset(variation=0, with_valid=False)
+        gold = env.gold_actions()
+        for a in gold[:2]:
+            env.step(a)
+        score = env.score
+        focus = env.branch("focus on door to kitchen")  # focus is irrevocable: a leak would show
+        assert env.score == score
+        again = env.branch("focus on door to kitchen")
+        assert (again.observation, again.info["score"]) == (focus.observation, focus.info["score"])
+        alt = env.branch(gold[2], with_valid=True)
+        real = env.step(gold[2], with_valid=True)
+        assert (alt.observation, alt.reward, alt.info["score"], alt.terminated) == \
+            (real.observation, real.reward, real.info["score"], real.terminated)
+        assert alt.info["valid_actions"] == real.info["valid_actions"]
+        assert alt.info["look"] == real.info["look"]
+        assert len(sw.live_jvm_pids(TAG)) == 2  # the episode's JVM and the replay JVM
+    finally:
+        env.close()
+    assert sw.live_jvm_pids(TAG) == []  # close() stops both
+
+
+class BranchFirstValid(FirstValid):
+    """Takes the first valid action and branches on the last one; keeps the branch outcomes."""
+
+    def __init__(self):
+        super().__init__()
+        self.branches = []
+
+    def act(self, batch):
+        dec = super().act(batch)
+        dec.branch = {j: s.valid_actions[-1] for j, s in enumerate(batch.states)}
+        return dec
+
+    def observe(self, batch, decision, outcome):
+        self.branches += [(decision.branch[j], outcome.branches[j][1]) for j in range(batch.n)]
+
+
+def test_rollout_branches_scienceworld_envs_and_records_the_score():
+    specs = scienceworld_episodes(["4-2"], split="train", variations=2, step_limit=2)
+    ctl = BranchFirstValid()
+    res = run_episodes(specs, ctl, num_envs=2, progress=False)
+    assert len(ctl.branches) == res.env_steps == 4
+    for action, state in ctl.branches:
+        assert state.actions[-1] == action and state.valid_actions  # the branch's own next state
+    assert all(e.score is not None and not e.lost for e in res.episodes)
+    assert res.summary()["mean_score"] == np.mean([max(e.score, 0) for e in res.episodes])
+    assert sw.live_jvm_pids(TAG) == []

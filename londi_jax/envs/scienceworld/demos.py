@@ -54,8 +54,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
-def _demo_episode(env: ScienceWorldTextEnv, variation: int) -> dict[str, Any]:
-    first = env.reset(variation=variation, with_valid=False)
+def _demo_episode(env: ScienceWorldTextEnv, variation: int, with_valid: bool = False) -> dict[str, Any]:
+    first = env.reset(variation=variation, with_valid=with_valid)
+    valid = first.valid_actions
     gold = env.gold_actions()
     record: dict[str, Any] = {
         "task": env.task.id, "task_name": env.task.name, "variation": variation, "split": env.split,
@@ -65,12 +66,14 @@ def _demo_episode(env: ScienceWorldTextEnv, variation: int) -> dict[str, Any]:
     }
     step = None
     for action in gold:
-        step = env.step(action)
+        step = env.step(action, with_valid=with_valid)
         record["steps"].append({
             "action": action, "observation": step.observation, "score": step.info["score"], "reward": step.reward,
             "moves": step.info.get("moves"), "look": env.look(), "inventory": env.inventory(),
             "terminated": step.terminated, "truncated": step.truncated,
+            **({"valid_actions": valid} if with_valid else {}),
         })
+        valid = step.info.get("valid_actions", [])
         if step.done:
             break
     lost = step is not None and step.info.get("episode_lost", False)
@@ -91,6 +94,7 @@ def write_demos(
     overwrite: bool = False,
     simplifications: str = "easy",
     progress: bool = True,
+    with_valid: bool = False,
 ) -> dict[str, Any]:
     """Write the gold action sequence of each variation of ``tasks`` (None or "all": all 30) in
     ``split`` (the first ``max_variations`` of it) with per-step observations and scores.
@@ -99,7 +103,9 @@ def write_demos(
       * ``<task id>.jsonl``: one JSON object per variation: task, task_name, variation, split,
         simplifications, task_description, initial_observation / _look / _inventory / _score,
         gold_actions, steps (list of {action, observation, score, reward, moves, look,
-        inventory, terminated, truncated}), num_steps, final_score, success, complete.
+        inventory, terminated, truncated, and with ``with_valid`` valid_actions: the valid
+        actions of the state the action was taken in, the candidates a scoring policy clones
+        against}), num_steps, final_score, success, complete.
       * ``index.json``: format, scienceworld_version, split, simplifications, and per task
         {name, file, variations, num_success, mean_final_score} plus totals.
 
@@ -123,11 +129,11 @@ def write_demos(
     out = Path(out_dir)
     index_path = out / "index.json"
     settings = {"format": DEMO_FORMAT, "scienceworld_version": SCIENCEWORLD_VERSION, "split": split,
-                "simplifications": simplifications}
+                "simplifications": simplifications, "with_valid": bool(with_valid)}
     index: dict[str, Any] = {}
     if index_path.exists() and not overwrite:
         index = json.loads(index_path.read_text())
-        old = {k: index.get(k) for k in settings}
+        old = {k: index.get(k, False if k == "with_valid" else None) for k in settings}
         if old != settings:
             raise ScienceWorldError(
                 f"{out} holds demos written with {old}, not {settings}: pass overwrite=True (CLI --overwrite) or use another directory")
@@ -138,7 +144,8 @@ def write_demos(
         index = {}
     for t in infos:
         for r in _read_jsonl(out / f"{t.id}.jsonl"):
-            if r.get("split") != split or r.get("simplifications") != simplifications:
+            if (r.get("split") != split or r.get("simplifications") != simplifications
+                    or with_valid and any("valid_actions" not in st for st in r["steps"])):
                 raise ScienceWorldError(
                     f"{out / f'{t.id}.jsonl'} holds demos of another split or simplification: pass overwrite=True")
     index = settings | {"tasks": index.get("tasks", {})}
@@ -164,7 +171,7 @@ def write_demos(
                         skipped += 1
                         continue
                     bar.set_postfix_str(f"{t.id} var {v}")
-                    rec = _demo_episode(env, v)
+                    rec = _demo_episode(env, v, with_valid)
                     f.write(json.dumps(rec) + "\n")
                     f.flush()
                     records.append(rec)
