@@ -28,6 +28,7 @@ from londi_jax.agents.policy import LMPolicy, SwitchEncoder, confidence_features
 from londi_jax.agents.prompts import EpisodeState
 from londi_jax.agents.rollout import (
     Decision,
+    EnvPool,
     EpisodeRecord,
     EpisodeSource,
     ModelCall,
@@ -161,12 +162,13 @@ class LondiAgent:
         self.encoder = encoder
 
     def run(self, specs: Sequence[EpisodeSource], num_envs: int = 32, *, progress: bool = True,
-            desc: str | None = None) -> RolloutResult:
-        """Play every spec once; returns per-episode records (in spec order)."""
+            desc: str | None = None, pool: EnvPool | None = None) -> RolloutResult:
+        """Play every spec once; returns per-episode records (in spec order). ``pool``: envs kept
+        between runs (``rollout.EnvPool``)."""
         ctl = LondiController(self.quick, self.deep, self.router, budget=self.budget,
                               sample_actions=self.sample_actions, seed=self.seed, encoder=self.encoder)
         return run_episodes(specs, ctl, num_envs, budget=self.budget, progress=progress,
-                            desc=desc or f"{getattr(self.router, 'name', 'rollout')}")
+                            desc=desc or f"{getattr(self.router, 'name', 'rollout')}", pool=pool)
 
 
 class SwitchDataCollector:
@@ -228,7 +230,8 @@ class SwitchDataCollector:
 def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[EpisodeSource], *,
                         num_envs: int = 32, deep_probs: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
                         seed: int = 0, sample_actions: bool = False, progress: bool = True,
-                        encoder: SwitchEncoder | None = None) -> tuple[OfflineDataset, dict[str, Any]]:
+                        encoder: SwitchEncoder | None = None, pool: EnvPool | None = None
+                        ) -> tuple[OfflineDataset, dict[str, Any]]:
     """Log both models' outcomes in every visited state (for offline switcher training).
 
     In each state QUICK and DEEPTHINK both score the actions; when their actions differ the env
@@ -241,7 +244,7 @@ def collect_switch_data(quick: LMPolicy, deep: LMPolicy, specs: Sequence[Episode
     """
     ctl = SwitchDataCollector(quick, deep, deep_probs, seed, sample_actions, encoder)
     q0, d0 = quick.calls, deep.calls
-    res = run_episodes(specs, ctl, num_envs, progress=progress, desc="collect switch data")
+    res = run_episodes(specs, ctl, num_envs, progress=progress, desc="collect switch data", pool=pool)
     stats = {"states": res.env_steps, "branched": ctl.branched, "episodes": len(res.episodes),
              "successes": sum(int(r.success) for r in res.episodes), "seconds": res.wall_seconds,
              "quick_calls": quick.calls - q0, "deep_calls": deep.calls - d0}

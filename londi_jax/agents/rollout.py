@@ -34,7 +34,7 @@ from londi_jax.envs.base import TextEnv, TextReset, TextStep
 from londi_jax.utils.errors import LondiError
 
 __all__ = ["EpisodeSource", "EpisodeRecord", "RolloutResult", "StepBatch", "ModelCall", "Decision", "StepOutcome",
-           "Controller", "run_episodes", "first_state", "mean_score", "MODELS"]
+           "Controller", "EnvPool", "run_episodes", "first_state", "mean_score", "MODELS"]
 
 MODELS = ("quick", "deep")  # the models a call may be charged to
 
@@ -246,12 +246,46 @@ def _branch(env: Any, action: str, with_valid: bool) -> TextStep:
         getattr(other, "close", lambda: None)()
 
 
+class EnvPool:
+    """Envs kept from one rollout to the next, one per slot: with specs that can start an episode
+    in a previous env (``start(env)``), a ScienceWorld JVM starts once per pool instead of once
+    per slot and run (seconds each, plus its JIT warm-up). Close it when done (``with EnvPool()
+    as pool``); envs of a rollout that raised are closed, not kept."""
+
+    def __init__(self) -> None:
+        self._envs: dict[int, Any] = {}
+
+    def take(self, slot: int) -> Any:
+        return self._envs.pop(slot, None)
+
+    def give(self, slot: int, env: Any) -> None:
+        old = self._envs.pop(slot, None)
+        if old is not None and old is not env:
+            old.close()
+        self._envs[slot] = env
+
+    def close(self) -> None:
+        envs, self._envs = list(self._envs.values()), {}
+        for env in envs:
+            env.close()
+
+    def __len__(self) -> int:
+        return len(self._envs)
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 32, *, budget: int | None = None,
-                 progress: bool = True, desc: str = "rollout") -> RolloutResult:
+                 progress: bool = True, desc: str = "rollout", pool: EnvPool | None = None) -> RolloutResult:
     """Play every spec once with ``controller`` in ``min(num_envs, len(specs))`` slots.
 
     ``budget`` is only recorded (``EpisodeRecord.budget``, violations); enforcing it is the
-    controller's business. Returns the records in spec order. Raises ``LondiError`` for no
+    controller's business. ``pool``: take the slots' envs from it and give them back at the end
+    (see :class:`EnvPool`). Returns the records in spec order. Raises ``LondiError`` for no
     specs, ``num_envs < 1`` or a decision of the wrong length.
     """
     if not specs:
@@ -262,7 +296,7 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
     slots: list[_Slot | None] = [None] * min(num_envs, len(specs))
     for i in range(len(slots)):
         k = queue.pop(0)
-        slots[i] = _Slot(specs[k], k, budget)
+        slots[i] = _Slot(specs[k], k, budget, pool.take(i) if pool is not None else None)
     controller.start(len(slots))
     records: list[EpisodeRecord | None] = [None] * len(specs)
     calls = dict.fromkeys(MODELS, 0)
@@ -315,7 +349,10 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
                     if queue:  # the slot's env goes to its next episode (reused where the spec can)
                         slots[i] = _Slot(specs[queue[0]], queue.pop(0), budget, s.env)
                     else:
-                        s.env.close()
+                        if pool is not None:
+                            pool.give(i, s.env)
+                        else:
+                            s.env.close()
                         slots[i] = None
                     bar.update(1)
     finally:

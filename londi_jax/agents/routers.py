@@ -165,24 +165,29 @@ def confidence(quick_logprobs: np.ndarray, measure: str = "margin") -> np.ndarra
 
     The K action scores are turned into QUICK's policy p = softmax(scores). ``"margin"``:
     p_top1 - p_top2; ``"max_prob"``: p_top1; ``"entropy"``: 1 - H(p) / log K (so that, like
-    the others, a flatter distribution gives a lower value).
+    the others, a flatter distribution gives a lower value). Rows may be ragged (ScienceWorld's
+    valid actions): ``-inf`` entries are padding, not candidates, and K is the row's own count
+    (a row with one candidate is fully confident).
     """
     if measure not in MEASURES:
         raise UnknownNameError("confidence measure", measure, MEASURES)
     lp = np.asarray(quick_logprobs, np.float64)
-    if lp.ndim != 2 or lp.shape[1] < 2:
-        raise RouterError(f"quick_logprobs must be (n, K) with K >= 2 actions, got shape {lp.shape}")
-    if not np.all(np.isfinite(lp)):
-        raise RouterError("quick_logprobs contain NaN or inf; QUICK's scores must be finite")
-    z = np.exp(lp - lp.max(axis=1, keepdims=True))
+    if lp.ndim != 2 or lp.shape[1] < 1:
+        raise RouterError(f"quick_logprobs must be (n, K) with K >= 1 actions, got shape {lp.shape}")
+    real = np.isfinite(lp)
+    if np.any(np.isnan(lp)) or np.any(lp == np.inf) or not np.all(real.any(axis=1)):
+        raise RouterError("quick_logprobs contain NaN, +inf or a row without a finite score; QUICK's scores must be "
+                          "finite (-inf only marks padding past a row's candidates)")
+    z = np.where(real, np.exp(lp - np.max(np.where(real, lp, -np.inf), axis=1, keepdims=True)), 0.0)
     p = z / z.sum(axis=1, keepdims=True)
     if measure == "max_prob":
         return p.max(axis=1)
     if measure == "margin":
-        top2 = np.sort(p, axis=1)[:, -2:]
+        top2 = np.sort(np.pad(p, ((0, 0), (1, 0))), axis=1)[:, -2:]
         return top2[:, 1] - top2[:, 0]
     ent = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
-    return 1.0 - ent / np.log(p.shape[1])
+    k = real.sum(axis=1)
+    return np.where(k > 1, 1.0 - ent / np.log(np.maximum(k, 2)), 1.0)
 
 
 def calibrate_threshold(confidences: np.ndarray, target_rate: float, measure: str = "margin") -> float:

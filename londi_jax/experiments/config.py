@@ -33,8 +33,17 @@ _NONBLANK = Rule("that is not blank", lambda v: bool(v.strip()))
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-    """BabyAI-Text levels: training demos and switch data on ``level``, evaluation on ``eval_level``."""
+    """The environment family (``name``, ``experiments.families``) and its episodes.
 
+    BabyAI-Text: training demos and switch data on ``level``, evaluation on ``eval_level``;
+    ``kinds`` are Mixed task kinds. ScienceWorld: ``kinds`` are task ids or names, demos are the
+    gold paths of the first ``demo_episodes`` train variations of each, switch data and BC
+    evaluation use dev variations, evaluation test variations; ``max_steps`` is the step limit
+    (default 100), ``simplifications`` the simulator's (SwiftSage's ``easy``), ``history`` the
+    (action, reward, observation) triples in SwiftSage's prompt. Fields of the other family are
+    ignored."""
+
+    name: str = "babyai-text"
     level: str = "BabyAI-MixedTrainLocal-v0"
     eval_level: str = "BabyAI-MixedTestLocal-v0"
     kinds: tuple[str, ...] = ("goto", "pickup")
@@ -43,10 +52,15 @@ class EnvConfig:
     demo_episodes: int = 1000
     seed: int = 0
     max_steps: int | None = None  # steps before an episode is cut off (None: the level's own, growing with the room)
+    simplifications: str = "easy"  # ScienceWorld only
+    history: int = 10  # ScienceWorld only: triples in SwiftSage's prompt
 
     def __post_init__(self) -> None:
         # level names, kinds and room sizes are checked against the env itself when a run starts
-        check_fields(self, {"level": [_NONBLANK], "eval_level": [_NONBLANK], "kinds": [NONEMPTY], "room_size": [at_least(1)], "num_dists": [at_least(0)],
+        from londi_jax.experiments.families import FAMILIES
+
+        check_fields(self, {"name": [one_of(FAMILIES, "environment")], "history": [at_least(0)],
+                            "simplifications": [_NONBLANK], "level": [_NONBLANK], "eval_level": [_NONBLANK], "kinds": [NONEMPTY], "room_size": [at_least(1)], "num_dists": [at_least(0)],
                             "demo_episodes": [at_least(1)], "seed": [at_least(0)], "max_steps": [at_least(1)]})
 
     def level_kwargs(self) -> dict[str, int]:
@@ -234,8 +248,29 @@ def _real_small() -> PipelineConfig:
                           eval=EvalConfig(random_rates=(0.05, 0.1, 0.25, 0.5), threshold_rates=(0.1, 0.25)))
 
 
+def _sw_small() -> PipelineConfig:
+    """LONDI on ScienceWorld on a 2-core CPU in under 30 minutes: four short task types (find a
+    non-living thing 4-2, a living thing 4-1, the longest- and shortest-lived animal 7-1 / 7-2;
+    gold paths of 2-12 steps, SwiftSage's ``easy`` simplifications, 20-step limit), tiny
+    from-scratch models cloned on gold paths with SwiftSage's prompt, every valid action scored.
+    QUICK (1 layer, 32 wide) is cloned on the 4-x tasks only, so it lacks the 7-x tasks' animal
+    lifespans; DEEPTHINK (2 layers, 64 wide) on all four."""
+    env = EnvConfig(name="scienceworld", kinds=("4-2", "4-1", "7-1", "7-2"), demo_episodes=40, max_steps=20,
+                    history=10)
+    bc = BCConfig(epochs=4, batch_size=32, learning_rate=3e-3, candidates=32, length_multiple=64)
+    quick = ModelSpec(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, vocab_size=512,
+                      max_position_embeddings=2048, demo_kinds=("4-2", "4-1"), bc=bc, eval_episodes=8, eval_every=4)
+    deep = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, vocab_size=512,
+                     max_position_embeddings=2048, bc=bc, eval_episodes=8, eval_every=4)
+    switch = SwitchConfig(collect_episodes=48, gamma=0.8, c_grid=(0.01, 0.05, 0.2), budgets=(2, 4), budget_c=0.02,
+                          target_call_rate=0.2, num_updates=3000, seeds=2)
+    return PipelineConfig(preset="sw-small", env=env, quick=quick, deep=deep, switch=switch,
+                          eval=EvalConfig(episodes=16, num_envs=4, seeds=2, sample_actions=False, random_rates=(0.5,),
+                                          threshold_rates=(0.5,)))
+
+
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {"cpu-small": _cpu_small, "gpu": _gpu, "tiny": _tiny,
-                                                    "real-small": _real_small}
+                                                    "real-small": _real_small, "sw-small": _sw_small}
 
 
 def preset(name: str) -> PipelineConfig:

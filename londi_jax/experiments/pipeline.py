@@ -37,14 +37,15 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from londi_jax.agents.bc import BCTrainer, bc_data_from_episodes
+from londi_jax.agents.bc import BCTrainer
 from londi_jax.agents.calibration import greedy_call_rate, interpolate_cost
-from londi_jax.agents.londi import EpisodeSpec, LondiAgent, collect_switch_data, episode_specs
+from londi_jax.agents.londi import LondiAgent, collect_switch_data
 from londi_jax.agents.policy import LMPolicy, SwitchEncoder
+from londi_jax.agents.rollout import EnvPool
 from londi_jax.agents.routers import (ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter, SwiftSageRouter,
                                       SwitcherRouter, calibrate_threshold)
-from londi_jax.envs.babyai_text.demos import read_demos, write_demos
 from londi_jax.experiments.config import ModelSpec, PipelineConfig, config_diff, config_from_dict, config_to_dict
+from londi_jax.experiments.families import EnvFamily, family
 from londi_jax.experiments.logging import RunLogger
 from londi_jax.lm.config import ModelConfig
 from londi_jax.lm.engine import LanguageModel
@@ -65,7 +66,8 @@ __all__ = ["Pipeline", "run_pipeline", "PipelineError", "ConfigMismatchError", "
            "read_run_config", "estimate_work", "measured_flops_per_second", "accelerator_warning", "time_estimate"]
 
 STAGES = ("demos", "models", "switch_data", "switchers", "evaluate", "report")
-_ENV_EPISODES = ("env.level", "env.kinds", "env.room_size", "env.num_dists", "env.seed", "env.max_steps")
+_ENV_EPISODES = ("env.name", "env.level", "env.kinds", "env.room_size", "env.num_dists", "env.seed", "env.max_steps",
+                 "env.simplifications", "env.history")
 _ROLLOUTS = ("eval.num_envs", "eval.sample_actions")  # batching shares one action RNG across slots
 # The config fields (dotted prefixes) each stage reads itself. A stage also reruns whenever an
 # earlier stage does (each reads the previous one's outputs), so inherited inputs are not repeated.
@@ -75,7 +77,7 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "switch_data": ("switch.collect_episodes", "switch.deep_probs", "switch.encoder", *_ENV_EPISODES, *_ROLLOUTS),
     "switchers": ("switch",),
     "evaluate": ("eval", "env.eval_level", "env.kinds", "env.room_size", "env.num_dists", "env.max_steps", "switch",
-                 "preset"),
+                 "preset", "env.name", "env.simplifications", "env.history"),
     "report": (),
 }
 # What a stage writes (cleared when it is forced to rerun); _REUSED is what a fork copies.
@@ -165,10 +167,12 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, out_dir: str | os.PathLike, *, force: Iterable[str] = (),
                  fork_from: str | os.PathLike | None = None):
         self.config = config
+        self.family: EnvFamily = family(config)
         self.out = Path(out_dir)
         self.force = _check_stages(force, "stage in force")
         self.timings: dict[str, float] = {}
         self._models: dict[str, LanguageModel] = {}
+        self.pool = EnvPool()  # envs (ScienceWorld JVMs) kept across the stages' rollouts; closed by run()
         self.log: RunLogger | None = None
         self.stored = read_run_config(self.out)
         self.fork_from = Path(fork_from) if fork_from is not None else None
@@ -308,6 +312,7 @@ class Pipeline:
                 self.log.scalar(f"time/{stage}", self.timings[stage], 0)
                 self._say(f"{stage}: done in {self.timings[stage]:.1f} s")
         finally:
+            self.pool.close()  # no simulator JVM outlives the run, whatever ended it
             if self.log is not None:
                 self.log.close()
                 self.log = None
@@ -342,17 +347,10 @@ class Pipeline:
                     except LondiError as err:
                         raise PipelineError(f"{name}.source: {err}") from None
         if set(to_run) & {"demos", "models", "switch_data", "evaluate"}:
-            e = self.config.env
-            for level in dict.fromkeys((e.level, e.eval_level)):
-                for spec in episode_specs(level, len(e.kinds), e.seed, e.kinds, **e.level_kwargs()):
-                    try:
-                        env, _ = spec.make()
-                        getattr(env, "close", lambda: None)()
-                    except Exception as err:  # noqa: BLE001 - any failure here means bad env settings
-                        raise PipelineError(
-                            f"env settings do not make a valid episode (level {level!r}, kind {spec.kind!r}, "
-                            f"room_size={e.room_size}, num_dists={e.num_dists}): {type(err).__name__}: {err}; "
-                            f"fix --set env.*") from None
+            try:
+                self.family.check()
+            except LondiError as err:
+                raise PipelineError(str(err)) from None
 
     def _open(self, p: dict[str, list[str]]) -> None:
         """Start writing: the logger, removal of invalidated outputs, the stored config, fork copies."""
@@ -382,14 +380,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stage 1: demos
     def stage_demos(self) -> dict[str, Any]:
-        e = self.config.env
-        meta = write_demos(self.out / "demos", e.level, e.demo_episodes, seed=e.seed, progress=self.config.progress,
-                           kinds=e.kinds, **e.level_kwargs())
-        return {"episodes": meta["episodes_written"], "success_rate": meta["success_rate"]}
+        return self.family.write_demos(self.out / "demos", self.config.progress)
 
     def _demo_episodes(self) -> list[dict[str, Any]]:
-        _, episodes = read_demos(self.out / "demos")
-        return episodes
+        return self.family.read_demos(self.out / "demos")
 
     # ------------------------------------------------------------------ stage 2: models
     def _spec(self, name: str) -> ModelSpec:
@@ -402,10 +396,7 @@ class Pipeline:
 
             lm = load_lm(spec.source, dtype=spec.dtype, progress=self.config.progress)
             return lm.model, lm.tokenizer
-        texts = [s["prompt"] for ep in episodes for s in ep["steps"]]
-        from londi_jax.envs.babyai_text.prompt import ACTIONS
-
-        tok = train_word_tokenizer(texts + list(ACTIONS), vocab_size=spec.vocab_size)
+        tok = train_word_tokenizer(self.family.tokenizer_texts(episodes), vocab_size=spec.vocab_size)
         cfg = ModelConfig(family="llama", vocab_size=len(tok), hidden_size=spec.hidden_size,
                           num_layers=spec.num_layers, num_heads=spec.num_heads, num_kv_heads=spec.num_heads,
                           head_dim=spec.head_dim, intermediate_size=spec.intermediate_size, tie_embeddings=True,
@@ -418,8 +409,7 @@ class Pipeline:
         spec = self._spec(name)
         if spec.eval_episodes <= 0:
             return None
-        e = self.config.env
-        specs = episode_specs(e.level, spec.eval_episodes, e.seed + 2_000_000, e.kinds, **e.level_kwargs())
+        specs = self.family.specs("bc_eval", spec.eval_episodes)
 
         holder: dict[str, LanguageModel] = {}
 
@@ -430,14 +420,16 @@ class Pipeline:
                                              batch_size=self.config.eval.num_envs, min_batch=MIN_BATCH)
             else:
                 holder["lm"].state = nnx.state(model)
-            pol = LMPolicy(holder["lm"], name=name)
+            pol = LMPolicy(holder["lm"], self.family.prompt_format(), name=name)
             res = LondiAgent(pol, pol, QuickOnly(), sample_actions=self.config.eval.sample_actions,
-                             seed=0).run(specs, self.config.eval.num_envs, progress=False)
-            out = {"success": res.summary()["success_rate"]}
-            for kind in e.kinds:
+                             seed=0).run(specs, self.config.eval.num_envs, progress=False, pool=self.pool)
+            summ = res.summary()
+            out = {"success": summ["success_rate"]}
+            if "mean_score" in summ:
+                out["score"] = summ["mean_score"]
+            for kind in dict.fromkeys(r.kind for r in res.episodes):  # env.kinds' order (round-robin)
                 eps = [r for r in res.episodes if r.kind == kind]
-                if eps:
-                    out[f"success_{kind}"] = float(np.mean([r.success for r in eps]))
+                out[f"success_{kind}"] = float(np.mean([r.success for r in eps]))
             return out
 
         return eval_fn
@@ -455,7 +447,7 @@ class Pipeline:
             kinds = spec.demo_kinds or self.config.env.kinds
             mine = [ep for ep in episodes if ep["task_kind"] in kinds]
             model, tok = self._fresh_model(name, episodes)
-            data = bc_data_from_episodes(mine, tok)
+            data = self.family.bc_data(mine, tok)
             trainer = BCTrainer(model, tok, data, spec.bc)
             self._say(f"behaviour cloning {name}: {len(data)} examples of kinds {list(kinds)}, "
                       f"{trainer.total_steps} steps")
@@ -490,17 +482,18 @@ class Pipeline:
 
     def policies(self) -> tuple[LMPolicy, LMPolicy]:
         """Fresh QUICK and DEEPTHINK policies (fresh call counters)."""
-        return LMPolicy(self.model("quick"), name="quick"), LMPolicy(self.model("deepthink"), name="deepthink")
+        fmt = self.family.prompt_format()
+        return (LMPolicy(self.model("quick"), fmt, name="quick"), LMPolicy(self.model("deepthink"), fmt, name="deepthink"))
 
     # ------------------------------------------------------------------ stage 3: switch data
     def stage_switch_data(self) -> dict[str, Any]:
         e, s = self.config.env, self.config.switch
-        specs = episode_specs(e.level, s.collect_episodes, e.seed + 1_000_000, e.kinds, **e.level_kwargs())
+        specs = self.family.specs("switch", s.collect_episodes)
         quick, deep = self.policies()
         ds, stats = collect_switch_data(quick, deep, specs, num_envs=self.config.eval.num_envs,
                                         deep_probs=s.deep_probs, seed=e.seed,
                                         sample_actions=self.config.eval.sample_actions,
-                                        progress=self.config.progress, encoder=self.encoder())
+                                        progress=self.config.progress, encoder=self.encoder(), pool=self.pool)
         save_dataset(self.out / "switch_data.npz", ds)
         stats["quick_seconds"], stats["deep_seconds"] = quick.seconds, deep.seconds
         return stats
@@ -590,9 +583,8 @@ class Pipeline:
         return tree, meta["extra"]
 
     # ------------------------------------------------------------------ stage 5: evaluation
-    def eval_specs(self, seed_index: int) -> list[EpisodeSpec]:
-        e, v = self.config.env, self.config.eval
-        return episode_specs(e.eval_level, v.episodes, v.seed + 10_000 * seed_index, e.kinds, **e.level_kwargs())
+    def eval_specs(self, seed_index: int) -> list[Any]:
+        return self.family.specs("eval", self.config.eval.episodes, seed_index)
 
     def stage_evaluate(self) -> dict[str, Any]:
         s, v = self.config.switch, self.config.eval
@@ -620,7 +612,8 @@ class Pipeline:
             quick, deep = self.policies()
             agent = LondiAgent(quick, deep, router, budget=budget, sample_actions=v.sample_actions, seed=seed,
                                encoder=encoder)
-            res = agent.run(self.eval_specs(seed), v.num_envs, progress=self.config.progress, desc=f"{label} s{seed}")
+            res = agent.run(self.eval_specs(seed), v.num_envs, progress=self.config.progress, desc=f"{label} s{seed}",
+                            pool=self.pool)
             row = {"method": method, "label": label, "params": params, "seed": seed,
                    "episodes": [e.to_json() for e in res.episodes],
                    "env_steps_per_second": res.env_steps / max(res.wall_seconds, 1e-9)}
@@ -661,8 +654,12 @@ class Pipeline:
                     ConfidenceRouter(t, "margin"))
             run("SwiftSage", "SwiftSage", {}, seed, SwiftSageRouter())
         runs = list(done.values())
-        results = {"meta": {"preset": self.config.preset, "device": device_description(),
-                            "eval_level": self.config.env.eval_level, "kinds": list(self.config.env.kinds),
+        e = self.config.env
+        where = ({"eval_level": e.eval_level} if self.family.name == "babyai-text" else
+                 {"split": "test", "simplifications": e.simplifications, "step_limit": self.family.step_limit})
+        results = {"meta": {"preset": self.config.preset, "device": device_description(), "env": self.family.name,
+                            "quality": self.family.quality, "targets": self.family.targets, **where,
+                            "kinds": list(e.kinds),
                             "episodes_per_seed": v.episodes, "seeds": v.seeds, "c_star": c_star,
                             "sample_actions": v.sample_actions,
                             "compute": "forward FLOPs of real tokens and measured model seconds, per episode"},

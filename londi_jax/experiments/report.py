@@ -6,7 +6,12 @@ errors), so a finished ``results.json`` can be re-reported anywhere. The input s
     {"meta": {...}, "runs": [{"method", "label", "params", "seed",
                               "episodes": [{"kind", "success", "return", "length", "quick_calls",
                                             "deep_calls", "quick_flops", "deep_flops",
-                                            "quick_seconds", "deep_seconds", "budget", "violated"}]}]}
+                                            "quick_seconds", "deep_seconds", "budget", "violated",
+                                            optional "score"}]}]}
+
+``meta["quality"]`` names the quality measure the targets, plot and headline use: ``"success"``
+(success rate; BabyAI-Text) or ``"score"`` (mean final score 0-100, failures as 0; ScienceWorld,
+whose episodes carry ``score``).
 
 Statistics: every per-row number is first computed per seed (one run) and then averaged over the
 seeds. Confidence intervals (95%) are given as bounds ``[lo, hi]``, not as a half-width, because
@@ -20,6 +25,8 @@ they need not be symmetric around the estimate:
   width; the Wilson interval over all the label's episodes (pooled) is given instead.
 * success, 1 seed: the Wilson score interval over the episodes (Wilson 1927; asymmetric, always
   inside [0, 1], not degenerate at 0 or 1 successes).
+* mean score (environments with a score, ScienceWorld; failures count 0): Student-t over the
+  per-seed means (>= 2 seeds, else over the episodes), clipped to [0, 100].
 * compute / model-seconds saved: Student-t over the per-seed savings (>= 2 seeds) or over the
   per-episode savings of the single seed (reference held fixed), with the upper bound clipped to 1
   (nothing saves more than all of the cost; savings below 0 are real: costlier than the reference).
@@ -93,6 +100,7 @@ _PRIMARY_PARAM = {
     "LONDI-B": ("budget", "c"),
 }
 _ANNOTATE = {"LONDI": ("c", "c"), "LONDI-B": ("budget", "b")}  # family -> (param, short name)
+QUALITY_MEASURES = ("success", "score")
 
 
 def t_critical(df: int) -> float:
@@ -179,6 +187,18 @@ class Row:
     seeds: list[Any] = field(default_factory=list)
     episode_counts: list[int] = field(default_factory=list)  # per seed, in ``seeds`` order
     per_seed_success: list[float] = field(default_factory=list)
+    score: float = math.nan  # mean final score as a fraction (failures 0); nan when episodes carry none
+    score_lo: float = math.nan
+    score_hi: float = math.nan
+    per_kind_score: dict[str, float] = field(default_factory=dict)
+
+    def quality(self, measure: str = "success") -> tuple[float, float, float]:
+        """``(value, lo, hi)`` of ``measure`` (``"success"`` or ``"score"``), as fractions."""
+        if measure not in QUALITY_MEASURES:
+            raise ReportError(f"unknown quality measure {measure!r}; known: {', '.join(QUALITY_MEASURES)}")
+        if measure == "score":
+            return self.score, self.score_lo, self.score_hi
+        return self.success, self.success_lo, self.success_hi
 
 
 # --------------------------------------------------------------------------- validation
@@ -213,6 +233,9 @@ def _episode_arrays(run: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if not episodes:
         raise ReportError(f"run {label!r} (seed {seed}) has no episodes; evaluate at least one")
     cols: dict[str, list[Any]] = {k: [] for k in EPISODE_FIELDS}
+    has_score = any(isinstance(ep, Mapping) and ep.get("score") is not None for ep in episodes)
+    if has_score:
+        cols["score"] = []
     for i, ep in enumerate(episodes):
         if not isinstance(ep, Mapping):
             raise ReportError(f"run {label!r} (seed {seed}) episode {i} is not a dict: {ep!r}")
@@ -223,6 +246,10 @@ def _episode_arrays(run: Mapping[str, Any]) -> dict[str, np.ndarray]:
                     f"every episode needs {', '.join(EPISODE_FIELDS)}"
                 )
         cols["kind"].append(str(ep["kind"]))
+        if has_score:
+            if ep.get("score") is None:
+                raise ReportError(f"run {label!r} (seed {seed}) episode {i} has no 'score' while others have one")
+            cols["score"].append(max(_check_number(ep["score"], label, seed, i, "return"), 0.0) / 100.0)
         cols["success"].append(_check_flag(ep["success"], label, seed, i, "success"))
         cols["violated"].append(_check_flag(ep["violated"], label, seed, i, "violated"))
         for name in _NUMERIC_FIELDS:
@@ -267,7 +294,12 @@ def _group_runs(results: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]
 
 def _per_seed(cols: dict[str, np.ndarray]) -> dict[str, Any]:
     steps = cols["length"].sum()
-    return {
+    score = {}
+    if "score" in cols:
+        score = {"score": float(cols["score"].mean()), "scores": cols["score"],
+                 "kinds_score": {str(k): float(cols["score"][cols["kind"] == k].mean())
+                                 for k in dict.fromkeys(cols["kind"])}}
+    return {**score,
         "n": int(cols["success"].size),
         "successes": int(cols["success"].sum()),
         "success": float(cols["success"].mean()),
@@ -307,6 +339,16 @@ def _success_interval(per_seed: list[dict[str, Any]]) -> tuple[tuple[float, floa
     if len(per_seed) >= 2:  # identical rates: the t interval would have zero width
         return wilson_interval(successes, n), f"Wilson over {n} episodes (pooled: all {len(rates)} seeds equal)"
     return wilson_interval(successes, n), f"Wilson over {n} episodes"
+
+
+def _score_interval(per_seed: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Mean score over seeds and its 95% interval (t over seeds, or over one seed's episodes)."""
+    if not all("score" in s for s in per_seed):
+        return math.nan, math.nan, math.nan
+    means = [s["score"] for s in per_seed]
+    vals = means if len(means) >= 2 else list(per_seed[0]["scores"])
+    lo, hi = t_interval(vals, 0.0, 1.0) if len(vals) >= 2 else (math.nan, math.nan)
+    return float(np.mean(means)), lo, hi
 
 
 def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> list[Row]:
@@ -360,9 +402,13 @@ def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> 
         saved, saved_ci, saved_kind = _saving(per_seed, seeds, "flops_ep", ref_flops, ref_flops_mean)
         secs, secs_ci, _ = _saving(per_seed, seeds, "seconds_ep", ref_secs, ref_secs_mean)
         kinds: dict[str, list[float]] = {}
+        kinds_score: dict[str, list[float]] = {}
         for s in per_seed:
             for k, v in s["kinds"].items():
                 kinds.setdefault(k, []).append(v)
+            for k, v in s.get("kinds_score", {}).items():
+                kinds_score.setdefault(k, []).append(v)
+        score, score_lo, score_hi = _score_interval(per_seed)
         rows.append(
             Row(
                 label=label,
@@ -391,6 +437,10 @@ def summarize(results: Mapping[str, Any], reference: str = "DEEPTHINK-only") -> 
                 seeds=list(seeds),
                 episode_counts=[s["n"] for s in per_seed],
                 per_seed_success=success,
+                score=score,
+                score_lo=score_lo,
+                score_hi=score_hi,
+                per_kind_score={k: float(np.mean(v)) for k, v in sorted(kinds_score.items())},
             )
         )
     return sort_rows(rows)
@@ -440,27 +490,32 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(rows: Sequence[Row], per_kind: bool = True) -> str:
-    """The results table (GitHub markdown), rows in display order, percentages with 1 decimal."""
+def markdown_table(rows: Sequence[Row], per_kind: bool = True, quality: str = "success") -> str:
+    """The results table (GitHub markdown), rows in display order, percentages with 1 decimal.
+    With ``quality="score"`` a mean-score column (0-100) comes first and the per-kind columns
+    give mean scores."""
     rows = sort_rows(rows)
-    kinds = sorted({k for r in rows for k in r.per_kind_success}) if per_kind else []
+    by_score = quality == "score"
+    per_kind_of = (lambda r: r.per_kind_score) if by_score else (lambda r: r.per_kind_success)
+    kinds = sorted({k for r in rows for k in per_kind_of(r)}) if per_kind else []
     header = [
-        "Method", "params", "success [95% CI]", "return", "DEEPTHINK call rate",
-        "compute saved (FLOPs) [95% CI]", "model-seconds saved [95% CI]", "violations",
-    ] + [f"{k} success" for k in kinds]
+        "Method", "params", *(["mean score [95% CI]"] if by_score else []), "success [95% CI]", "return",
+        "DEEPTHINK call rate", "compute saved (FLOPs) [95% CI]", "model-seconds saved [95% CI]", "violations",
+    ] + [f"{k} {'score' if by_score else 'success'}" for k in kinds]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
     for r in rows:
         params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in r.params.items()) or "–"
         cells = [
             r.label,
             params,
+            *([_pct(r.score, (r.score_lo, r.score_hi), "")] if by_score else []),
             _pct(r.success, (r.success_lo, r.success_hi)),
             f"{r.mean_return:.3f}",
             _pct(r.call_rate),
             _pct(r.compute_saved, (r.compute_saved_lo, r.compute_saved_hi)),
             _pct(r.seconds_saved, (r.seconds_saved_lo, r.seconds_saved_hi)),
             str(r.violations),
-        ] + [_pct(r.per_kind_success[k]) if k in r.per_kind_success else "–" for k in kinds]
+        ] + [_pct(per_kind_of(r)[k], suffix="" if by_score else "%") if k in per_kind_of(r) else "–" for k in kinds]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -481,8 +536,10 @@ def _error_bars(centre: np.ndarray, bounds: Sequence[tuple[float, float]]) -> np
     return np.nan_to_num(np.clip(np.stack([centre - b[0], b[1] - centre]), 0.0, None))
 
 
-def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str = "LONDI on BabyAI-Text: cost vs quality") -> Path:
-    """Success rate (%) against compute saved (% of DEEPTHINK-only FLOPs), one series per family.
+def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str = "LONDI on BabyAI-Text: cost vs quality",
+                      quality: str = "success") -> Path:
+    """Success rate (%), or mean score with ``quality="score"``, against compute saved (% of
+    DEEPTHINK-only FLOPs), one series per family.
 
     Error bars are the 95% CIs, asymmetric (from ``lo`` to ``hi``: a success bar never leaves
     [0, 100]); families with several configurations are joined by a line in
@@ -501,11 +558,11 @@ def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str =
     markers = "osD^vP*Xh<>p"
     families = list(dict.fromkeys(r.method for r in sort_rows(rows)))
     for i, fam in enumerate(families):
-        pts = sorted((r for r in rows if r.method == fam), key=lambda r: (r.compute_saved, r.success))
+        pts = sorted((r for r in rows if r.method == fam), key=lambda r: (r.compute_saved, r.quality(quality)[0]))
         x = np.array([100 * r.compute_saved for r in pts])
-        y = np.array([100 * r.success for r in pts])
+        y = np.array([100 * r.quality(quality)[0] for r in pts])
         xerr = _error_bars(x, [(r.compute_saved_lo, r.compute_saved_hi) for r in pts])
-        yerr = _error_bars(y, [(r.success_lo, r.success_hi) for r in pts])
+        yerr = _error_bars(y, [r.quality(quality)[1:] for r in pts])
         ax.errorbar(
             x, y, xerr=xerr, yerr=yerr, color=f"C{i % 10}", marker=markers[i % len(markers)],
             linestyle="-" if len(pts) > 1 else "none", capsize=3, markersize=6, label=fam,
@@ -519,7 +576,7 @@ def plot_cost_quality(rows: Sequence[Row], path: str | os.PathLike, title: str =
                         xytext=(5, 5), fontsize=8, color=f"C{i % 10}",
                     )
     ax.set_xlabel("compute saved (% of DEEPTHINK-only FLOPs)")
-    ax.set_ylabel("success rate (%)")
+    ax.set_ylabel("mean score (0-100, failures 0)" if quality == "score" else "success rate (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -545,7 +602,8 @@ def _one(rows: Sequence[Row], method: str) -> Row | None:
     return found[0] if found else None
 
 
-def _pick_londi(rows: Sequence[Row], deep: Row | None, londi_label: str | None) -> Row | None:
+def _pick_londi(rows: Sequence[Row], deep: Row | None, londi_label: str | None, q: Any = None) -> Row | None:
+    q = q or (lambda r: r.success)
     if londi_label is not None:
         for r in rows:
             if r.label == londi_label:
@@ -555,94 +613,131 @@ def _pick_londi(rows: Sequence[Row], deep: Row | None, londi_label: str | None) 
     if not londi:
         return None
     if deep is not None:
-        good = [r for r in londi if r.success >= 0.95 * deep.success]
+        good = [r for r in londi if q(r) >= 0.95 * q(deep)]
         if good:
-            return max(good, key=lambda r: (r.compute_saved, r.success))
-    return max(londi, key=lambda r: (r.success, r.compute_saved))
+            return max(good, key=lambda r: (r.compute_saved, q(r)))
+    return max(londi, key=lambda r: (q(r), r.compute_saved))
 
 
-def _random_success_at(
-    rate: float, randoms: Sequence[Row], anchors: Sequence[Row]
-) -> tuple[float | None, str]:
-    """Random switching's success at call rate ``rate``: the nearest Random row when one is within
-    0.05, else linear interpolation between the bracketing points of the Random rows together with
-    QUICK-only (p=0) and DEEPTHINK-only (p=1), which are random switching's end points."""
-    near = min(randoms, key=lambda r: abs(r.call_rate - rate))
+def _value_at(rate: float, family: Sequence[Row], anchors: Sequence[Row], name: str, q: Any = None
+              ) -> tuple[float | None, str]:
+    """A method family's quality at call rate ``rate``: its nearest row when one is within 0.05,
+    else linear interpolation between the bracketing points of its rows together with QUICK-only
+    (rate 0) and DEEPTHINK-only (rate 1), the end points of every switch."""
+    q = q or (lambda r: r.success)
+    near = min(family, key=lambda r: abs(r.call_rate - rate))
     if abs(near.call_rate - rate) <= 0.05:
-        return near.success, f"nearest Random row {near.label!r} (call rate {_pct(near.call_rate)})"
-    pts = sorted({(r.call_rate, r.success, r.label) for r in list(randoms) + list(anchors)})
+        return q(near), f"nearest {name} row {near.label!r} (call rate {_pct(near.call_rate)})"
+    pts = sorted({(r.call_rate, q(r), r.label) for r in list(family) + list(anchors)})
     lo = [p for p in pts if p[0] <= rate]
     hi = [p for p in pts if p[0] >= rate]
     if not lo or not hi:
         return None, (
-            f"no Random row within 0.05 of call rate {_pct(rate)} and it lies outside the measured "
+            f"no {name} row within 0.05 of call rate {_pct(rate)} and it lies outside the measured "
             f"range [{_pct(pts[0][0])}, {_pct(pts[-1][0])}]; cannot interpolate"
         )
     (x0, y0, l0), (x1, y1, l1) = lo[-1], hi[0]
     y = y0 if x1 == x0 else y0 + (y1 - y0) * (rate - x0) / (x1 - x0)
     return y, (
-        f"no Random row within 0.05 call rate (nearest {near.label!r} at {_pct(near.call_rate)}); "
-        f"Random success linearly interpolated between {l0!r} ({_pct(x0)}, {_pct(y0)}) and "
+        f"no {name} row within 0.05 call rate (nearest {near.label!r} at {_pct(near.call_rate)}); "
+        f"{name} linearly interpolated between {l0!r} ({_pct(x0)}, {_pct(y0)}) and "
         f"{l1!r} ({_pct(x1)}, {_pct(y1)})"
     )
 
 
+def _random_success_at(rate: float, randoms: Sequence[Row], anchors: Sequence[Row]) -> tuple[float | None, str]:
+    """Random switching's success at call rate ``rate`` (:func:`_value_at` over the Random rows)."""
+    return _value_at(rate, randoms, anchors, "Random")
+
+
 def targets(
-    rows: Sequence[Row], *, quick: str = "QUICK-only", deep: str = "DEEPTHINK-only", londi_label: str | None = None
+    rows: Sequence[Row], *, quick: str = "QUICK-only", deep: str = "DEEPTHINK-only", londi_label: str | None = None,
+    quality: str = "success", gap: float = 20.0, min_saved: float = 0.30, outside_ci: bool = False,
+    swiftsage: bool = False,
 ) -> list[dict[str, Any]]:
     """The experiment's targets as ``{name, value, threshold, passed, detail}`` dicts.
 
-    1. ``deep_beats_quick``: DEEPTHINK-only success - QUICK-only success >= 20 points.
-    2a. ``londi_quality``: LONDI success / DEEPTHINK-only success >= 0.95.
-    2b. ``londi_compute_saved``: LONDI compute saved >= 30%.
-    3. ``londi_beats_random``: LONDI success > Random success at LONDI's call rate.
+    ``quality``: the measure compared (``"success"`` rate or mean ``"score"``, see ``Row.quality``).
+
+    1. ``deep_beats_quick``: DEEPTHINK-only - QUICK-only >= ``gap`` points (20 on BabyAI-Text,
+       15 on ScienceWorld).
+    2a. ``londi_quality``: LONDI / DEEPTHINK-only >= 0.95.
+    2b. ``londi_compute_saved``: LONDI compute saved >= ``min_saved`` (30% / 50%).
+    3. ``londi_beats_random``: LONDI above Random switching at LONDI's call rate; with
+       ``outside_ci`` LONDI's lower 95% bound must be above it.
+    3b. (``swiftsage``) ``londi_beats_swiftsage``: LONDI at SwiftSage's call rate (its rows
+       interpolated as Random's are) above SwiftSage's upper 95% bound (``outside_ci``) or estimate.
     4. ``londi_b_no_violations``: zero budget violations over all LONDI-B rows.
 
     Values are fractions (target 1 in points). The LONDI row is ``londi_label`` or, by default,
-    the LONDI row with the most compute saved among those meeting 2a (else the best-success
-    one). ``passed`` is None when a target cannot be evaluated (its rows are missing).
+    the LONDI row with the most compute saved among those meeting 2a (else the best one).
+    ``passed`` is None when a target cannot be evaluated (its rows are missing).
     """
-    q, d = _one(rows, quick), _one(rows, deep)
+    q = (lambda r: r.quality(quality)[0])
+    word = "success" if quality == "success" else "mean score"
+    q_row, d = _one(rows, quick), _one(rows, deep)
     out = []
-    if q is None or d is None:
-        missing = " and ".join(m for m, r in ((quick, q), (deep, d)) if r is None)
-        out.append(_target("deep_beats_quick", None, 20.0, None, f"not evaluated: no {missing} row"))
+    if q_row is None or d is None:
+        missing = " and ".join(m for m, r in ((quick, q_row), (deep, d)) if r is None)
+        out.append(_target("deep_beats_quick", None, gap, None, f"not evaluated: no {missing} row"))
     else:
-        gap = 100 * (d.success - q.success)
+        diff = 100 * (q(d) - q(q_row))
         out.append(_target(
-            "deep_beats_quick", gap, 20.0, gap >= 20.0 - 1e-9,
-            f"{deep} {_pct(d.success)} vs {quick} {_pct(q.success)}: {gap:+.1f} points (need >= +20)",
+            "deep_beats_quick", diff, gap, diff >= gap - 1e-9,
+            f"{deep} {_pct(q(d))} vs {quick} {_pct(q(q_row))}: {diff:+.1f} points (need >= +{gap:g})",
         ))
-    lon = _pick_londi(rows, d, londi_label)
+    lon = _pick_londi(rows, d, londi_label, q)
     if lon is None:
-        for name, thr in (("londi_quality", 0.95), ("londi_compute_saved", 0.30), ("londi_beats_random", None)):
+        names = [("londi_quality", 0.95), ("londi_compute_saved", min_saved), ("londi_beats_random", None)]
+        names += [("londi_beats_swiftsage", None)] if swiftsage else []
+        for name, thr in names:
             out.append(_target(name, None, thr, None, "not evaluated: no LONDI row"))
     else:
-        if d is None or d.success <= 0:
-            out.append(_target("londi_quality", None, 0.95, None, f"not evaluated: no {deep} row with success > 0"))
+        if d is None or q(d) <= 0:
+            out.append(_target("londi_quality", None, 0.95, None, f"not evaluated: no {deep} row with {word} > 0"))
         else:
-            ratio = lon.success / d.success
+            ratio = q(lon) / q(d)
             out.append(_target(
                 "londi_quality", ratio, 0.95, ratio >= 0.95 - 1e-12,
-                f"{lon.label!r} success {_pct(lon.success)} = {100 * ratio:.1f}% of {deep}'s {_pct(d.success)} (need >= 95%)",
+                f"{lon.label!r} {word} {_pct(q(lon))} = {100 * ratio:.1f}% of {deep}'s {_pct(q(d))} (need >= 95%)",
             ))
         out.append(_target(
-            "londi_compute_saved", lon.compute_saved, 0.30, bool(lon.compute_saved >= 0.30 - 1e-12),
-            f"{lon.label!r} saves {_pct(lon.compute_saved)} of {deep}'s FLOPs (need >= 30%)",
+            "londi_compute_saved", lon.compute_saved, min_saved, bool(lon.compute_saved >= min_saved - 1e-12),
+            f"{lon.label!r} saves {_pct(lon.compute_saved)} of {deep}'s FLOPs (need >= {100 * min_saved:g}%)",
         ))
+        anchors = [r for r in (q_row, d) if r is not None]
         randoms = [r for r in rows if r.method == "Random"]
+        lon_lo = lon.quality(quality)[1]
         if not randoms:
             out.append(_target("londi_beats_random", None, None, None, "not evaluated: no Random rows"))
         else:
-            anchors = [r for r in (q, d) if r is not None]
-            rs, how = _random_success_at(lon.call_rate, randoms, anchors)
-            head = f"{lon.label!r} call rate {_pct(lon.call_rate)}, success {_pct(lon.success)}; "
+            rs, how = _value_at(lon.call_rate, randoms, anchors, "Random", q)
+            head = f"{lon.label!r} call rate {_pct(lon.call_rate)}, {word} {_pct(q(lon))}"
+            head += f" (95% CI from {_pct(lon_lo)}); " if outside_ci else "; "
             if rs is None:
-                out.append(_target("londi_beats_random", lon.success, None, None, head + how))
+                out.append(_target("londi_beats_random", q(lon), None, None, head + how))
             else:
+                passed = bool(lon_lo > rs) if outside_ci else bool(q(lon) > rs)
                 out.append(_target(
-                    "londi_beats_random", lon.success, rs, bool(lon.success > rs),
-                    head + f"Random success {_pct(rs)} at that rate: {how}",
+                    "londi_beats_random", q(lon), rs, passed,
+                    head + f"Random {word} {_pct(rs)} at that rate: {how}"
+                    + (" (need LONDI's lower bound above it)" if outside_ci else ""),
+                ))
+        if swiftsage:
+            ss = [r for r in rows if r.method == "SwiftSage"]
+            londis = [r for r in rows if r.method == "LONDI"]
+            if not ss:
+                out.append(_target("londi_beats_swiftsage", None, None, None, "not evaluated: no SwiftSage row"))
+            else:
+                s0 = ss[0]
+                s_v, s_lo, s_hi = s0.quality(quality)
+                lv, how = _value_at(s0.call_rate, londis, anchors, "LONDI", q)
+                bar = s_hi if outside_ci else s_v
+                out.append(_target(
+                    "londi_beats_swiftsage", lv, bar, None if lv is None or not math.isfinite(bar) else bool(lv > bar),
+                    f"SwiftSage call rate {_pct(s0.call_rate)}, {word} {_pct(s_v, (s_lo, s_hi))}; LONDI at that "
+                    f"rate {_pct(lv) if lv is not None else 'n/a'}: {how}"
+                    + (" (need it above SwiftSage's upper bound)" if outside_ci else ""),
                 ))
     lb = [r for r in rows if r.method == "LONDI-B"]
     if not lb:
@@ -675,21 +770,25 @@ def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | 
             raise ReportError(f"cannot read results file {results}: {e}") from e
     out = Path(out_dir)
     rows = summarize(results)
-    tg = targets(rows)
     meta = dict(results.get("meta") or {})
+    quality = meta.get("quality", "success")
+    tg = targets(rows, quality=quality, **dict(meta.get("targets") or {}))
     head = "# LONDI experiment results\n\n"
     if meta:
         head += ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))) + "\n\n"
     text = (
-        head + markdown_table(rows)
-        + "\nsuccess [95% CI]: Student-t over seeds clipped to [0, 100] (Wilson over the pooled episodes "
+        head + markdown_table(rows, quality=quality)
+        + ("\nmean score: final score 0-100 with failures (-100) counted as 0, [95% CI] Student-t over seeds. "
+           if quality == "score" else "\n")
+        + "success [95% CI]: Student-t over seeds clipped to [0, 100] (Wilson over the pooled episodes "
         "when every seed has the same rate; Wilson over episodes for a single seed); "
         "compute saved relative to DEEPTHINK-only FLOPs per episode, [95% CI] Student-t.\n\n## Targets\n\n"
         + _targets_markdown(tg)
     )
     paths = {"table": out / "results_table.md", "plot": out / "cost_quality.png", "summary": out / "summary.json"}
     _atomic_write(paths["table"], lambda fh: fh.write(text.encode()))
-    plot_cost_quality(rows, paths["plot"], title=f"LONDI cost vs quality ({meta.get('preset', 'results')})")
+    plot_cost_quality(rows, paths["plot"], title=f"LONDI cost vs quality ({meta.get('preset', 'results')})",
+                      quality=quality)
     summary = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": tg}
     _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(to_jsonable(summary, finite=True), indent=2, allow_nan=False).encode()))
     return paths

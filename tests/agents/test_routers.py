@@ -177,10 +177,22 @@ def test_calibrate_threshold_ties_and_errors():
         calibrate_threshold(np.array([]), 0.5)
     with pytest.raises(UnknownNameError, match="known confidence measures: entropy, margin, max_prob"):
         ConfidenceRouter(0.1, "variance")
-    with pytest.raises(RouterError, match="K >= 2"):
-        confidence(np.zeros((3, 1)))
-    with pytest.raises(RouterError, match="NaN or inf"):
-        confidence(np.array([[0.0, np.nan]]))
+    with pytest.raises(RouterError, match="K >= 1"):
+        confidence(np.zeros((3, 0)))
+    for bad in ([[0.0, np.nan]], [[0.0, np.inf]], [[-np.inf, -np.inf]]):
+        with pytest.raises(RouterError, match="NaN, \\+inf or a row without a finite score"):
+            confidence(np.array(bad))
+
+
+def test_confidence_of_ragged_rows_ignores_padding():
+    """ScienceWorld rows have their own candidate counts; -inf pads them. A padded row's
+    confidence equals the unpadded row's; one candidate is full confidence."""
+    row = np.log(np.array([0.5, 0.3, 0.2]))
+    padded = np.array([np.r_[row, -np.inf, -np.inf], [0.0, -np.inf, -np.inf, -np.inf, -np.inf]])
+    for m in ("margin", "max_prob", "entropy"):
+        assert confidence(padded, m)[0] == pytest.approx(confidence(row[None], m)[0])
+        assert confidence(padded, m)[1] == pytest.approx(1.0)
+    assert confidence(row[None], "entropy")[0] == pytest.approx(1 + np.sum([.5, .3, .2] * row) / np.log(3))
 
 
 # ----------------------------------------------------------------------------- SwiftSage

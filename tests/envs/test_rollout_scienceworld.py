@@ -166,3 +166,56 @@ def test_rollout_branches_scienceworld_envs_and_records_the_score():
     assert all(e.score is not None and not e.lost for e in res.episodes)
     assert res.summary()["mean_score"] == np.mean([max(e.score, 0) for e in res.episodes])
     assert sw.live_jvm_pids(TAG) == []
+
+
+def test_no_py4j_errors_after_close_even_at_exit():
+    """py4j's close() left its client "connected", so Java objects collected after close (with
+    jax imported: at interpreter exit) tried the stopped JVM and logged refused connections."""
+    import subprocess
+    import sys
+
+    code = ("import jax, londi_jax.experiments.pipeline\n"
+            "from londi_jax.envs.scienceworld.env import ScienceWorldTextEnv\n"
+            "with ScienceWorldTextEnv('4-1') as env:\n"
+            "    v = [env.variations_of(t, s) for t in ('4-1', '4-2') for s in ('train', 'dev', 'test')]\n"
+            "    env.reset(variation=0); env.step('look around', with_valid=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "py4j" not in out.stderr and "Connection refused" not in out.stderr, out.stderr[-2000:]
+
+
+class KillFirstJVM(FirstValid):
+    """Kills the simulator JVM before the loop steps the first episode's second action."""
+
+    def act(self, batch):
+        dec = super().act(batch)
+        if batch.owners[0] == 0 and batch.states[0].step == 1:
+            import os
+            import signal
+
+            for pid in sw.live_jvm_pids(TAG):
+                os.kill(pid, signal.SIGKILL)
+        return dec
+
+
+def test_a_dead_jvm_costs_one_episode_not_the_run():
+    specs = scienceworld_episodes(["4-2"], split="train", variations=3, step_limit=3)
+    res = run_episodes(specs, KillFirstJVM(), num_envs=1, progress=False)
+    assert [e.lost for e in res.episodes] == [True, False, False]
+    assert not res.episodes[0].success and res.episodes[0].length == 2
+    assert all(e.length == 3 for e in res.episodes[1:])  # the next episodes ran in a fresh JVM
+    assert res.summary()["lost"] == 1
+    assert sw.live_jvm_pids(TAG) == []
+
+
+def test_env_pool_keeps_the_jvms_between_runs():
+    from londi_jax.agents.rollout import EnvPool
+
+    specs = scienceworld_episodes(["4-2"], split="train", variations=2, step_limit=1)
+    with EnvPool() as pool:
+        run_episodes(specs, FirstValid(), num_envs=2, progress=False, pool=pool)
+        before = sorted(sw.live_jvm_pids(TAG))
+        assert len(pool) == 2 and len(before) == 2
+        run_episodes(specs[::-1], FirstValid(), num_envs=2, progress=False, pool=pool)
+        assert sorted(sw.live_jvm_pids(TAG)) == before  # the same two JVMs served the second run
+    assert sw.live_jvm_pids(TAG) == []

@@ -531,3 +531,51 @@ def test_summary_json_carries_interval_bounds(tmp_path):
     assert q["success_lo"] == 0.0 and q["success_hi"] == pytest.approx(R.wilson_interval(0, 10)[1])
     assert "success_ci" not in q and {"compute_saved_lo", "compute_saved_hi"} <= set(q)
     assert "Student-t over seeds clipped to [0, 100]" in paths["table"].read_text()
+
+
+# ----------------------------------------------------------------------------- mean score (ScienceWorld)
+
+
+def scored(kind, score, deep=0, length=4):
+    e = ep(kind=kind, success=score == 100, length=length, deep=deep, ret=float(score))
+    e["score"] = score
+    return e
+
+
+def test_mean_score_rows_table_and_targets():
+    """Scores as ScienceWorld reports them: failures (-100) count 0; t interval over the seed
+    means (computed here independently); the score drives the targets with ScienceWorld's bars."""
+    quick = {0: [0, 50, -100, 20], 1: [10, 50, 0, 20]}
+    deep = {0: [100, 80, 60, 100], 1: [100, 70, 60, 90]}
+    runs = [run("QUICK-only", "QUICK-only", s, [scored("4-1" if i % 2 else "7-1", v) for i, v in enumerate(quick[s])])
+            for s in (0, 1)]
+    runs += [run("DEEPTHINK-only", "DEEPTHINK-only", s, [scored("4-1" if i % 2 else "7-1", v, deep=4)
+                                                         for i, v in enumerate(deep[s])]) for s in (0, 1)]
+    rows = {r.label: r for r in R.summarize({"runs": runs})}
+    q = rows["QUICK-only"]
+    means = [np.mean([max(v, 0) for v in quick[s]]) / 100 for s in (0, 1)]
+    assert q.score == pytest.approx(np.mean(means))
+    half = R.t_critical(1) * np.std(means, ddof=1) / np.sqrt(2)
+    assert (q.score_lo, q.score_hi) == pytest.approx((max(np.mean(means) - half, 0), np.mean(means) + half))
+    assert q.per_kind_score["7-1"] == pytest.approx(np.mean([0, 0, 10, 0]) / 100)
+    assert q.quality("score") == (q.score, q.score_lo, q.score_hi) and q.quality("success")[0] == q.success
+    table = R.markdown_table(list(rows.values()), quality="score")
+    assert "mean score [95% CI]" in table and "7-1 score" in table
+    tg = by_name(R.targets(list(rows.values()), quality="score", gap=15.0))
+    gap = 100 * (rows["DEEPTHINK-only"].score - q.score)
+    assert tg["deep_beats_quick"]["value"] == pytest.approx(gap) and tg["deep_beats_quick"]["passed"] is (gap >= 15)
+    with pytest.raises(R.ReportError, match="quality measure"):
+        q.quality("reward")
+
+
+def test_londi_must_beat_swiftsage_outside_its_interval():
+    rows = [mkrow("QUICK-only", "QUICK-only", 0.2), mkrow("DEEPTHINK-only", "DEEPTHINK-only", 0.8, 1.0),
+            mkrow("LONDI c=0.1", "LONDI", 0.6, 0.2, 0.7, c=0.1), mkrow("LONDI c=0.01", "LONDI", 0.78, 0.5, 0.45, c=0.01),
+            mkrow("SwiftSage", "SwiftSage", 0.55, 0.35, 0.6)]
+    for r in rows:  # the score carries the same numbers as success here
+        r.score, r.score_lo, r.score_hi = r.success, r.success_lo, r.success_hi
+    t = by_name(R.targets(rows, quality="score", outside_ci=True, swiftsage=True))["londi_beats_swiftsage"]
+    expected = 0.6 + (0.78 - 0.6) * (0.35 - 0.2) / (0.5 - 0.2)  # LONDI interpolated at SwiftSage's rate
+    assert t["value"] == pytest.approx(expected) and t["threshold"] == pytest.approx(0.56) and t["passed"]
+    rows[-1].score_hi = 0.7  # SwiftSage's interval reaches above LONDI: not outside it
+    assert not by_name(R.targets(rows, quality="score", outside_ci=True, swiftsage=True))["londi_beats_swiftsage"]["passed"]

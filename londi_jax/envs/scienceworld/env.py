@@ -86,12 +86,24 @@ class ScienceWorldTextEnv:
 
     # -- helpers -------------------------------------------------------------------------------
     def _split_variations(self) -> list[int]:
+        out = self.variations_of(self.task.id, self.split)
+        self.max_variations = int(self._sim.get_max_variations(self.task.name))  # all splits together
+        return out
+
+    def variations_of(self, task: str | int, split: str) -> list[int]:
+        """The variation indices of any ``task`` in ``split`` (sorted), asked of this env's JVM.
+        It loads that task, so an episode in progress ends: call ``reset`` before stepping again."""
+        info = resolve_task(task)
+        if split not in SPLITS:
+            raise UnknownNameError("split", str(split), SPLITS)
         sim = self._sim
+        if sim is None:
+            raise ScienceWorldError("this ScienceWorld env is closed; create a new one")
+        self._done = True
         with sim.slow_calls():
-            sim.load(self.task.name, 0, "", False)
-        self.max_variations = int(sim.get_max_variations(self.task.name))  # all splits together
+            sim.load(info.name, 0, "", False)
         getter = {"train": sim.get_variations_train, "dev": sim.get_variations_dev, "test": sim.get_variations_test}
-        return sorted(int(v) for v in getter[self.split]())
+        return sorted(int(v) for v in getter[split]())
 
     def split_range(self) -> tuple[int, int]:
         """First and last variation index of this env's split (splits are contiguous)."""
@@ -249,17 +261,32 @@ class ScienceWorldTextEnv:
                                                step_limit=self.step_limit, call_timeout=self.call_timeout,
                                                java_opts=self._java_opts)
         shadow = self._shadow
-        shadow.set_task(self.task.id)
-        shadow.step_limit, shadow.with_look_inventory = self.step_limit, False
-        shadow.reset(variation=self.variation, with_valid=False)
-        for a in self._history:
-            shadow.step(a)
+        try:
+            shadow.set_task(self.task.id)
+            shadow.step_limit, shadow.with_look_inventory = self.step_limit, False
+            shadow.reset(variation=self.variation, with_valid=False)
+            lost = None
+            for a in self._history:
+                out = shadow.step(a)
+                if out.info.get("episode_lost"):
+                    lost = out
+                    break
+        except (Py4JError, SimulatorDiedError) as err:  # the replay JVM died: this branch is lost, not the run
+            shadow.close()
+            return self._lost_branch(f"{type(err).__name__}: {err}")
+        if lost is not None:
+            return self._lost_branch(lost.info.get("error", "the replay JVM died"))
         if shadow.score != self._score:
             raise ScienceWorldError(f"replaying task {self.task.id} variation {self.variation} ({len(self._history)} "
                                     f"actions) reached score {shadow.score}, not {self._score}: the simulator is not "
                                     f"deterministic here, so this state cannot be branched")
         shadow.with_look_inventory = self.with_look_inventory
         return shadow.step(action, with_valid=with_valid)
+
+    def _lost_branch(self, error: str) -> TextStep:
+        info = self._base_info() | {"success": False, "episode_lost": True, "error": error, "score": self._score,
+                                    "steps": self._steps + 1}
+        return TextStep(observation="", reward=0.0, terminated=False, truncated=True, info=info)
 
     def valid_actions(self) -> list[str]:
         """Valid action strings now (about 30-60 ms: the simulator enumerates all combinations)."""

@@ -50,7 +50,9 @@ def quiet_py4j() -> Iterator[None]:
     """While the block runs, py4j's records on the root and ``py4j`` loggers are dropped (both
     filters are removed after the last nested block ends, so logging is as the user set it)."""
     global _QUIET_DEPTH
-    loggers = (logging.getLogger(), logging.getLogger("py4j"))
+    # a logger's filters see only records created on it, not those propagated from its children
+    loggers = (logging.getLogger(), logging.getLogger("py4j"), logging.getLogger("py4j.java_gateway"),
+               logging.getLogger("py4j.clientserver"))
     with _QUIET_LOCK:
         _QUIET_DEPTH += 1
         if _QUIET_DEPTH == 1:
@@ -201,6 +203,9 @@ class _Simulator(ScienceWorldEnv):
             try:
                 with quiet_py4j():
                     self._gateway.close()  # sockets only: a dead JVM cannot answer shutdown()
+                # py4j's close() leaves the client "connected": every Java object collected later
+                # (often at exit) would then try to reach the stopped JVM and log a refused connection
+                self._gateway._gateway_client.is_connected = False
             except Exception:  # noqa: BLE001 - closing must not fail
                 pass
         if self.java_process is not None:
