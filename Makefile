@@ -37,7 +37,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed $(TEST_VENV)/.installed
 	$(VENV)/bin/londi-jax lm fetch $(TEST_MODEL)
-	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not bigmodel"
+	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not bigmodel" --durations=25
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV)

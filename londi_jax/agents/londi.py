@@ -104,7 +104,9 @@ class LondiController:
         else:
             feats = np.zeros((n, 0), np.float32)
             q_lp = np.zeros((n, max(len(self.quick.fmt.candidates(s)) for s in states)))
+        top = q_out.action_strings(np.argmax(q_out.logprobs, axis=-1)) if q_out is not None else None
         inp = RouteInput(slots=batch.slots, quick_logprobs=q_lp, features=feats, step=batch.step,
+                         quick_actions=top, missions=[s.mission for s in states],
                          max_steps=batch.max_steps, budget_left=budget_left,
                          budget=np.full(n, NO_BUDGET if self.budget is None else self.budget),
                          new_episode=batch.new_episode)
@@ -138,6 +140,9 @@ class LondiController:
         return Decision(actions, calls, deep)
 
     def observe(self, batch: StepBatch, decision: Decision, outcome: StepOutcome) -> None:
+        if hasattr(self.router, "observe_text"):
+            self.router.observe_text(batch.slots, decision.deep, decision.actions,
+                                     [st.observation for st in outcome.steps])
         self.router.observe(batch.slots, decision.deep, self._idx, outcome.rewards, outcome.dones)
 
 

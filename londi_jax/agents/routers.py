@@ -20,7 +20,7 @@ not read QUICK's output, so the agent runs QUICK only where it acts).
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ from londi_jax.utils.programs import program_cache
 
 __all__ = [
     "RouteInput", "Router", "RouterError", "QuickOnly", "DeepthinkOnly", "RandomRouter",
-    "ConfidenceRouter", "SwiftSageRouter", "SwitcherRouter", "MEASURES", "confidence",
+    "ConfidenceRouter", "ClassifierRouter", "SwiftSageRouter", "SwitcherRouter", "MEASURES", "confidence",
     "calibrate_threshold",
 ]
 
@@ -58,6 +58,8 @@ class RouteInput:
     budget_left: np.ndarray     # int (n,) DEEPTHINK calls left this episode (a large int when unbudgeted)
     budget: np.ndarray          # int (n,) the episode's budget n (large int when unbudgeted)
     new_episode: np.ndarray     # bool (n,) first step of a new episode in that slot (reset slot state)
+    quick_actions: list[str] | None = None  # QUICK's top action string per row (text-reading routers)
+    missions: list[str] | None = None  # each row's task text
 
     def __post_init__(self) -> None:
         self.slots = np.asarray(self.slots, np.int64).reshape(-1)
@@ -69,6 +71,10 @@ class RouteInput:
             if arr.ndim != 2 or arr.shape[0] != n:
                 raise RouterError(f"RouteInput.{name} must have shape (n, .) with n = {n} slots, "
                                   f"got {arr.shape}")
+        for name in ("quick_actions", "missions"):
+            val = getattr(self, name)
+            if val is not None and len(val) != n:
+                raise RouterError(f"RouteInput.{name} must have one entry per slot ({n}), got {len(val)}")
         for name in ("step", "max_steps", "budget_left", "budget", "new_episode"):
             arr = np.asarray(getattr(self, name)).reshape(-1)
             if arr.shape[0] != n:
@@ -241,6 +247,20 @@ class ConfidenceRouter(_Stateless):
         return confidence(inp.quick_logprobs, self.measure) < self.threshold
 
 
+class ClassifierRouter(_Stateless):
+    """DEEPTHINK where a calibrated classifier of QUICK's failures (``switcher.classifier``) gives
+    a failure probability above ``threshold`` (R2V-Agent's step-level router). Reads the same
+    features as the LONDI switch (``RouteInput.features``)."""
+
+    def __init__(self, classifier: Any, threshold: float, name: str = "failure-classifier"):
+        if np.isnan(threshold):
+            raise RouterError("ClassifierRouter threshold is NaN; pass a number (see calibrate_threshold)")
+        self.classifier, self.threshold, self.name = classifier, float(threshold), name
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        return self.classifier.predict(inp.features) > self.threshold
+
+
 # ----------------------------------------------------------------------------- SwiftSage
 
 
@@ -262,6 +282,15 @@ class SwiftSageRouter:
     Otherwise DEEPTHINK is called, except that QUICK is forced after ``force_quick_after`` (2)
     consecutive DEEPTHINK calls (the original's ``consecutive_system2 >= 2``).
 
+    ``native=True`` adds rule 6's ScienceWorld triggers, which *force* DEEPTHINK (QUICK's force
+    still wins, so calls never run away): (a) ``failures_to_force`` (2) failed actions
+    accumulated since DEEPTHINK last acted (observations such as "No known action matches that
+    input."); (b) QUICK's top action is a ``focus on X`` before DEEPTHINK has focused in this
+    episode, unless X is named in the task text or QUICK has already tried ``focus_tries`` (3)
+    times (focus is irrevocable in ScienceWorld: a wrong one fails the task). It needs
+    ``RouteInput.quick_actions`` / ``missions`` and the agent's :meth:`observe_text`. Rule 6's
+    third trigger (loop iterations without an action) cannot happen here: every step acts.
+
     Dropped: Sage's action buffers (one action per DEEPTHINK call, as LONDI's MDP charges a call
     per action); the validity conditions of rules 3-4 and the fall-back to Swift's other beams
     (every one of BabyAI's 6 actions is always valid); rule 6's "force Sage" triggers (no-action
@@ -281,8 +310,12 @@ class SwiftSageRouter:
     respects_budget = False
     needs_quick = True
 
+    FAILURES = ("No known action matches that input", "Unknown action", "It's not clear how to", "(ScienceWorld error",
+                "That can't be moved there", "You can't")
+
     def __init__(self, warmup_steps: int = 10, deep_window: int = 5, reward_window: int = 5,
-                 repeat_window: int = 3, force_quick_after: int = 2, name: str = "swiftsage"):
+                 repeat_window: int = 3, force_quick_after: int = 2, name: str = "swiftsage", *,
+                 native: bool = False, failures_to_force: int = 2, focus_tries: int = 3):
         for key, val in (("warmup_steps", warmup_steps), ("deep_window", deep_window),
                          ("reward_window", reward_window), ("repeat_window", repeat_window)):
             if int(val) < 0:
@@ -292,6 +325,7 @@ class SwiftSageRouter:
         self.warmup_steps, self.deep_window = int(warmup_steps), int(deep_window)
         self.reward_window, self.repeat_window = int(reward_window), int(repeat_window)
         self.force_quick_after = int(force_quick_after)
+        self.native, self.failures_to_force, self.focus_tries = bool(native), int(failures_to_force), int(focus_tries)
         self.name = name
         self.num_slots = 0
 
@@ -301,12 +335,18 @@ class SwiftSageRouter:
         self._rewards = np.zeros((self.num_slots, self.reward_window))
         self._since_deep = np.full(self.num_slots, _NEVER, np.int64)  # t - s at the next decision
         self._consecutive = np.zeros(self.num_slots, np.int64)
+        self._failures = np.zeros(self.num_slots, np.int64)  # failed actions since DEEPTHINK last acted
+        self._deep_focused = np.zeros(self.num_slots, bool)
+        self._quick_focus_tries = np.zeros(self.num_slots, np.int64)
 
     def _reset_slots(self, slots: np.ndarray) -> None:
         self._actions[slots] = -1
         self._rewards[slots] = 0.0
         self._since_deep[slots] = _NEVER
         self._consecutive[slots] = 0
+        self._failures[slots] = 0
+        self._deep_focused[slots] = False
+        self._quick_focus_tries[slots] = 0
 
     def _slots(self, slots) -> np.ndarray:
         if not self.num_slots:
@@ -326,7 +366,35 @@ class SwiftSageRouter:
         keep |= self._rewards[slots].sum(axis=1) > 0                          # rule 3
         keep |= ~np.any(self._actions[slots] == top[:, None], axis=1)         # rule 4
         forced_quick = self._consecutive[slots] >= self.force_quick_after     # rule 7
+        if self.native:
+            keep &= ~self._forced_deep(inp, slots)                            # rule 6
         return ~keep & ~forced_quick
+
+    def _forced_deep(self, inp: RouteInput, slots: np.ndarray) -> np.ndarray:
+        if inp.quick_actions is None or inp.missions is None:
+            raise RouterError("SwiftSageRouter(native=True) reads QUICK's action and the task text: the agent must "
+                              "fill RouteInput.quick_actions and missions (LondiAgent does)")
+        force = self._failures[slots] >= self.failures_to_force
+        for i, (a, m) in enumerate(zip(inp.quick_actions, inp.missions)):
+            if a.startswith("focus on ") and not self._deep_focused[slots[i]]:
+                named = a[len("focus on "):].split(" in ")[0].strip().lower() in m.lower()
+                if not named and self._quick_focus_tries[slots[i]] < self.focus_tries:
+                    self._quick_focus_tries[slots[i]] += 1
+                    force[i] = True
+        return force
+
+    def observe_text(self, slots, deep, actions: list[str], observations: list[str]) -> None:
+        """Rule 6's inputs: the actions taken (who focused) and what the env answered (failures).
+        Called by the agent before :meth:`observe` for the same step."""
+        slots = self._slots(slots)
+        deep = np.asarray(deep, bool).reshape(-1)
+        for i, (a, o) in enumerate(zip(actions, observations)):
+            s = slots[i]
+            if deep[i]:
+                self._failures[s] = 0
+                self._deep_focused[s] |= a.startswith("focus on ")
+            elif o.strip().startswith(self.FAILURES):
+                self._failures[s] += 1
 
     def observe(self, slots, deep, actions, rewards, dones) -> None:
         slots = self._slots(slots)

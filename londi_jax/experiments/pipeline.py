@@ -42,8 +42,8 @@ from londi_jax.agents.calibration import greedy_call_rate, interpolate_cost
 from londi_jax.agents.londi import LondiAgent, collect_switch_data
 from londi_jax.agents.policy import LMPolicy, SwitchEncoder
 from londi_jax.agents.rollout import EnvPool
-from londi_jax.agents.routers import (ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter, SwiftSageRouter,
-                                      SwitcherRouter, calibrate_threshold)
+from londi_jax.agents.routers import (ClassifierRouter, ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter,
+                                      SwiftSageRouter, SwitcherRouter, calibrate_threshold)
 from londi_jax.experiments.config import ModelSpec, PipelineConfig, config_diff, config_from_dict, config_to_dict
 from londi_jax.experiments.families import EnvFamily, family
 from londi_jax.experiments.logging import RunLogger
@@ -54,13 +54,14 @@ from londi_jax.lm.hf_writer import save_hf_directory
 from londi_jax.lm.lora import save_lora
 from londi_jax.lm.tokenizer import train_word_tokenizer
 from londi_jax.utils.checkpoint import CheckpointStore
+from londi_jax.switcher.classifier import FailureClassifier, fit_failure_classifier
 from londi_jax.switcher.config import SwitcherConfig
 from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, load_dataset, make_offline_train, save_dataset
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
-from londi_jax.utils.io import (DataFileError, append_jsonl, atomic_write_json, check_writable_dir, read_json,
-                                read_jsonl)
+from londi_jax.utils.io import (DataFileError, append_jsonl, atomic_write, atomic_write_json, check_writable_dir,
+                                read_json, read_jsonl)
 
 __all__ = ["Pipeline", "run_pipeline", "PipelineError", "ConfigMismatchError", "STAGES", "STAGE_DEPENDS",
            "read_run_config", "estimate_work", "measured_flops_per_second", "accelerator_warning", "time_estimate"]
@@ -553,7 +554,17 @@ class Pipeline:
         store.close()
         for i, c in enumerate(s.c_grid):
             self.log.scalar("switcher/offline_call_rate", float(rates[i]), i)
+        # the calibrated failure-classifier baseline, fitted on the same logged data
+        try:
+            clf = fit_failure_classifier(load_dataset(self.out / "switch_data.npz"), seed=0)
+            atomic_write(self.out / "switchers" / "classifier.npz", lambda fh: np.savez(fh, **clf.to_arrays()))
+            clf_info: dict[str, Any] = clf.metrics
+            self._say("failure classifier: " + ", ".join(f"{k} {v:.4g}" for k, v in clf.metrics.items()))
+        except LondiError as err:  # e.g. too little switch data (smoke presets): the row is left out
+            clf_info = {"skipped": str(err)}
+            self._say(f"failure classifier skipped: {err}")
         return {"c_grid": list(s.c_grid), "offline_call_rates": rates.tolist(), "c_star": c_star,
+                "classifier": clf_info,
                 "target_call_rate": s.target_call_rate, "final_loss": float(loss[:, -100:].mean()),
                 "final_loss_budget": float(loss_b[:, -100:].mean())}
 
@@ -599,6 +610,16 @@ class Pipeline:
         # before the next append), so that run is simply redone
         done = {(r["label"], r["seed"]): r for r in read_jsonl(runs_path)}
         per_seed = 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1
+        clf_path = self.out / "switchers" / "classifier.npz"
+        clf = None
+        if clf_path.exists():
+            with np.load(clf_path) as z:
+                clf = FailureClassifier.from_arrays(z)
+            clf_conf = 1.0 - clf.predict(np.asarray(ds.obs))  # "confidence" = 1 - failure probability
+            per_seed += 1
+        elif "classifier" not in read_json(self._marker("switchers")):
+            raise PipelineError(f"{clf_path} is missing (the switchers stage ran before the failure classifier "
+                                f"existed); rerun it: londi-jax demo --out {self.out} --force-stages switchers")
         counter = {"n": 0, "total": per_seed * v.seeds}
 
         def member(params: Any, i: int) -> Any:
@@ -652,7 +673,12 @@ class Pipeline:
                 t = calibrate_threshold(conf["margin"], r, "margin")
                 run("Threshold", f"Threshold rate={r:g}", {"target_rate": r, "threshold": t}, seed,
                     ConfidenceRouter(t, "margin"))
-            run("SwiftSage", "SwiftSage", {}, seed, SwiftSageRouter())
+            if clf is not None:
+                t_c = calibrate_threshold(clf_conf, matched, "max_prob")
+                run("Classifier", "Classifier (LONDI's rate)", {"target_rate": matched, "threshold": 1.0 - t_c}, seed,
+                    ClassifierRouter(clf, 1.0 - t_c))
+            native = self.family.name == "scienceworld"  # rule 6's triggers exist only there
+            run("SwiftSage", "SwiftSage", {"native": True} if native else {}, seed, SwiftSageRouter(native=native))
         runs = list(done.values())
         e = self.config.env
         where = ({"eval_level": e.eval_level} if self.family.name == "babyai-text" else

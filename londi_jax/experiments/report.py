@@ -92,10 +92,11 @@ _NUMERIC_FIELDS = (
 )
 
 # Display order of method families, and the parameter that orders configurations inside a family.
-FAMILY_ORDER = ("QUICK-only", "DEEPTHINK-only", "Random", "Threshold", "SwiftSage", "LONDI", "LONDI-B")
+FAMILY_ORDER = ("QUICK-only", "DEEPTHINK-only", "Random", "Threshold", "Classifier", "SwiftSage", "LONDI", "LONDI-B")
 _PRIMARY_PARAM = {
     "Random": ("p",),
     "Threshold": ("threshold", "target_rate"),
+    "Classifier": ("threshold", "target_rate"),
     "LONDI": ("c",),
     "LONDI-B": ("budget", "c"),
 }

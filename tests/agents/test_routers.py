@@ -396,3 +396,51 @@ def test_switcher_router_ties_go_to_quick_and_errors():
         rb.decide(make_input(1, features=np.ones((1, 2), np.float32), budget_left=5, budget=5))
     with pytest.raises(LondiError, match="budget must be >= 0"):
         SwitcherRouter(cfg_b, params, budget=-1)
+
+
+def test_swiftsage_native_scienceworld_triggers():
+    """Rule 6 in ScienceWorld: a QUICK focus before DEEPTHINK ever focused forces DEEPTHINK (unless
+    the object is in the task text, or after 3 tries); two failed QUICK actions force it; a
+    DEEPTHINK call clears the failures; QUICK's force after 2 consecutive calls still wins."""
+    task = "Your task is to find a(n) living thing. First, focus on the thing."
+    r = SwiftSageRouter(native=True, deep_window=0)
+    r.reset(2, 0)
+
+    def decide(actions, step=0):
+        inp = make_input(2, step=step)
+        inp.quick_actions, inp.missions = actions, [task, task]
+        return r.decide(inp).tolist()
+
+    def obs(deep, actions, observations):
+        r.observe_text(np.arange(2), np.asarray(deep), actions, observations)
+        r.observe(np.arange(2), np.asarray(deep), np.zeros(2, int), np.zeros(2), np.zeros(2, bool))
+
+    # warm-up would keep QUICK, but a focus on an unnamed object forces DEEPTHINK; moving does not
+    assert decide(["focus on butterfly", "go to kitchen"]) == [True, False]
+    obs([True, False], ["focus on butterfly", "go to kitchen"], ["You focus on the butterfly.", "You move."])
+    assert decide(["focus on dove", "focus on living thing"]) == [False, False]  # slot 0: DEEPTHINK focused; 1: named
+    for _ in range(2):  # two failed QUICK actions in slot 1
+        obs([False, False], ["look around", "eat door"], ["You look.", "No known action matches that input."])
+    assert decide(["look around", "look around"]) == [False, True]
+    obs([False, True], ["look around", "look around"], ["", ""])
+    assert decide(["look around", "look around"]) == [False, False]  # DEEPTHINK acted: failures cleared
+    r2 = SwiftSageRouter(native=True, deep_window=0, force_quick_after=1)
+    r2.reset(1, 0)
+    inp = make_input(1, step=0)
+    inp.quick_actions, inp.missions = ["focus on cat"], [task]
+    assert r2.decide(inp).tolist() == [True]
+    r2.observe_text(np.arange(1), np.array([True]), ["look around"], ["ok"])
+    r2.observe(np.arange(1), np.array([True]), np.zeros(1, int), np.zeros(1), np.zeros(1, bool))
+    assert r2.decide(inp).tolist() == [False]  # forced QUICK wins over the forced focus call
+    r3 = SwiftSageRouter(native=True, deep_window=0, force_quick_after=10)
+    r3.reset(1, 0)
+    calls = []
+    for _ in range(4):  # QUICK keeps proposing the focus; DEEPTHINK acts without focusing
+        calls += r3.decide(inp).tolist()
+        r3.observe_text(np.arange(1), np.array(calls[-1:]), ["look around"], ["ok"])
+        r3.observe(np.arange(1), np.array(calls[-1:]), np.zeros(1, int), np.zeros(1), np.zeros(1, bool))
+    assert calls == [True, True, True, False]  # after focus_tries (3) forced calls QUICK may focus
+    r4 = SwiftSageRouter(native=True)
+    r4.reset(1, 0)
+    with pytest.raises(RouterError, match="quick_actions and missions"):
+        r4.decide(make_input(1))

@@ -13,7 +13,7 @@ from londi_jax.cli import main
 from londi_jax.experiments.config import preset
 from londi_jax.experiments.pipeline import Pipeline, PipelineError
 
-METHODS = {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "SwiftSage"}
+METHODS = {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "Classifier", "SwiftSage"}
 
 
 @pytest.fixture(scope="module")
