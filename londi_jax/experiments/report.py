@@ -212,7 +212,7 @@ def _check_number(value: Any, label: str, seed: Any, index: int, name: str) -> f
     x = float(value)
     if not math.isfinite(x):
         raise ReportError(f"{where}: field {name!r} is {x}; record a finite value")
-    if name != "return" and x < 0:
+    if name not in ("return", "score") and x < 0:  # returns and scores (ScienceWorld: -100) may be negative
         raise ReportError(f"{where}: field {name!r} is negative ({x}); counts/costs must be >= 0")
     return x
 
@@ -250,7 +250,7 @@ def _episode_arrays(run: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if has_score:
             if ep.get("score") is None:
                 raise ReportError(f"run {label!r} (seed {seed}) episode {i} has no 'score' while others have one")
-            cols["score"].append(max(_check_number(ep["score"], label, seed, i, "return"), 0.0) / 100.0)
+            cols["score"].append(max(_check_number(ep["score"], label, seed, i, "score"), 0.0) / 100.0)
         cols["success"].append(_check_flag(ep["success"], label, seed, i, "success"))
         cols["violated"].append(_check_flag(ep["violated"], label, seed, i, "violated"))
         for name in _NUMERIC_FIELDS:

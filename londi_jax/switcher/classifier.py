@@ -77,7 +77,8 @@ class FailureClassifier:
                    float(d["a"]), float(d["b"]), dict(zip(map(str, d["metric_names"]), map(float, d["metric_values"]))))
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int, lr: float, seed: int) -> tuple[np.ndarray, float]:
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int, lr: float) -> tuple[np.ndarray, float]:
+    """Full-batch Adam on the L2-regularized log loss (deterministic: no seed needed)."""
     xs, ys = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     pos = float(y.mean())
     params = {"w": jnp.zeros(x.shape[1], jnp.float32),
@@ -99,7 +100,6 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int, lr: float
         (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
         return p
 
-    del seed  # full-batch and deterministic; kept for the signature's symmetry with the switchers
     p = run(params)
     return np.asarray(p["w"], np.float64), float(p["b"])
 
@@ -135,7 +135,7 @@ def fit_failure_classifier(ds: OfflineDataset, *, holdout: float = 0.25, l2: flo
     k = max(int(round(holdout * n)), 2)
     test, train = idx[:k], idx[k:]
     mean, scale = x[train].mean(0), x[train].std(0) + 1e-6
-    w, bias = _fit_logistic((x[train] - mean) / scale, y[train], l2, steps, lr, seed)
+    w, bias = _fit_logistic((x[train] - mean) / scale, y[train], l2, steps, lr)
     z = ((x - mean) / scale) @ w + bias
     a, b = _platt(z[test], y[test]) if 0 < y[test].mean() < 1 else (1.0, 0.0)
     raw = _sigmoid(z[test])
