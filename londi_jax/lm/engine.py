@@ -4,9 +4,10 @@ The model is ``nnx.split`` once into ``(graphdef, state)``; each program is a pl
 function of ``state`` and arrays (the graphdef is closed over), so there is no per-call NNX graph
 walk. Programs:
 
-* ``score``: each prompt is prefilled ONCE; its KV cache is shared by all K candidates, which run
-  as a ``(B, K, L)`` block attending to the prompt cache plus causally to themselves (no K copies
-  of the prompt). The first candidate token is scored from the prompt's last logits; logits are
+* ``score``: each prompt is prefilled ONCE; its KV cache is shared by all its candidates, which run
+  in blocks of K ``(C, K, L)`` attending to their prompt's cache plus causally to themselves (no K
+  copies of the prompt; a prompt with hundreds of candidates takes several blocks, one with few
+  takes one, so no prompt pads its candidates to the largest list). The first candidate token is scored from the prompt's last logits; logits are
   computed only at the positions a score reads. Prompt embeddings come from the same prefill.
 * ``generate``: prefill + the whole decode loop inside one ``lax.while_loop`` over a preallocated
   cache (left padding, per-row done mask), greedy or sampling (temperature, top-k, top-p).
@@ -17,7 +18,7 @@ Prefill packs the prompts' real tokens back to back for the projections and MLPs
 the FLOPs) and runs attention per left-padded row (``prefill(..., packed=N)``), so padding costs
 attention only. Shapes are bucketed by ``bucket`` (its docstring states the waste bound): batch
 rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, candidate count
-and length exact up to 8; packed tokens to eighths of the padded block (``packed_slots``: at most
+(per block of at most ``candidate_block``), block count and length exact up to 8; packed tokens to eighths of the padded block (``packed_slots``: at most
 7 packed programs per block shape, not one per octave step, which multiplied compiles); new
 lengths inside a bucket reuse the compiled program; values such as ``max_new_tokens``,
 temperature, top-k and top-p are traced arguments and never recompile.
@@ -182,12 +183,20 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_
 
 
 def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_tok: jax.Array,
-                     c_valid: jax.Array, packed: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                     c_valid: jax.Array, packed: int | None = None, c_row: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-token log-probs of K continuations per prompt, sharing one prefill of the prompt.
 
     ``p_tok/p_valid (B, P)`` left-padded prompts; ``c_tok/c_valid (B, K, L)`` right-padded
     candidates; ``packed``: see ``prefill``. Returns log-probs ``(B, K, L)`` (0 at padding), the
     mean-pooled prompt embedding ``(B, H)`` and the last prompt token's hidden state ``(B, H)``.
+
+    ``c_row (C,)``: candidate *blocks* instead: ``c_tok/c_valid (C, K, L)``, block ``j``
+    continuing prompt ``c_row[j]`` (log-probs ``(C, K, L)``). A prompt with many candidates
+    (a ScienceWorld state has hundreds) then takes as many blocks of K as it needs, and a prompt
+    with few takes one: no prompt's candidate axis is padded to the largest one's, and no
+    batch-padding row carries candidates. Each block gathers its prompt's cache (``P`` keys per
+    layer, small beside the ``K * L`` queries that read it).
     Only what a score reads is computed: candidate token j is scored from the hidden state of token
     j - 1, so the candidates' last slot never runs through the model (single-token candidates need
     no candidate forward at all), and logits come only from the last prompt position and those
@@ -196,12 +205,16 @@ def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_to
     """
     hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
     last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
+    k_valid = p_valid
+    if c_row is not None:  # each candidate block reads its prompt's logits and cache
+        last_logits, k_valid = last_logits[c_row], p_valid[c_row]
+        cache = KVCache(*(tuple(x[c_row] for x in part) for part in cache))
     first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
     B, K, L = c_tok.shape
     if L > 1:
-        plen = p_valid.sum(-1).astype(jnp.int32)
+        plen = k_valid.sum(-1).astype(jnp.int32)
         c_pos = plen[:, None, None] + jnp.arange(L - 1, dtype=jnp.int32)
-        c_hidden = model.forward_with_prefix(c_tok[:, :, :-1], c_pos, c_valid[:, :, :-1], cache, p_valid)
+        c_hidden = model.forward_with_prefix(c_tok[:, :, :-1], c_pos, c_valid[:, :, :-1], cache, k_valid)
         rest = token_logprobs(model.logits(c_hidden), c_tok[:, :, 1:])  # (B, K, L-1)
     else:
         rest = jnp.zeros((B, K, 0), first.dtype)
@@ -213,6 +226,8 @@ class LanguageModel:
     """A loaded LM with ``score`` / ``generate`` / ``embed`` / ``cost`` (see ``interface.LM``).
 
     ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked);
+    ``candidate_block``: most candidates scored as one block of a prompt (a prompt with more takes
+    several blocks, ``score_candidates``' ``c_row``; bounds the attention scores' memory);
     ``min_batch`` pads smaller calls up to that many rows (fewer shapes to compile in a loop whose
     batch shrinks, at the price of computing padding rows; FLOPs count real tokens only).
     ``trace_counts`` counts how often each program was traced (i.e. compiled). ``eog_token_ids``:
@@ -221,13 +236,17 @@ class LanguageModel:
     """
 
     def __init__(self, config: ModelConfig, model: CausalLM, tokenizer: Any = None, name: str = "lm",
-                 batch_size: int = 16, min_batch: int = 1, eog_token_ids: Sequence[int] = ()):
+                 batch_size: int = 16, min_batch: int = 1, eog_token_ids: Sequence[int] = (),
+                 candidate_block: int = 256):
         self.config = config
         self.tokenizer = tokenizer
         self.name = name
         self.declared_eog_ids = tuple(int(i) for i in eog_token_ids)  # the checkpoint's own end-of-generation ids
         self.batch_size = batch_size
         self.min_batch = min_batch
+        if candidate_block < 1:
+            raise LMInputError(f"candidate_block must be >= 1, got {candidate_block}")
+        self.candidate_block = candidate_block
         self.graphdef, self.state = nnx.split(model)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._score_jit = jax.jit(self._score_impl, static_argnames=("packed",))
@@ -257,9 +276,9 @@ class LanguageModel:
         return nnx.merge(self.graphdef, self.state)
 
     # ------------------------------------------------------------------ pure programs
-    def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid, *, packed: int | None):
+    def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid, c_row, *, packed: int | None):
         self.trace_counts["score"] += 1
-        return score_candidates(nnx.merge(self.graphdef, state), p_tok, p_valid, c_tok, c_valid, packed)
+        return score_candidates(nnx.merge(self.graphdef, state), p_tok, p_valid, c_tok, c_valid, packed, c_row)
 
     def _embed_impl(self, state, p_tok, p_valid, *, packed: int | None):
         self.trace_counts["embed"] += 1
@@ -369,6 +388,33 @@ class LanguageModel:
         (capped at the batch size), so a shrinking batch meets few shapes (few compiles)."""
         return max(bucket(n), min(bucket(self.min_batch), bucket(self.batch_size)))
 
+    def _candidate_blocks(self, cands: Sequence[Sequence[Sequence[int]]]
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]]]:
+        """One chunk's candidates as blocks of K (``score_candidates``' ``c_row`` form): returns
+        ``c_tok, c_valid (C, K, L)``, ``c_row (C,)`` and each prompt's block indices. K is the
+        largest candidate list split into as few blocks of at most ``candidate_block`` as it
+        needs, evened out and bucketed; every other list takes ``ceil(n / K)`` blocks; C is
+        bucketed like K (padding blocks are all-invalid and read prompt 0)."""
+        most = max(len(c) for c in cands)
+        n_split = -(-most // self.candidate_block)  # ceil: blocks the largest list needs
+        K = min(bucket(-(-most // n_split), *CANDIDATE_BUCKET), self.candidate_block)
+        L = bucket(max(len(t) for c in cands for t in c), *CANDIDATE_BUCKET)
+        blocks, n_blocks = [], 0
+        for c in cands:
+            nb = -(-len(c) // K)
+            blocks.append(list(range(n_blocks, n_blocks + nb)))
+            n_blocks += nb
+        C = bucket(n_blocks, *CANDIDATE_BUCKET)
+        c_tok = np.zeros((C, K, L), np.int32)
+        c_valid = np.zeros((C, K, L), bool)
+        c_row = np.zeros((C,), np.int32)
+        for r, c in enumerate(cands):
+            c_row[blocks[r]] = r
+            for k, t in enumerate(c):
+                c_tok[blocks[r][k // K], k % K, :len(t)] = t
+                c_valid[blocks[r][k // K], k % K, :len(t)] = True
+        return c_tok, c_valid, c_row, blocks
+
     def _chunks(self, n: int, lengths: Sequence[int], desc: str) -> Any:
         """Index chunks of at most ``batch_size``, similar lengths together (less padding)."""
         order = sorted(range(n), key=lambda i: lengths[i])
@@ -447,21 +493,14 @@ class LanguageModel:
         spans: list[tuple[float, float]] = []
         for chunk in self._chunks(n, [len(p) for p in prompt_ids], f"{self.name}: scoring"):
             p_tok, p_valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
-            B = p_tok.shape[0]
-            K = bucket(max(len(candidate_ids[i]) for i in chunk), *CANDIDATE_BUCKET)
-            L = bucket(max(len(c) for i in chunk for c in candidate_ids[i]), *CANDIDATE_BUCKET)
-            c_tok = np.zeros((B, K, L), np.int32)
-            c_valid = np.zeros((B, K, L), bool)
-            for r, i in enumerate(chunk):
-                for k, c in enumerate(candidate_ids[i]):
-                    c_tok[r, k, :len(c)] = c
-                    c_valid[r, k, :len(c)] = True
+            c_tok, c_valid, c_row, blocks = self._candidate_blocks([candidate_ids[i] for i in chunk])
             lp, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid,
-                                                                     packed=packed))
+                                                                     c_row, packed=packed))
             lp, pooled, last = np.asarray(lp), np.asarray(pooled), np.asarray(last)
             for r, i in enumerate(chunk):
                 lens = [len(c) for c in candidate_ids[i]]
-                lp_out[i] = [lp[r, k, :m].astype(np.float64) for k, m in enumerate(lens)]
+                flat = lp[blocks[r]].reshape(-1, lp.shape[-1])  # this prompt's blocks, in order
+                lp_out[i] = [flat[k, :m].astype(np.float64) for k, m in enumerate(lens)]
                 emb[i] = pooled[r]
                 last_h[i] = last[r]
                 pl = len(prompt_ids[i])

@@ -69,6 +69,28 @@ def test_padding_and_batch_composition_change_nothing(tiny_llama):
         np.testing.assert_allclose(shuffled.embeddings[j], mixed.embeddings[i], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_candidate_blocks_equal_full_sequence(tiny_llama, block):
+    """A prompt's candidates split over several blocks of ``candidate_block`` (a ScienceWorld state
+    has hundreds) score exactly as the full sequences do, in the caller's order; a block never
+    carries another prompt's candidates."""
+    lm, _ = tiny_llama
+    many = [[[i % 50 + 3, (7 * i) % 60 + 2][: 1 + i % 2] for i in range(11)]]  # 11 candidates, ragged
+    prompts, cands = PROMPTS + [[1, 30, 31]], CANDS + many
+    ref = reference_scores(lm.logits, prompts, cands)
+    lm.candidate_block = block
+    try:
+        res = lm.score_tokens(prompts, cands)
+        c_tok, _, c_row, blocks = lm._candidate_blocks(cands)
+    finally:
+        lm.candidate_block = 256
+    for got, want in zip(res.logprobs, ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert c_tok.shape[1] <= block
+    assert [sorted(set(c_row[b].tolist())) for b in blocks] == [[r] for r in range(len(cands))]
+    assert sum(len(b) for b in blocks) == sum(-(-len(c) // c_tok.shape[1]) for c in cands)
+
+
 def test_embedding_is_masked_mean_of_final_hidden(tiny):
     import torch
 
