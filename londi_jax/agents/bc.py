@@ -36,7 +36,7 @@ from londi_jax.lm.layers import CausalLM
 from londi_jax.lm.lora import LoRAConfig, add_lora, merge_lora, merge_trainable, split_trainable
 from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.utils.errors import LondiError
-from londi_jax.utils.fields import above, at_least, check_fields, one_of
+from londi_jax.utils.fields import above, at_least, check_fields, one_of, within
 
 __all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
            "bc_data_from_episodes", "bc_data_from_steps", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
@@ -67,12 +67,16 @@ class BCConfig:
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at every epoch end)
     seed: int = 0
     candidates: int = 16  # per-example candidate sets (ScienceWorld): the expert's + this many - 1 sampled others
+    # share of those others drawn first from the actions that begin like the expert's (same first
+    # token: "focus on bowl" against other "focus on ..." actions): hard negatives, the choices a
+    # policy over hundreds of valid actions must tell apart; the rest uniformly from the others
+    hard_negatives: float = 0.0
 
     def __post_init__(self) -> None:  # every field typed and in range when built (overrides too)
         check_fields(self, {
             **{name: [at_least(1)] for name in ("epochs", "batch_size", "length_multiple", "pool_batches",
                                                 "checkpoint_every")},
-            "candidates": [at_least(2)],
+            "candidates": [at_least(2)], "hard_negatives": [within(0, 1)],
             "learning_rate": [above(0)], "warmup_steps": [at_least(0)], "weight_decay": [at_least(0)],
             "max_grad_norm": [above(0)], "seed": [at_least(0)],
             "loss": [one_of(LOSSES, "BC loss")], "finetune": [one_of(FINETUNE_MODES, "fine-tuning mode")]})
@@ -307,17 +311,23 @@ class BCTrainer:
 
     def _candidate_batch(self, idx: np.ndarray, epoch: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row candidates ``(B, K, L)``: the expert's action first, then up to K - 1 others of
-        the example's set drawn without replacement; a pure function of (seed, epoch, examples),
-        so a resumed run draws the same. Sets labels to 0 (the expert's slot). L is padded to a
-        multiple of 8 (few programs)."""
+        the example's set drawn without replacement (``hard_negatives`` of them, where there are
+        enough, among those sharing the expert's first token); a pure function of (seed, epoch,
+        examples), so a resumed run draws the same. Sets labels to 0 (the expert's slot). L is
+        padded to a multiple of 8 (few programs)."""
         K, B = self.config.candidates, self.config.batch_size
         chosen = []
         for r, i in enumerate(idx):
             row, lab = self.data.candidate_ids[i], int(self.data.labels[i])
             others = [k for k in range(len(row)) if k != lab]
             rng = np.random.default_rng([self.config.seed, epoch, int(i)])
-            pick = rng.choice(len(others), size=min(K - 1, len(others)), replace=False) if others else []
-            chosen.append([row[lab]] + [row[others[j]] for j in pick])
+            n = min(K - 1, len(others))
+            hard = [k for k in others if row[k][0] == row[lab][0]]
+            n_hard = min(round(self.config.hard_negatives * n), len(hard))
+            pick = [hard[j] for j in rng.choice(len(hard), size=n_hard, replace=False)] if n_hard else []
+            rest = sorted(set(others) - set(pick))
+            pick += [rest[j] for j in rng.choice(len(rest), size=n - n_hard, replace=False)] if n > n_hard else []
+            chosen.append([row[lab]] + [row[k] for k in pick])
             labels[r] = 0
         L = 8 * math.ceil(max(len(c) for cs in chosen for c in cs) / 8)
         tok = np.zeros((B, K, L), np.int32)

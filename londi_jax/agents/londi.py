@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from londi_jax.agents.policy import LMPolicy, SwitchEncoder, confidence_features, encode
+from londi_jax.agents.policy import LMPolicy, PolicyOutput, SwitchEncoder, confidence_features, encode
 from londi_jax.agents.prompts import EpisodeState
 from londi_jax.agents.rollout import (
     Decision,
@@ -82,6 +82,10 @@ class LondiController:
 
     def __init__(self, quick: LMPolicy, deep: LMPolicy, router: Router, *, budget: int | None,
                  sample_actions: bool, seed: int, encoder: SwitchEncoder | None):
+        if getattr(quick, "mode", "score") != "score" and getattr(router, "reads_scores", False):
+            raise LondiError(f"router {getattr(router, 'name', router)!r} reads QUICK's candidate scores and "
+                             f"embedding, which a QUICK in {quick.mode!r} mode does not give; use mode='score' "
+                             f"for QUICK (DEEPTHINK may generate)")
         self.quick, self.deep, self.router = quick, deep, router
         self.budget, self.seed, self.encoder = budget, seed, encoder
         self.rng = np.random.default_rng(seed) if sample_actions else None
@@ -181,18 +185,34 @@ class SwitchDataCollector:
 
     def __init__(self, quick: LMPolicy, deep: LMPolicy, deep_probs: Sequence[float], seed: int,
                  sample_actions: bool, encoder: SwitchEncoder | None):
+        if getattr(quick, "mode", "score") != "score":
+            raise LondiError(f"switch data reads QUICK's candidate scores and embedding in every state; a QUICK "
+                             f"in {quick.mode!r} mode has none: use mode='score' for QUICK (DEEPTHINK may generate)")
         self.quick, self.deep, self.encoder = quick, deep, encoder
         self.deep_probs = list(deep_probs)
         self.rng = np.random.default_rng(seed)
         self.act_rng = np.random.default_rng(seed + 1) if sample_actions else None
         self.logger: OfflineLogger | None = None
         self.branched = 0
+        self._next: dict[str, PolicyOutput] = {}  # QUICK's rows of the last step's next states, by prompt
 
     def start(self, num_slots: int) -> None:
         pass
 
+    def _quick(self, states: Sequence[EpisodeState]) -> PolicyOutput:
+        """QUICK's output in ``states``, reusing the rows scored for the next states of the
+        previous step (a state reached by the action taken is scored there already): QUICK then
+        runs once per state and branch, not twice."""
+        prompts = [self.quick.fmt.prompt(s) for s in states]
+        fresh = [j for j, p in enumerate(prompts) if p not in self._next]
+        out = self.quick([states[j] for j in fresh]) if fresh else None
+        rows = {j: out.rows([i]) for i, j in enumerate(fresh)}
+        merged = PolicyOutput.concat([rows[j] if j in rows else self._next[p] for j, p in enumerate(prompts)])
+        merged.seconds, merged.flops = (out.seconds, out.flops) if out is not None else (0.0, 0.0)
+        return merged
+
     def act(self, batch: StepBatch) -> Decision:
-        q_out, d_out = self.quick(batch.states), self.deep(batch.states)
+        q_out, d_out = self._quick(batch.states), self.deep(batch.states)
         self._feats = encode(self.encoder, q_out, batch.states)
         self._conf = confidence_features(q_out.logprobs)
         if self.logger is None:
@@ -229,6 +249,7 @@ class SwitchDataCollector:
         nq = self.quick([state_of[p] for p in uniq])
         nfeat = np.stack([encode(self.encoder, nq.rows([pos[p] for p in prompt_of[b]]), nxt[b]) for b in (0, 1)],
                          axis=1)
+        self._next = {p: nq.rows([pos[p]]) for p in uniq}
         self.logger.record(self._feats, reward, nfeat, term, self._conf)
 
 

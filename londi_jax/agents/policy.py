@@ -10,6 +10,7 @@ prompts and candidate actions from structured episode states with a prompt forma
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from londi_jax.agents.prompts import EpisodeState, GlamFormat, PromptFormat
 from londi_jax.lm.interface import LM
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
-__all__ = ["PolicyOutput", "LMPolicy", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
+__all__ = ["PolicyOutput", "LMPolicy", "POLICY_MODES", "nearest_action", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
            "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features", "encode"]
 
 
@@ -53,6 +54,17 @@ class PolicyOutput:
             raise LondiError("this PolicyOutput carries no candidate strings")
         return [self.candidates[i][int(k)] for i, k in enumerate(np.asarray(idx).reshape(-1))]
 
+    @staticmethod
+    def concat(parts: Sequence[PolicyOutput]) -> PolicyOutput:
+        """The rows of ``parts`` one after another (``logprobs`` padded with ``-inf`` to the widest
+        part; seconds and FLOPs summed)."""
+        width = max((p.logprobs.shape[1] for p in parts), default=0)
+        lp = np.concatenate([np.pad(p.logprobs, ((0, 0), (0, width - p.logprobs.shape[1])), constant_values=-np.inf)
+                             for p in parts]) if parts else np.zeros((0, 0))
+        emb = np.concatenate([p.embedding for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        cands = None if any(p.candidates is None for p in parts) else [c for p in parts for c in p.candidates]
+        return PolicyOutput(lp, emb, sum(p.seconds for p in parts), sum(p.flops for p in parts), cands)
+
     def rows(self, idx: Sequence[int]) -> PolicyOutput:
         """The output restricted to rows ``idx`` (cost not split: 0 seconds and FLOPs)."""
         idx = np.asarray(idx, np.int64)
@@ -67,20 +79,59 @@ def action_probs(logprobs: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class LMPolicy:
-    """Score each state's candidate actions after its prompt, one batched LM call per batch.
+POLICY_MODES = ("score", "generate")
 
-    ``fmt``: the prompt format (default GLAM's BabyAI-Text prompt and six actions). Candidate
-    token ids are cached per distinct action string, so a ScienceWorld state's hundreds of valid
-    actions are tokenized once each and scored against one shared prompt prefill.
+
+def nearest_action(text: str, candidates: Sequence[str]) -> tuple[int, float]:
+    """Index of the candidate closest to a generated ``text`` and its similarity in [0, 1]
+    (``difflib.SequenceMatcher``'s ratio over the stripped, lower-cased strings; an exact match
+    is 1.0, ties go to the earlier candidate). SwiftSage maps its generated actions to the valid
+    ones by a sentence-embedding similarity; a character-level ratio needs no second model."""
+    want = text.strip().lower()
+    best, best_r = 0, -1.0
+    matcher = difflib.SequenceMatcher(autojunk=False)
+    matcher.set_seq2(want)  # the fixed side: difflib caches its index
+    for k, c in enumerate(candidates):
+        cand = c.strip().lower()
+        if cand == want:
+            return k, 1.0
+        matcher.set_seq1(cand)
+        if matcher.real_quick_ratio() <= best_r or matcher.quick_ratio() <= best_r:
+            continue  # upper bounds: cannot beat the best so far
+        r = matcher.ratio()
+        if r > best_r:
+            best, best_r = k, r
+    return best, max(best_r, 0.0)
+
+
+class LMPolicy:
+    """Choose each state's action with an LM, one batched LM call per batch.
+
+    ``fmt``: the prompt format (default GLAM's BabyAI-Text prompt and six actions).
+    ``mode``:
+
+    * ``"score"`` (GLAM's way): every candidate action is scored after the prompt (summed token
+      log-probs). Candidate token ids are cached per distinct action string, so a ScienceWorld
+      state's hundreds of valid actions are tokenized once each and scored against one shared
+      prompt prefill. Gives the switcher's features (confidence, prompt embedding).
+    * ``"generate"`` (SwiftSage's way): the model generates an action greedily (at most as many
+      tokens as the longest candidate) and the candidate nearest to the text is taken
+      (:func:`nearest_action`). Cost grows with the action's length, not the number of
+      candidates, but the output has no scores to be confident about: its ``logprobs`` row is 0 at
+      the chosen action and ``-inf`` elsewhere, and its embedding is zeros, so a generating policy
+      can act (e.g. DEEPTHINK) but cannot be the QUICK whose outputs the switch reads.
     """
 
-    def __init__(self, lm: LM, fmt: PromptFormat | None = None, name: str | None = None):
+    def __init__(self, lm: LM, fmt: PromptFormat | None = None, name: str | None = None, mode: str = "score"):
         if lm.tokenizer is None:
             raise LondiError(f"model {lm.name!r} has no tokenizer; an action-scoring policy needs one")
+        if mode not in POLICY_MODES:
+            raise UnknownNameError("policy mode", mode, POLICY_MODES)
+        self.mode = mode
         self.lm = lm
         self.fmt = fmt if fmt is not None else GlamFormat()
         self.name = name or lm.name
+        self.generated: list[tuple[str, str, float]] = []  # generate mode: (text, action, similarity) of the last call
         self._ids: dict[str, list[int]] = {}
         self.calls = 0
         self.prompts = 0
@@ -97,8 +148,30 @@ class LMPolicy:
         return [self._ids[c] for c in cands]
 
     def __call__(self, states: Sequence[EpisodeState]) -> PolicyOutput:
-        """Score the candidates of each state (``fmt.candidates``) after its prompt (``fmt.prompt``)."""
-        return self.score([self.fmt.prompt(s) for s in states], [tuple(self.fmt.candidates(s)) for s in states])
+        """Choose among the candidates of each state (``fmt.candidates``) after its prompt
+        (``fmt.prompt``), by ``mode``."""
+        prompts, cands = [self.fmt.prompt(s) for s in states], [tuple(self.fmt.candidates(s)) for s in states]
+        return self.score(prompts, cands) if self.mode == "score" else self.generate(prompts, cands)
+
+    def generate(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> PolicyOutput:
+        """Generate an action after each prompt and map it to the nearest of ``candidates[i]``
+        (one generation call for the batch; see the class doc for the output's form)."""
+        cands = [tuple(c) for c in candidates]
+        if len(prompts) == 0:
+            return PolicyOutput(np.zeros((0, 0)), np.zeros((0, self.embedding_dim), np.float32), 0.0, 0.0, [])
+        longest = max(len(ids) for c in cands for ids in self._candidate_ids(c))
+        res = self.lm.generate(list(prompts), longest)
+        width = max(len(c) for c in cands)
+        lp = np.full((len(cands), width), -np.inf)
+        self.generated = []
+        for i, (text, row) in enumerate(zip(res.texts, cands)):
+            k, sim = nearest_action(text, row)
+            lp[i, k] = 0.0
+            self.generated.append((text, row[k], sim))
+        out = PolicyOutput(lp, np.zeros((len(cands), self.embedding_dim), np.float32), float(res.cost.seconds),
+                           float(res.cost.flops), cands)
+        self._count(out, len(prompts))
+        return out
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> PolicyOutput:
         """Score ``candidates[i]`` after ``prompts[i]`` (one model call for the whole batch)."""
@@ -113,11 +186,14 @@ class LMPolicy:
             lp[i, :len(row)] = row
         emb = np.concatenate([res.embeddings, res.last_hidden], axis=-1).astype(np.float32)
         out = PolicyOutput(lp, emb, float(res.cost.seconds), float(res.cost.flops), cands)
+        self._count(out, len(prompts))
+        return out
+
+    def _count(self, out: PolicyOutput, prompts: int) -> None:
         self.calls += 1
-        self.prompts += len(prompts)
+        self.prompts += prompts
         self.seconds += out.seconds
         self.flops += out.flops
-        return out
 
     @property
     def embedding_dim(self) -> int:

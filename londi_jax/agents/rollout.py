@@ -19,6 +19,7 @@ prompts (policies render them from the states, ``agents.prompts``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import inspect
@@ -279,14 +280,30 @@ class EnvPool:
         self.close()
 
 
+def _step_threads(parallel: bool | None, envs: Sequence[Any], num_slots: int
+                  ) -> concurrent.futures.ThreadPoolExecutor | bool:
+    """A thread per slot where the envs step in other processes (``parallel_steps = True``:
+    ScienceWorld's JVMs, whose calls wait on sockets with the GIL released), else False."""
+    use = all(getattr(e, "parallel_steps", False) for e in envs) if parallel is None else parallel
+    if not use or num_slots < 2:
+        return False
+    return concurrent.futures.ThreadPoolExecutor(num_slots, thread_name_prefix="londi-env")
+
+
 def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 32, *, budget: int | None = None,
-                 progress: bool = True, desc: str = "rollout", pool: EnvPool | None = None) -> RolloutResult:
+                 progress: bool = True, desc: str = "rollout", pool: EnvPool | None = None,
+                 parallel: bool | None = None) -> RolloutResult:
     """Play every spec once with ``controller`` in ``min(num_envs, len(specs))`` slots.
 
     ``budget`` is only recorded (``EpisodeRecord.budget``, violations); enforcing it is the
     controller's business. ``pool``: take the slots' envs from it and give them back at the end
-    (see :class:`EnvPool`). Returns the records in spec order. Raises ``LondiError`` for no
-    specs, ``num_envs < 1`` or a decision of the wrong length.
+    (see :class:`EnvPool`). ``parallel``: step the slots' envs (and their branches) from one
+    thread each, at the same time; ``None`` (default) does so when every env says its steps run
+    in another process (``parallel_steps = True``, e.g. ScienceWorld's JVMs: four JVMs then
+    compute at once while the loop waits), since in-process Python envs gain nothing from
+    threads. Results are the same either way (each env is stepped by one thread at a time, in
+    the same order). Returns the records in spec order. Raises ``LondiError`` for no specs,
+    ``num_envs < 1`` or a decision of the wrong length.
     """
     if not specs:
         raise LondiError("no episodes to run; give at least one episode spec")
@@ -301,6 +318,7 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
     records: list[EpisodeRecord | None] = [None] * len(specs)
     calls = dict.fromkeys(MODELS, 0)
     env_steps, t0 = 0, time.perf_counter()
+    threads: concurrent.futures.ThreadPoolExecutor | None | bool = None  # decided at the first step
     bar = tqdm(total=len(specs), desc=desc, unit="ep", disable=not progress, leave=False)
     try:
         while any(s is not None for s in slots):
@@ -319,14 +337,21 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
                     setattr(rec, f"{call.model}_calls", getattr(rec, f"{call.model}_calls") + 1)
                     setattr(rec, f"{call.model}_flops", getattr(rec, f"{call.model}_flops") + share_f)
                     setattr(rec, f"{call.model}_seconds", getattr(rec, f"{call.model}_seconds") + share_s)
-            steps: list[TextStep] = []
-            branches: dict[int, tuple[TextStep, EpisodeState]] = {}
-            for j, s in enumerate(act):
-                if j in dec.branch:  # before stepping: the action not taken, from the same state
-                    alt = _branch(s.env, dec.branch[j], s.with_valid)
-                    branches[j] = (alt, _next_state(s.state, dec.branch[j], alt))
-                steps.append(s.env.step(dec.actions[j], with_valid=True) if s.with_valid
+            def advance(j: int) -> tuple[TextStep | None, TextStep]:
+                s = act[j]
+                # before stepping: the action not taken, from the same state
+                alt = _branch(s.env, dec.branch[j], s.with_valid) if j in dec.branch else None
+                return alt, (s.env.step(dec.actions[j], with_valid=True) if s.with_valid
                              else s.env.step(dec.actions[j]))
+
+            if threads is None:
+                threads = _step_threads(parallel, [s.env for s in act], len(slots))
+            done_steps = list(threads.map(advance, range(len(act)))) if threads else \
+                [advance(j) for j in range(len(act))]
+            steps = [st for _, st in done_steps]
+            branches: dict[int, tuple[TextStep, EpisodeState]] = {
+                j: (alt, _next_state(act[j].state, dec.branch[j], alt))
+                for j, (alt, _) in enumerate(done_steps) if alt is not None}
             outcome = StepOutcome(steps, [_next_state(s.state, a, o) for s, a, o in zip(act, dec.actions, steps)],
                                   branches)
             env_steps += len(act)
@@ -357,6 +382,8 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
                     bar.update(1)
     finally:
         bar.close()
+        if threads:
+            threads.shutdown()
         for s in slots:
             if s is not None:
                 s.env.close()

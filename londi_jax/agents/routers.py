@@ -14,7 +14,9 @@ is left, steps the envs and reports back through ``observe``. Every LONDI baseli
 Routers are deterministic given ``reset(num_slots, seed)``. Attributes the agent reads:
 ``name``; ``respects_budget`` (a router that promises never to ask for DEEPTHINK with no budget
 left, so that asking is a bug the agent reports); ``needs_quick`` (False when the decision does
-not read QUICK's output, so the agent runs QUICK only where it acts).
+not read QUICK's output, so the agent runs QUICK only where it acts); ``reads_scores`` (True
+when the decision reads QUICK's candidate scores or embedding, which a generating QUICK,
+``LMPolicy(mode="generate")``, does not have; its top action alone, as SwiftSage reads, is fine).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Router(Protocol):
 
 
 class _Stateless:
+    reads_scores = False
     """Shared no-op ``reset`` / ``observe`` for routers without per-slot history."""
 
     respects_budget = False
@@ -234,6 +237,8 @@ class ConfidenceRouter(_Stateless):
     threshold for a target call rate with :func:`calibrate_threshold`.
     """
 
+    reads_scores = True
+
     def __init__(self, threshold: float, measure: str = "margin", name: str | None = None):
         if measure not in MEASURES:
             raise UnknownNameError("confidence measure", measure, MEASURES)
@@ -251,6 +256,8 @@ class ClassifierRouter(_Stateless):
     """DEEPTHINK where a calibrated classifier of QUICK's failures (``switcher.classifier``) gives
     a failure probability above ``threshold`` (R2V-Agent's step-level router). Reads the same
     features as the LONDI switch (``RouteInput.features``)."""
+
+    reads_scores = True
 
     def __init__(self, classifier: Any, threshold: float, name: str = "failure-classifier"):
         if np.isnan(threshold):
@@ -308,6 +315,7 @@ class SwiftSageRouter:
     """
 
     respects_budget = False
+    reads_scores = False  # QUICK's top action only: SwiftSage's Swift generates its action
     needs_quick = True
 
     FAILURES = ("No known action matches that input", "Unknown action", "It's not clear how to", "(ScienceWorld error",
@@ -437,6 +445,7 @@ class SwitcherRouter:
     number of active envs compiles only a few shapes.
     """
 
+    reads_scores = True
     needs_quick = True
 
     def __init__(self, config: SwitcherConfig, params, budget: int | None = None, name: str = "londi"):

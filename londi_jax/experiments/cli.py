@@ -108,7 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-PRESET_NAMES = ("cpu-small", "tiny", "gpu", "real-small", "sw-small")  # config.PRESETS' keys (a test keeps them equal); named
+PRESET_NAMES = ("cpu-small", "tiny", "gpu", "real-small", "sw-small", "sw-gpu")  # config.PRESETS' keys (a test keeps them equal); named
 # here so that building the parser for --help imports no JAX (config.py imports the BC trainer)
 
 

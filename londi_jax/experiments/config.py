@@ -257,20 +257,45 @@ def _sw_small() -> PipelineConfig:
     lifespans; DEEPTHINK (2 layers, 64 wide) on all four."""
     env = EnvConfig(name="scienceworld", kinds=("4-2", "4-1", "7-1", "7-2"), demo_episodes=40, max_steps=20,
                     history=10)
-    bc = BCConfig(epochs=4, batch_size=32, learning_rate=3e-3, candidates=32, length_multiple=64)
+    bc = BCConfig(epochs=4, batch_size=32, learning_rate=3e-3, candidates=32, hard_negatives=0.5,
+                  length_multiple=64)
     quick = ModelSpec(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, vocab_size=512,
                       max_position_embeddings=2048, demo_kinds=("4-2", "4-1"), bc=bc, eval_episodes=8, eval_every=4)
     deep = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, vocab_size=512,
                      max_position_embeddings=2048, bc=bc, eval_episodes=8, eval_every=4)
-    switch = SwitchConfig(collect_episodes=48, gamma=0.8, c_grid=(0.01, 0.05, 0.2), budgets=(2, 4), budget_c=0.02,
+    switch = SwitchConfig(collect_episodes=48, gamma=0.8, c_grid=(0.02, 0.1), budgets=(2,), budget_c=0.02,
                           target_call_rate=0.2, num_updates=3000, seeds=2)
     return PipelineConfig(preset="sw-small", env=env, quick=quick, deep=deep, switch=switch,
-                          eval=EvalConfig(episodes=16, num_envs=4, seeds=2, sample_actions=False, random_rates=(0.5,),
-                                          threshold_rates=(0.5,)))
+                          eval=EvalConfig(episodes=16, num_envs=4, seeds=2, sample_actions=False, random_rates=(),
+                                          threshold_rates=()))
+
+
+def _sw_gpu() -> PipelineConfig:
+    """LONDI on ScienceWorld with real weights, for a machine with an accelerator: eight task types
+    with short gold paths (find a living / non-living thing, a plant, an animal 4-1..4-4; the
+    lifespan tasks 7-1..7-3; mixing chemicals 6-1), SwiftSage's ``easy`` simplifications, a 40-step
+    limit. QUICK = SmolLM2-135M-Instruct cloned with LoRA on the 4-x tasks only (a cheap model that
+    lacks the lifespan and chemistry knowledge); DEEPTHINK = Qwen2.5-Coder-0.5B-Instruct with LoRA
+    on all eight. Needs ``londi-jax lm fetch qwen2.5-coder-0.5b-instruct``."""
+    env = EnvConfig(name="scienceworld", kinds=("4-1", "4-2", "4-3", "4-4", "7-1", "7-2", "7-3", "6-1"),
+                    demo_episodes=60, max_steps=40, history=10)
+    lora = LoRAConfig(rank=16, alpha=32.0, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                    "down_proj"))
+    bc = BCConfig(epochs=3, batch_size=16, learning_rate=2e-4, warmup_steps=20, finetune="lora", lora=lora,
+                  candidates=64, hard_negatives=0.5, loss="both")
+    quick = ModelSpec(source="smollm2-135m-instruct", demo_kinds=("4-1", "4-2", "4-3", "4-4"), bc=bc,
+                      eval_episodes=16, eval_every=3)
+    deep = ModelSpec(source="qwen2.5-coder-0.5b-instruct", bc=bc, eval_episodes=16, eval_every=3)
+    switch = SwitchConfig(collect_episodes=256, gamma=0.8, c_grid=(0.01, 0.02, 0.05, 0.1, 0.2), budgets=(2, 4, 8),
+                          budget_c=0.02, target_call_rate=0.2, num_updates=10_000, seeds=3)
+    return PipelineConfig(preset="sw-gpu", env=env, quick=quick, deep=deep, switch=switch,
+                          eval=EvalConfig(episodes=64, num_envs=8, seeds=3, sample_actions=False,
+                                          random_rates=(0.1, 0.25, 0.5), threshold_rates=(0.1, 0.25, 0.5)))
 
 
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {"cpu-small": _cpu_small, "gpu": _gpu, "tiny": _tiny,
-                                                    "real-small": _real_small, "sw-small": _sw_small}
+                                                    "real-small": _real_small, "sw-small": _sw_small,
+                                                    "sw-gpu": _sw_gpu}
 
 
 def preset(name: str) -> PipelineConfig:

@@ -100,6 +100,7 @@ def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
 PROMPT_BUCKET = (16, 4)
 CANDIDATE_BUCKET = (1, 4)
 PACKED_FRACTIONS = 8
+BLOCK_GROUP_SLOTS = 4096  # candidate slots (blocks x K) of one scoring program call at most
 PACKED_GRANULE = 16  # below this many tokens a step saves nothing worth a program
 
 
@@ -182,44 +183,59 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
-def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_tok: jax.Array,
-                     c_valid: jax.Array, packed: int | None = None, c_row: jax.Array | None = None
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-token log-probs of K continuations per prompt, sharing one prefill of the prompt.
+def prefill_prompts(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, packed: int | None = None
+                    ) -> tuple[KVCache, jax.Array, jax.Array, jax.Array]:
+    """The scoring half that reads prompts only: prefill ``(B, P)`` left-padded prompts. Returns
+    the KV cache, the last prompt token's logits ``(B, V)``, the mean-pooled prompt embedding
+    ``(B, H)`` and the last prompt token's hidden state ``(B, H)``."""
+    hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
+    # left padding: the last slot is the last real token
+    return cache, model.logits(hidden[:, -1]), mean_pool(hidden, p_valid), hidden[:, -1]
 
-    ``p_tok/p_valid (B, P)`` left-padded prompts; ``c_tok/c_valid (B, K, L)`` right-padded
-    candidates; ``packed``: see ``prefill``. Returns log-probs ``(B, K, L)`` (0 at padding), the
-    mean-pooled prompt embedding ``(B, H)`` and the last prompt token's hidden state ``(B, H)``.
 
-    ``c_row (C,)``: candidate *blocks* instead: ``c_tok/c_valid (C, K, L)``, block ``j``
-    continuing prompt ``c_row[j]`` (log-probs ``(C, K, L)``). A prompt with many candidates
-    (a ScienceWorld state has hundreds) then takes as many blocks of K as it needs, and a prompt
-    with few takes one: no prompt's candidate axis is padded to the largest one's, and no
-    batch-padding row carries candidates. Each block gathers its prompt's cache (``P`` keys per
-    layer, small beside the ``K * L`` queries that read it).
+def score_blocks(model: CausalLM, cache: KVCache, p_valid: jax.Array, last_logits: jax.Array, c_tok: jax.Array,
+                 c_valid: jax.Array, c_row: jax.Array | None = None) -> jax.Array:
+    """Per-token log-probs ``(C, K, L)`` (0 at padding) of candidate blocks ``c_tok/c_valid
+    (C, K, L)`` continuing prefilled prompts (``prefill_prompts``' cache and last logits, prompt
+    mask ``p_valid (B, P)``); block ``j`` continues prompt ``c_row[j]`` (``None``: block j is
+    prompt j, C == B). Each block gathers its prompt's cache (``P`` keys per layer, small beside
+    the ``K * L`` queries that read it).
+
     Only what a score reads is computed: candidate token j is scored from the hidden state of token
     j - 1, so the candidates' last slot never runs through the model (single-token candidates need
-    no candidate forward at all), and logits come only from the last prompt position and those
-    candidate positions. Pure and differentiable: the scoring program and behaviour cloning
-    (``londi_jax.agents.bc``) both use it.
-    """
-    hidden, cache, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
-    last_logits = model.logits(hidden[:, -1])  # left padding: last slot is the last real token
+    no candidate forward at all), and logits come only from the candidate positions."""
     k_valid = p_valid
-    if c_row is not None:  # each candidate block reads its prompt's logits and cache
+    if c_row is not None:
         last_logits, k_valid = last_logits[c_row], p_valid[c_row]
         cache = KVCache(*(tuple(x[c_row] for x in part) for part in cache))
-    first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (B, K)
-    B, K, L = c_tok.shape
+    first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (C, K)
+    C, K, L = c_tok.shape
     if L > 1:
         plen = k_valid.sum(-1).astype(jnp.int32)
         c_pos = plen[:, None, None] + jnp.arange(L - 1, dtype=jnp.int32)
         c_hidden = model.forward_with_prefix(c_tok[:, :, :-1], c_pos, c_valid[:, :, :-1], cache, k_valid)
-        rest = token_logprobs(model.logits(c_hidden), c_tok[:, :, 1:])  # (B, K, L-1)
+        rest = token_logprobs(model.logits(c_hidden), c_tok[:, :, 1:])  # (C, K, L-1)
     else:
-        rest = jnp.zeros((B, K, 0), first.dtype)
+        rest = jnp.zeros((C, K, 0), first.dtype)
     lp = jnp.concatenate([first[..., None], rest], axis=-1)
-    return jnp.where(c_valid, lp, 0.0), mean_pool(hidden, p_valid), hidden[:, -1]
+    return jnp.where(c_valid, lp, 0.0)
+
+
+def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_tok: jax.Array,
+                     c_valid: jax.Array, packed: int | None = None, c_row: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token log-probs of K continuations per prompt, sharing one prefill of the prompt:
+    ``prefill_prompts`` then ``score_blocks``.
+
+    ``p_tok/p_valid (B, P)`` left-padded prompts; ``c_tok/c_valid (B, K, L)`` right-padded
+    candidates (or blocks ``(C, K, L)`` of prompts ``c_row (C,)``, see ``score_blocks``);
+    ``packed``: see ``prefill``. Returns log-probs ``(B, K, L)`` (0 at padding), the mean-pooled
+    prompt embedding ``(B, H)`` and the last prompt token's hidden state ``(B, H)``. Pure and
+    differentiable: behaviour cloning (``londi_jax.agents.bc``) trains through it, and the
+    engine's scoring programs are its two halves.
+    """
+    cache, last_logits, pooled, last = prefill_prompts(model, p_tok, p_valid, packed)
+    return score_blocks(model, cache, p_valid, last_logits, c_tok, c_valid, c_row), pooled, last
 
 
 class LanguageModel:
@@ -249,7 +265,8 @@ class LanguageModel:
         self.candidate_block = candidate_block
         self.graphdef, self.state = nnx.split(model)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._score_jit = jax.jit(self._score_impl, static_argnames=("packed",))
+        self._prefill_jit = jax.jit(self._prefill_impl, static_argnames=("packed",))
+        self._blocks_jit = jax.jit(self._blocks_impl)
         self._generate_jit = jax.jit(self._generate_impl, static_argnames=("new_cap", "sample", "packed"))
         self._embed_jit = jax.jit(self._embed_impl, static_argnames=("packed",))
         self._logits_jit = jax.jit(self._logits_impl)
@@ -276,9 +293,13 @@ class LanguageModel:
         return nnx.merge(self.graphdef, self.state)
 
     # ------------------------------------------------------------------ pure programs
-    def _score_impl(self, state, p_tok, p_valid, c_tok, c_valid, c_row, *, packed: int | None):
+    def _prefill_impl(self, state, p_tok, p_valid, *, packed: int | None):
+        self.trace_counts["prefill"] += 1
+        return prefill_prompts(nnx.merge(self.graphdef, state), p_tok, p_valid, packed)
+
+    def _blocks_impl(self, state, cache, p_valid, last_logits, c_tok, c_valid, c_row):
         self.trace_counts["score"] += 1
-        return score_candidates(nnx.merge(self.graphdef, state), p_tok, p_valid, c_tok, c_valid, packed, c_row)
+        return score_blocks(nnx.merge(self.graphdef, state), cache, p_valid, last_logits, c_tok, c_valid, c_row)
 
     def _embed_impl(self, state, p_tok, p_valid, *, packed: int | None):
         self.trace_counts["embed"] += 1
@@ -390,21 +411,21 @@ class LanguageModel:
 
     def _candidate_blocks(self, cands: Sequence[Sequence[Sequence[int]]]
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]]]:
-        """One chunk's candidates as blocks of K (``score_candidates``' ``c_row`` form): returns
+        """One chunk's candidates as blocks of K (``score_blocks``' ``c_row`` form): returns
         ``c_tok, c_valid (C, K, L)``, ``c_row (C,)`` and each prompt's block indices. K is the
-        largest candidate list split into as few blocks of at most ``candidate_block`` as it
-        needs, evened out and bucketed; every other list takes ``ceil(n / K)`` blocks; C is
-        bucketed like K (padding blocks are all-invalid and read prompt 0)."""
+        largest candidate list's length bucketed, at most ``candidate_block``; each list takes
+        ``ceil(n / K)`` blocks; C is the
+        total of ``_block_groups`` (padding blocks are all-invalid and read prompt 0)."""
         most = max(len(c) for c in cands)
-        n_split = -(-most // self.candidate_block)  # ceil: blocks the largest list needs
-        K = min(bucket(-(-most // n_split), *CANDIDATE_BUCKET), self.candidate_block)
+        # one block size for every list that needs splitting (few programs)
+        K = min(bucket(most, *CANDIDATE_BUCKET), self.candidate_block)
         L = bucket(max(len(t) for c in cands for t in c), *CANDIDATE_BUCKET)
         blocks, n_blocks = [], 0
         for c in cands:
             nb = -(-len(c) // K)
             blocks.append(list(range(n_blocks, n_blocks + nb)))
             n_blocks += nb
-        C = bucket(n_blocks, *CANDIDATE_BUCKET)
+        C = sum(self._block_groups(n_blocks, K))
         c_tok = np.zeros((C, K, L), np.int32)
         c_valid = np.zeros((C, K, L), bool)
         c_row = np.zeros((C,), np.int32)
@@ -414,6 +435,15 @@ class LanguageModel:
                 c_tok[blocks[r][k // K], k % K, :len(t)] = t
                 c_valid[blocks[r][k // K], k % K, :len(t)] = True
         return c_tok, c_valid, c_row, blocks
+
+    def _block_groups(self, n_blocks: int, K: int) -> list[int]:
+        """Sizes of the program calls that score ``n_blocks`` blocks of K candidates: as many full
+        groups of ``BLOCK_GROUP_SLOTS // K`` blocks (a power of two) as fit, then the rest rounded
+        up to a power of two. So a state's hundreds of candidates meet a handful of block-count
+        shapes (compiles), not one per total, and padding stays under half of the last group."""
+        cap = 1 << max((BLOCK_GROUP_SLOTS // max(K, 1)).bit_length() - 1, 0)
+        full, rest = divmod(n_blocks, cap)
+        return [cap] * full + ([bucket(rest)] if rest or not full else [])
 
     def _chunks(self, n: int, lengths: Sequence[int], desc: str) -> Any:
         """Index chunks of at most ``batch_size``, similar lengths together (less padding)."""
@@ -494,8 +524,16 @@ class LanguageModel:
         for chunk in self._chunks(n, [len(p) for p in prompt_ids], f"{self.name}: scoring"):
             p_tok, p_valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
             c_tok, c_valid, c_row, blocks = self._candidate_blocks([candidate_ids[i] for i in chunk])
-            lp, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_tok, c_valid,
-                                                                     c_row, packed=packed))
+            if c_tok.size > p_tok.size:  # candidates dominate: packing would save little and add programs
+                packed = None
+            cache, last_logits, pooled, last = self._prefill_jit(self.state, p_tok, p_valid, packed=packed)
+            parts, g0 = [], 0
+            for g in self._block_groups(len(c_row), c_tok.shape[1]):  # one program per group size
+                parts.append(self._blocks_jit(self.state, cache, p_valid, last_logits, c_tok[g0:g0 + g],
+                                              c_valid[g0:g0 + g], c_row[g0:g0 + g]))
+                g0 += g
+            lp, pooled, last = jax.block_until_ready((jnp.concatenate(parts) if len(parts) > 1 else parts[0],
+                                                      pooled, last))
             lp, pooled, last = np.asarray(lp), np.asarray(pooled), np.asarray(last)
             for r, i in enumerate(chunk):
                 lens = [len(c) for c in candidate_ids[i]]

@@ -202,3 +202,35 @@ def test_per_example_candidate_sets(demos):
     res = BCTrainer(model, tok, data, BCConfig(epochs=4, batch_size=8, learning_rate=1e-2, warmup_steps=2,
                                                 candidates=4, length_multiple=256)).train(progress=False)
     assert res.history[-1]["train_loss"] < 0.8 * res.history[0]["train_loss"]
+
+
+def test_hard_negatives_come_from_actions_that_begin_like_the_experts():
+    """``hard_negatives``: that share of the sampled others begins with the expert's first token
+    (as many as exist), the rest are drawn from the remaining actions; 0 draws as before."""
+    from londi_jax.agents.bc import bc_data_from_steps
+
+    actions = ["focus on bowl", "focus on cup", "focus on fork", "focus on table", "go to kitchen", "go to hallway",
+               "look around", "inventory", "open door", "pick up cup", "pick up fork", "wait"]
+    tok = train_word_tokenizer(["you see a bowl"] + actions, vocab_size=64)
+    prompts = ["you see a bowl"] * 4
+    experts = ["focus on bowl", "go to kitchen", "wait", "look around"]
+    data = bc_data_from_steps(prompts, [actions] * 4, experts, ["k"] * 4, tok)
+    model = tiny_model(tok)
+    first = {a: tok.encode(a, add_special_tokens=False)[0] for a in actions}
+
+    def drawn(hard, epoch=0):
+        tr = BCTrainer(model, tok, data, BCConfig(batch_size=4, candidates=5, hard_negatives=hard,
+                                                  length_multiple=32))
+        c_tok, c_valid = tr._batch(np.arange(3), epoch=epoch)[4:]
+        return [[list(c_tok[r, k][c_valid[r, k]]) for k in range(5)] for r in range(3)]
+
+    for epoch in range(3):
+        rows = drawn(1.0, epoch)
+        # 4 others: "focus on" has 3 others (all taken) + 1 more; "go to" has 1; "wait" has none
+        assert sum(c[0] == first["focus on bowl"] for c in rows[0][1:]) == 3
+        assert sum(c[0] == first["go to kitchen"] for c in rows[1][1:]) == 1
+        assert all(len({tuple(c) for c in r}) == 5 for r in rows)
+        half = drawn(0.5, epoch)
+        assert sum(c[0] == first["focus on bowl"] for c in half[0][1:]) >= 2
+    with pytest.raises(Exception, match="hard_negatives"):
+        BCConfig(hard_negatives=1.5)

@@ -154,3 +154,26 @@ def test_switch_data_logs_both_outcomes_consistently_and_quick_confidence():
         np.testing.assert_array_equal(np.asarray(ds.next_obs)[i, g], np.asarray(ds.obs)[i + 1])
     # turning left never reaches a goal: QUICK's column earns nothing
     assert float(np.asarray(ds.reward)[:, 0].max()) == 0.0
+
+
+def test_switch_data_scores_each_reached_state_with_quick_once():
+    """QUICK's rows for the next states of a step serve the next step's decision: the data is what
+    scoring every state afresh gives, with env_steps - episodes fewer QUICK prompts."""
+    from londi_jax.agents.londi import SwitchDataCollector, collect_switch_data
+    from londi_jax.agents.rollout import run_episodes
+
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 3, seed=7, kinds=["goto"], **LEVEL_KW)
+    quick, deep = FakePolicy("q", 0, 1.0), FakePolicy("d", 2, 1.0)
+    ds, stats = collect_switch_data(quick, deep, specs, num_envs=2, deep_probs=(0.0, 0.5, 1.0), progress=False)
+
+    class Afresh(SwitchDataCollector):
+        def _quick(self, states):
+            return self.quick(states)
+
+    quick2 = FakePolicy("q", 0, 1.0)
+    ctl = Afresh(quick2, FakePolicy("d", 2, 1.0), (0.0, 0.5, 1.0), 0, False, None)
+    run_episodes(specs, ctl, 2, progress=False)
+    ref = ctl.logger.dataset()
+    for field in ("obs", "next_obs", "reward", "terminated", "quick_confidence"):
+        np.testing.assert_array_equal(np.asarray(getattr(ds, field)), np.asarray(getattr(ref, field)))
+    assert len(quick2.seen) - len(quick.seen) == stats["states"] - stats["episodes"] > 0

@@ -113,3 +113,45 @@ def test_sampling_never_picks_past_a_ragged_rows_own_candidates():
 
     idx = out.actions(AlmostOne())
     assert idx.tolist() == [9] and out.action_strings(idx) == ["j"]
+
+
+class BarrierEnv(ToyTextEnv):
+    """A ToyTextEnv whose first step waits at a barrier shared by every slot: stepped one after
+    another, the first env waits for the others in vain and the barrier breaks."""
+
+    parallel_steps = True
+
+    def __init__(self, limit, barrier):
+        super().__init__(limit)
+        self.barrier = barrier
+
+    def step(self, action):
+        if self.barrier is not None:
+            barrier, self.barrier = self.barrier, None
+            barrier.wait(timeout=3)
+        return super().step(action)
+
+
+@dataclasses.dataclass(frozen=True)
+class BarrierSpec:
+    seed: int
+    barrier: object
+    kind: str = "toy"
+
+    def make(self):
+        env = BarrierEnv(6, self.barrier)
+        return env, env.reset(self.seed)
+
+
+def test_envs_that_step_in_other_processes_step_at_once_with_the_same_results():
+    import threading
+
+    seeds = (3, 8, 11)
+    plain = run_episodes([ToySpec(s) for s in seeds], WalkRight(), num_envs=3, progress=False)
+    # the three slots' first steps meet at one barrier: only concurrent steps pass it
+    barrier = threading.Barrier(3)
+    together = run_episodes([BarrierSpec(s, barrier) for s in seeds], WalkRight(), num_envs=3, progress=False)
+    assert [e.to_json() for e in together.episodes] == [e.to_json() for e in plain.episodes]
+    with pytest.raises(threading.BrokenBarrierError):  # stepped one by one, the first waits in vain
+        run_episodes([BarrierSpec(s, threading.Barrier(3)) for s in seeds], WalkRight(), num_envs=3,
+                     progress=False, parallel=False)

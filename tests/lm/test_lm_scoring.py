@@ -91,6 +91,24 @@ def test_candidate_blocks_equal_full_sequence(tiny_llama, block):
     assert sum(len(b) for b in blocks) == sum(-(-len(c) // c_tok.shape[1]) for c in cands)
 
 
+def test_block_groups_cover_the_blocks_with_few_shapes(tiny_llama):
+    """Block-count shapes of the candidate programs: full groups of a power of two, then the rest
+    rounded up to a power of two (padding under half of the last group)."""
+    from londi_jax.lm.engine import BLOCK_GROUP_SLOTS
+
+    lm, _ = tiny_llama
+    shapes = set()
+    for K in (1, 6, 224, 256):
+        cap = max(g for g in (1 << e for e in range(20)) if g * K <= max(BLOCK_GROUP_SLOTS, K))
+        for n in range(1, 200):
+            groups = lm._block_groups(n, K)
+            assert sum(groups) >= n and all(g & (g - 1) == 0 for g in groups)
+            assert all(g == cap for g in groups[:-1]) and groups[-1] <= cap
+            assert sum(groups) - n < max(groups[-1] / 2, 1)
+            shapes.update((K, g) for g in groups)
+    assert len([s for s in shapes if s[0] == 256]) <= 5  # 1, 2, 4, 8, 16 blocks of 256
+
+
 def test_embedding_is_masked_mean_of_final_hidden(tiny):
     import torch
 

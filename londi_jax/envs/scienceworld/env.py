@@ -33,6 +33,10 @@ class ScienceWorldTextEnv:
     with_look_inventory: add ``info['look']`` and ``info['inventory']`` to every step (< 1 ms).
     """
 
+    # a step waits on this env's own JVMs (socket calls, GIL released): the rollout loop may step
+    # several envs from threads at once (``agents.rollout.run_episodes``' ``parallel``)
+    parallel_steps = True
+
     def __init__(
         self,
         task: str | int,
