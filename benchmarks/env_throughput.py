@@ -8,7 +8,9 @@ Side by side in one run:
 * ScienceWorld (task 4-1 find-living-thing, ``easy``, random commands from a fixed list without
   ``focus on``, so no episode ends inside a timed run; reset cost is reported separately): the
   package's own ``ScienceWorldEnv.step`` (always lists valid actions) vs our wrapper without and
-  with valid-action lists; then ``BatchedEnv`` with 1, 2, 4 worker processes (one JVM each).
+  with valid-action lists; then ``BatchedEnv`` with 1, 2, 4 worker processes (one JVM each);
+  then the rollout loop (``run_episodes``, valid actions, no model) with 1, 2, 4 slots stepped
+  one after another vs from one thread each (its ``parallel``; each slot's JVM computes at once).
 
 Timing: wall clock (``time.perf_counter``) because worker processes and JVMs run outside this
 process; every configuration gets a warm-up (construction, reset and some steps: the JVM's JIT
@@ -210,6 +212,47 @@ def bench_scienceworld_batched(workers: list[int], batch_steps: int, warm: int) 
     return rows
 
 
+def bench_scienceworld_rollout(slots: list[int], episodes_per_slot: int, steps: int) -> list[dict[str, Any]]:
+    """The rollout loop (``agents.rollout.run_episodes``) over ScienceWorld with valid actions, a
+    controller without models (a fixed command cycle), N slots stepped one after another vs from one
+    thread each (``parallel``: the JVMs compute at once). Each configuration first plays one
+    episode per slot to start and warm its JVMs (an ``EnvPool`` keeps them for the timed run)."""
+    from londi_jax.agents.rollout import Decision, EnvPool, run_episodes
+    from londi_jax.envs.scienceworld.episodes import ScienceWorldEpisode
+    from londi_jax.envs.scienceworld.tasks import resolve_task
+
+    class Cycle:  # no model: the loop and the simulators alone
+        def start(self, num_slots: int) -> None:
+            pass
+
+        def act(self, batch: Any) -> Decision:
+            cmds = [SW_COMMANDS[(s.step + int(k)) % len(SW_COMMANDS)] for s, k in zip(batch.states, batch.owners)]
+            return Decision(cmds, [], np.zeros(batch.n, bool))
+
+        def observe(self, *args: Any) -> None:
+            pass
+
+    task = resolve_task(SW_TASK).id
+    rows = []
+    for n in slots:
+        for parallel in (False, True):
+            def specs(count: int, offset: int) -> list[Any]:
+                return [ScienceWorldEpisode(task, v, "train", step_limit=steps) for v in range(offset, offset + count)]
+
+            with EnvPool() as pool:
+                t = time.perf_counter()
+                run_episodes(specs(n, 0), Cycle(), n, progress=False, pool=pool, parallel=parallel)
+                startup = time.perf_counter() - t
+                res = run_episodes(specs(n * episodes_per_slot, n), Cycle(), n, progress=False, pool=pool,
+                                   parallel=parallel)
+            rate = res.env_steps / res.wall_seconds
+            rows.append({"slots": n, "parallel": parallel, "env_steps": res.env_steps, "env_steps_per_s": rate,
+                         "episodes": len(res.episodes), "startup_s": startup})
+            print(f"  scienceworld rollout slots={n} parallel={parallel!s:<5}: {rate:7.1f} env-steps/s "
+                  f"(resets included)", file=sys.stderr)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and configurations (about a minute)")
@@ -227,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     print("ScienceWorld ...", file=sys.stderr)
     res["scienceworld_single"] = bench_scienceworld_single(60 if q else 300, warm=90 if q else 300)
     res["scienceworld_batched"] = bench_scienceworld_batched([1, 2] if q else [1, 2, 4], 20 if q else 60, warm=30 if q else 100)
+    res["scienceworld_rollout"] = bench_scienceworld_rollout([1, 2] if q else [1, 2, 4], 1 if q else 2,
+                                                             10 if q else 20)
     res["loadavg_end"] = list(os.getloadavg())
     res["total_s"] = time.perf_counter() - t
     out = args.out or RESULTS / ("env_throughput_quick.json" if q else "env_throughput.json")

@@ -311,10 +311,21 @@ def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     Values are checked against the field's type (strings are parsed as that type, as the command
     line gives them: ``"32"``, ``"0.1,0.2"``, ``"none"``, ``"false"``) and the config's rules.
     Raises ``UnknownNameError`` for a field that does not exist (listing the known ones) and
-    :class:`ConfigFieldError` naming the dotted field, the expected type and the value.
+    :class:`ConfigFieldError` naming the dotted field, the expected type and the value. A set of
+    overrides that is valid together is accepted in any order (e.g. a new ``env.kinds`` and the
+    ``quick.demo_kinds`` among them).
     """
-    for key, value in overrides.items():
-        config = _override(config, key.split("."), value, prefix="")
+    pending = list(overrides.items())
+    while pending:  # cross-field rules (quick.demo_kinds within env.kinds) hold for the set, not its order
+        refused = []
+        for key, value in pending:
+            try:
+                config = _override(config, key.split("."), value, prefix="")
+            except ConfigFieldError as err:
+                refused.append((key, value, err))
+        if len(refused) == len(pending):  # no override applies whatever the order: the first one's error
+            raise refused[0][2]
+        pending = [(k, v) for k, v, _ in refused]
     return config
 
 

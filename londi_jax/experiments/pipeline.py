@@ -609,7 +609,7 @@ class Pipeline:
         # one line per finished (method, seed); a line torn by a kill is skipped (and cut off
         # before the next append), so that run is simply redone
         done = {(r["label"], r["seed"]): r for r in read_jsonl(runs_path)}
-        per_seed = 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1
+        per_seed = methods_per_seed(self.config) - 1  # the classifier's row only where it was fitted
         clf_path = self.out / "switchers" / "classifier.npz"
         clf = None
         if clf_path.exists():
@@ -779,6 +779,14 @@ def _params(spec: ModelSpec) -> float | None:
         return None
 
 
+def methods_per_seed(config: PipelineConfig) -> int:
+    """Evaluation runs per seed (``stage_evaluate``'s order): QUICK-only, DEEPTHINK-only, LONDI per
+    c and calibrated, LONDI-B per budget, Random at LONDI's rate and per rate, Threshold likewise,
+    the failure classifier (where fitted) and SwiftSage."""
+    s, v = config.switch, config.eval
+    return 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1 + 1
+
+
 def estimate_work(config: PipelineConfig) -> dict[str, float]:
     """Model FLOPs the pipeline needs, per stage, from the preset's sizes (a rough lower bound).
 
@@ -806,8 +814,7 @@ def estimate_work(config: PipelineConfig) -> dict[str, float]:
         bc_eval += evals * spec.eval_episodes * roll * fwd[name]
     both = fwd["quick"] + fwd["deep"]
     collect = s.collect_episodes * roll * both
-    methods = 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1
-    evaluate = v.seeds * methods * v.episodes * roll * both
+    evaluate = v.seeds * methods_per_seed(config) * v.episodes * roll * both
     out = {"bc": bc, "bc_eval": bc_eval, "switch_data": collect, "evaluate": evaluate}
     out["total"] = sum(out.values())
     return out
@@ -825,7 +832,7 @@ def measured_flops_per_second() -> float:
     return reps * 2 * n ** 3 / (time.perf_counter() - t0)
 
 
-ACCELERATOR_PRESETS = ("gpu", "real-small")  # presets sized for a GPU / TPU (real pretrained models)
+ACCELERATOR_PRESETS = ("gpu", "real-small", "sw-gpu")  # presets sized for a GPU / TPU (real pretrained models)
 
 
 def accelerator_warning(config: PipelineConfig) -> str | None:

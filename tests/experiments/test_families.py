@@ -83,3 +83,19 @@ def test_babyai_specs_are_the_pipelines_own():
 def test_unknown_environment_lists_the_known_ones():
     with pytest.raises(LondiError, match="babyai-text.*scienceworld"):
         with_overrides(PipelineConfig(), {"env.name": "nethack"})
+
+
+def test_sw_gpu_preset_is_a_scienceworld_pair_that_asks_for_an_accelerator():
+    import jax
+
+    from londi_jax.experiments.pipeline import accelerator_warning
+
+    cfg = preset("sw-gpu")
+    fam = family(cfg)
+    assert isinstance(fam, ScienceWorldFamily) and len(fam.tasks()) == 8 == len(set(fam.tasks()))
+    # QUICK is the cheaper model and lacks task types DEEPTHINK was cloned on
+    assert set(cfg.quick.demo_kinds) < set(cfg.env.kinds) and cfg.deep.demo_kinds is None
+    assert (cfg.quick.source, cfg.deep.source) == ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+    assert cfg.quick.bc.finetune == cfg.deep.bc.finetune == "lora"
+    if jax.default_backend() == "cpu":
+        assert "without an accelerator" in accelerator_warning(cfg)

@@ -129,6 +129,17 @@ def test_overrides_are_parsed_as_the_fields_type():
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
+def test_overrides_valid_together_are_accepted_in_any_order():
+    """Cross-field rules hold for the whole set: new env.kinds and the QUICK demo kinds among them
+    apply whichever comes first; a set that is invalid in every order still names its field."""
+    sets = {"env.kinds": "4-1,7-1", "quick.demo_kinds": "4-1"}
+    for order in (list(sets.items()), list(reversed(sets.items()))):
+        cfg = with_overrides(preset("sw-small"), dict(order))
+        assert cfg.env.kinds == ("4-1", "7-1") and cfg.quick.demo_kinds == ("4-1",)
+    with pytest.raises(ConfigFieldError, match="quick.demo_kinds"):
+        with_overrides(preset("sw-small"), {"env.kinds": "4-1,7-1", "quick.demo_kinds": "7-2"})
+
+
 def test_configs_check_themselves_however_they_are_built():
     with pytest.raises(ConfigFieldError, match="expected an int, got '3'"):
         EvalConfig(episodes="3")  # Python construction: no string parsing, a type error at once
