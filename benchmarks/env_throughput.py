@@ -257,24 +257,34 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and configurations (about a minute)")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+    p.add_argument("--only", choices=("babyai", "scienceworld", "rollout"), default=None,
+                   help="one part: BabyAI-Text, ScienceWorld single/batched, or the rollout loop's threads "
+                        "(result file env_throughput[_quick]_<part>.json)")
     p.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/env_throughput[_quick].json)")
     args = p.parse_args(argv)
     q = args.quick
     res: dict[str, Any] = {"benchmark": "env_throughput", "quick": q, "machine": machine_info(),
                            "loadavg_start": list(os.getloadavg())}
     t = time.perf_counter()
-    print("BabyAI-Text ...", file=sys.stderr)
-    res["babyai_single"] = bench_babyai_single(2000 if q else 20000)
-    print(f"  babyai single TextEnv: {res['babyai_single']['steps_per_s']:.0f} steps/s", file=sys.stderr)
-    res["babyai_batched"] = bench_babyai_batched([1, 8] if q else [1, 8, 32], 2000 if q else 12000)
-    print("ScienceWorld ...", file=sys.stderr)
-    res["scienceworld_single"] = bench_scienceworld_single(60 if q else 300, warm=90 if q else 300)
-    res["scienceworld_batched"] = bench_scienceworld_batched([1, 2] if q else [1, 2, 4], 20 if q else 60, warm=30 if q else 100)
-    res["scienceworld_rollout"] = bench_scienceworld_rollout([1, 2] if q else [1, 2, 4], 1 if q else 2,
-                                                             10 if q else 20)
+    part = args.only
+    if part in (None, "babyai"):
+        print("BabyAI-Text ...", file=sys.stderr)
+        res["babyai_single"] = bench_babyai_single(2000 if q else 20000)
+        print(f"  babyai single TextEnv: {res['babyai_single']['steps_per_s']:.0f} steps/s", file=sys.stderr)
+        res["babyai_batched"] = bench_babyai_batched([1, 8] if q else [1, 8, 32], 2000 if q else 12000)
+    if part in (None, "scienceworld"):
+        print("ScienceWorld ...", file=sys.stderr)
+        res["scienceworld_single"] = bench_scienceworld_single(60 if q else 300, warm=90 if q else 300)
+        res["scienceworld_batched"] = bench_scienceworld_batched([1, 2] if q else [1, 2, 4], 20 if q else 60,
+                                                                 warm=30 if q else 100)
+    if part in (None, "rollout"):
+        print("ScienceWorld through the rollout loop ...", file=sys.stderr)
+        res["scienceworld_rollout"] = bench_scienceworld_rollout([1, 2] if q else [1, 2, 4], 1 if q else 3,
+                                                                 10 if q else 30)
     res["loadavg_end"] = list(os.getloadavg())
     res["total_s"] = time.perf_counter() - t
-    out = args.out or RESULTS / ("env_throughput_quick.json" if q else "env_throughput.json")
+    name = "env_throughput" + ("_quick" if q else "") + (f"_{part}" if part else "")
+    out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     if args.json:

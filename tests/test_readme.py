@@ -84,6 +84,9 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub(r"^(londi-jax demo (?!.*--(fork-from|force-stages|stages)).*(--set|--preset gpu).*)$", r"\1 --stages demos",
         60, "a new run's options are parsed and checked (that happens before any work) and its first stage "
         "runs; the whole pipeline already ran for `londi-jax demo`"),
+    Sub(r"^(londi-jax demo .*--preset sw-(small|gpu)(?!.*--stages).*)$", r"\1 --stages demos --set env.demo_episodes=1",
+        90, "the ScienceWorld pipeline takes 30 min (sw-small; sw-gpu needs an accelerator): its options are checked "
+        "and its first stage runs on one gold path per task"),
     Sub(r"^(londi-jax demo .*--preset gpu.*)$", r"\1 --set env.demo_episodes=4", 60,
         "SmolLM2 + LoRA cloning needs an accelerator (hours on 2 cores); 4 of the preset's 5000 demos"),
     Sub(r"^londi-jax demo .*--(force-stages|fork-from)", None, 150,

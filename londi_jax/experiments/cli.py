@@ -19,9 +19,11 @@ the same episodes -> results table, cost-quality plot and summary (in OUT/report
 
 Presets: cpu-small (the default; BabyAI-Text, tiny from-scratch models, about 13 minutes on a
 2-core CPU), sw-small (ScienceWorld, four short task types, tiny from-scratch models on gold
-paths; needs Java; work in progress: not yet within 30 minutes on a 2-core CPU), tiny (a smoke run of every stage in a few minutes; numbers meaningless), gpu
-(SmolLM2-135M fine-tuned with LoRA as DEEPTHINK, all five task kinds; needs an accelerator),
-real-small (a real pretrained pair, both with LoRA; needs an accelerator).
+paths; needs Java; about 30 minutes on a 2-core CPU), tiny (a smoke run of every stage in a few
+minutes; numbers meaningless), gpu (SmolLM2-135M fine-tuned with LoRA as DEEPTHINK, all five task
+kinds; needs an accelerator), real-small (a real pretrained pair, both with LoRA; needs an
+accelerator), sw-gpu (ScienceWorld, eight task types, SmolLM2-135M vs Qwen2.5-0.5B with LoRA;
+needs an accelerator).
 
 Every stage writes OUT/<stage>.done.json; rerunning resumes where it stopped. A run keeps its
 configuration in OUT/config.json, so `londi-jax demo --out OUT` resumes it without repeating the
@@ -126,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="cpu-small (default for a new run): tiny models, 2-core CPU in minutes; tiny: a smoke "
                         "run of every stage; gpu: SmolLM2-135M as DEEPTHINK; real-small: a real pretrained pair; sw-small: "
-                        "ScienceWorld (work in progress: over 30 minutes on a 2-core CPU so far). "
+                        "ScienceWorld, about 30 minutes on a 2-core CPU; sw-gpu: ScienceWorld with a real pair. "
                         "Omitted on an existing --out: the run's stored configuration")
     p.add_argument("--out", default=None,
                    help=f"output directory (default runs/<preset>, i.e. runs/{DEFAULT_PRESET}); rerunning resumes it")
