@@ -104,9 +104,9 @@ class Router(Protocol):
 
 
 class _Stateless:
-    reads_scores = False
     """Shared no-op ``reset`` / ``observe`` for routers without per-slot history."""
 
+    reads_scores = False
     respects_budget = False
     needs_quick = True
 

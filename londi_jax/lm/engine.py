@@ -7,8 +7,8 @@ walk. Programs:
 * ``score``: each prompt is prefilled ONCE; its KV cache is shared by all its candidates, which run
   in blocks of K ``(C, K, L)`` attending to their prompt's cache plus causally to themselves (no K
   copies of the prompt; a prompt with hundreds of candidates takes several blocks, one with few
-  takes one, so no prompt pads its candidates to the largest list). The first candidate token is scored from the prompt's last logits; logits are
-  computed only at the positions a score reads. Prompt embeddings come from the same prefill.
+  takes one, so no prompt pads its candidates to the largest list). The first candidate token is
+  scored from the prompt's last logits; logits are computed only at the positions a score reads. Prompt embeddings come from the same prefill.
 * ``generate``: prefill + the whole decode loop inside one ``lax.while_loop`` over a preallocated
   cache (left padding, per-row done mask), greedy or sampling (temperature, top-k, top-p).
 * ``embed``: prefill only; mean of the final-normed hidden states over real prompt tokens.
@@ -17,8 +17,9 @@ walk. Programs:
 Prefill packs the prompts' real tokens back to back for the projections and MLPs (the bulk of
 the FLOPs) and runs attention per left-padded row (``prefill(..., packed=N)``), so padding costs
 attention only. Shapes are bucketed by ``bucket`` (its docstring states the waste bound): batch
-rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, candidate count
-(per block of at most ``candidate_block``), block count and length exact up to 8; packed tokens to eighths of the padded block (``packed_slots``: at most
+rows and the new-token cap to powers of two, prompt slots to 4 sizes per octave, candidates per
+block (at most ``candidate_block``) and their length exact up to 8, blocks per call to powers of
+two (``_block_groups``); packed tokens to eighths of the padded block (``packed_slots``: at most
 7 packed programs per block shape, not one per octave step, which multiplied compiles); new
 lengths inside a bucket reuse the compiled program; values such as ``max_new_tokens``,
 temperature, top-k and top-p are traced arguments and never recompile.
@@ -243,7 +244,7 @@ class LanguageModel:
 
     ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked);
     ``candidate_block``: most candidates scored as one block of a prompt (a prompt with more takes
-    several blocks, ``score_candidates``' ``c_row``; bounds the attention scores' memory);
+    several blocks, ``score_blocks``' ``c_row``; bounds the attention scores' memory);
     ``min_batch`` pads smaller calls up to that many rows (fewer shapes to compile in a loop whose
     batch shrinks, at the price of computing padding rows; FLOPs count real tokens only).
     ``trace_counts`` counts how often each program was traced (i.e. compiled). ``eog_token_ids``:
@@ -414,8 +415,8 @@ class LanguageModel:
         """One chunk's candidates as blocks of K (``score_blocks``' ``c_row`` form): returns
         ``c_tok, c_valid (C, K, L)``, ``c_row (C,)`` and each prompt's block indices. K is the
         largest candidate list's length bucketed, at most ``candidate_block``; each list takes
-        ``ceil(n / K)`` blocks; C is the
-        total of ``_block_groups`` (padding blocks are all-invalid and read prompt 0)."""
+        ``ceil(n / K)`` blocks; C is the total of ``_block_groups`` (padding blocks are all-invalid
+        and read prompt 0)."""
         most = max(len(c) for c in cands)
         # one block size for every list that needs splitting (few programs)
         K = min(bucket(most, *CANDIDATE_BUCKET), self.candidate_block)
@@ -532,9 +533,10 @@ class LanguageModel:
                 parts.append(self._blocks_jit(self.state, cache, p_valid, last_logits, c_tok[g0:g0 + g],
                                               c_valid[g0:g0 + g], c_row[g0:g0 + g]))
                 g0 += g
-            lp, pooled, last = jax.block_until_ready((jnp.concatenate(parts) if len(parts) > 1 else parts[0],
-                                                      pooled, last))
-            lp, pooled, last = np.asarray(lp), np.asarray(pooled), np.asarray(last)
+            parts, pooled, last = jax.block_until_ready((parts, pooled, last))
+            # joined on the host: the groups come back anyway (no device concatenate to compile)
+            lp = np.concatenate([np.asarray(x) for x in parts])
+            pooled, last = np.asarray(pooled), np.asarray(last)
             for r, i in enumerate(chunk):
                 lens = [len(c) for c in candidate_ids[i]]
                 flat = lp[blocks[r]].reshape(-1, lp.shape[-1])  # this prompt's blocks, in order

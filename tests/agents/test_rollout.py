@@ -121,14 +121,14 @@ class BarrierEnv(ToyTextEnv):
 
     parallel_steps = True
 
-    def __init__(self, limit, barrier):
+    def __init__(self, limit, barrier, timeout):
         super().__init__(limit)
-        self.barrier = barrier
+        self.barrier, self.timeout = barrier, timeout
 
     def step(self, action):
         if self.barrier is not None:
             barrier, self.barrier = self.barrier, None
-            barrier.wait(timeout=3)
+            barrier.wait(timeout=self.timeout)
         return super().step(action)
 
 
@@ -136,10 +136,11 @@ class BarrierEnv(ToyTextEnv):
 class BarrierSpec:
     seed: int
     barrier: object
+    timeout: float = 60.0  # generous: concurrent steps meet at once even on a loaded machine
     kind: str = "toy"
 
     def make(self):
-        env = BarrierEnv(6, self.barrier)
+        env = BarrierEnv(6, self.barrier, self.timeout)
         return env, env.reset(self.seed)
 
 
@@ -153,5 +154,5 @@ def test_envs_that_step_in_other_processes_step_at_once_with_the_same_results():
     together = run_episodes([BarrierSpec(s, barrier) for s in seeds], WalkRight(), num_envs=3, progress=False)
     assert [e.to_json() for e in together.episodes] == [e.to_json() for e in plain.episodes]
     with pytest.raises(threading.BrokenBarrierError):  # stepped one by one, the first waits in vain
-        run_episodes([BarrierSpec(s, threading.Barrier(3)) for s in seeds], WalkRight(), num_envs=3,
+        run_episodes([BarrierSpec(s, threading.Barrier(3), timeout=2.0) for s in seeds], WalkRight(), num_envs=3,
                      progress=False, parallel=False)
