@@ -73,7 +73,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
     tokens = specials + _byte_alphabet_tokens() + ["".join(m.split(" ")) for m in TINY_MERGES]
     types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
     vocab, hidden, heads, kv_heads, ffn, layers = len(tokens), 64, 4, 2, 128, 2
-    head_dim = hidden // heads
+    head_dim = 128 if arch == "qwen3" else hidden // heads  # real Qwen3 heads: 128 wide whatever the hidden size
 
     def rnd(*shape, scale=0.08):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -95,6 +95,9 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
         if arch == "qwen2":
             for k, n in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
                 hf[p + f"self_attn.{k}_proj.bias"] = rnd(n * head_dim)
+        if arch == "qwen3":
+            hf[p + "self_attn.q_norm.weight"] = 1 + rnd(head_dim)
+            hf[p + "self_attn.k_norm.weight"] = 1 + rnd(head_dim)
 
     if script is not None:
         assert not tie and len(set(script)) == len(script) < hidden, "script: distinct ids, untied head"
@@ -114,6 +117,9 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
+    if head_dim != hidden // heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
@@ -142,6 +148,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", quant: str | None = None
         "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
         "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
         "self_attn.v_proj.bias": "attn_v.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
+        "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
         "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
     }
     expected = {}

@@ -90,6 +90,8 @@ class LondiController:
         self.budget, self.seed, self.encoder = budget, seed, encoder
         self.rng = np.random.default_rng(seed) if sample_actions else None
         self.needs_quick = getattr(router, "needs_quick", True)
+        self.peeks_deep = getattr(router, "peeks_deep", False)
+        self.wants_expert = getattr(router, "reads_expert", False)  # the rollout loop fills StepBatch.experts
 
     def start(self, num_slots: int) -> None:
         self.router.reset(num_slots, self.seed)
@@ -109,8 +111,11 @@ class LondiController:
             feats = np.zeros((n, 0), np.float32)
             q_lp = np.zeros((n, max(len(self.quick.fmt.candidates(s)) for s in states)))
         top = q_out.action_strings(np.argmax(q_out.logprobs, axis=-1)) if q_out is not None else None
+        peek = self.deep(states) if self.peeks_deep else None  # DEEPTHINK everywhere, charged where it acts
         inp = RouteInput(slots=batch.slots, quick_logprobs=q_lp, features=feats, step=batch.step,
                          quick_actions=top, missions=[s.mission for s in states],
+                         deep_actions=peek.action_strings(np.argmax(peek.logprobs, axis=-1)) if peek is not None else None,
+                         expert_actions=batch.experts,
                          max_steps=batch.max_steps, budget_left=budget_left,
                          budget=np.full(n, NO_BUDGET if self.budget is None else self.budget),
                          new_episode=batch.new_episode)
@@ -134,8 +139,13 @@ class LondiController:
                 actions[r] = a
         if np.any(deep):
             rows = np.flatnonzero(deep)
-            d_out = self.deep([states[i] for i in rows])
-            calls.append(ModelCall("deep", rows, d_out.seconds, d_out.flops))
+            if peek is not None:  # the rows' share of the one call that ran on all of them
+                d_out = peek.rows(rows)
+                share = len(rows) / n
+                calls.append(ModelCall("deep", rows, peek.seconds * share, peek.flops * share))
+            else:
+                d_out = self.deep([states[i] for i in rows])
+                calls.append(ModelCall("deep", rows, d_out.seconds, d_out.flops))
             idx[rows] = d_out.actions(self.rng)
             for r, a in zip(rows, d_out.action_strings(idx[rows])):
                 actions[r] = a

@@ -10,7 +10,6 @@ prompts and candidate actions from structured episode states with a prompt forma
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from londi_jax.agents.prompts import EpisodeState, GlamFormat, PromptFormat
 from londi_jax.lm.interface import LM
 from londi_jax.utils.errors import LondiError, UnknownNameError
+from londi_jax.utils.text import nearest_action
 
 __all__ = ["PolicyOutput", "LMPolicy", "POLICY_MODES", "nearest_action", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
            "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features", "encode"]
@@ -80,28 +80,6 @@ def action_probs(logprobs: np.ndarray) -> np.ndarray:
 
 
 POLICY_MODES = ("score", "generate")
-
-
-def nearest_action(text: str, candidates: Sequence[str]) -> tuple[int, float]:
-    """Index of the candidate closest to a generated ``text`` and its similarity in [0, 1]
-    (``difflib.SequenceMatcher``'s ratio over the stripped, lower-cased strings; an exact match
-    is 1.0, ties go to the earlier candidate). SwiftSage maps its generated actions to the valid
-    ones by a sentence-embedding similarity; a character-level ratio needs no second model."""
-    want = text.strip().lower()
-    best, best_r = 0, -1.0
-    matcher = difflib.SequenceMatcher(autojunk=False)
-    matcher.set_seq2(want)  # the fixed side: difflib caches its index
-    for k, c in enumerate(candidates):
-        cand = c.strip().lower()
-        if cand == want:
-            return k, 1.0
-        matcher.set_seq1(cand)
-        if matcher.real_quick_ratio() <= best_r or matcher.quick_ratio() <= best_r:
-            continue  # upper bounds: cannot beat the best so far
-        r = matcher.ratio()
-        if r > best_r:
-            best, best_r = k, r
-    return best, max(best_r, 0.0)
 
 
 class LMPolicy:

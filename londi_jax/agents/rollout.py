@@ -126,6 +126,9 @@ class StepBatch:
     owners: np.ndarray  # int (n,) index of the spec each row is playing
     states: list[EpisodeState]
     new_episode: np.ndarray  # bool (n,) first step of the slot's current episode
+    # the env's expert action per row (None where no expert applies), filled only for a controller
+    # with ``wants_expert = True`` (the oracle switch): ``TextEnv.expert_action()``
+    experts: list[str | None] | None = None
 
     @property
     def n(self) -> int:
@@ -182,7 +185,9 @@ class StepOutcome:
 
 
 class Controller(Protocol):
-    """Chooses actions for a batch of episode states (and learns or logs from the outcomes)."""
+    """Chooses actions for a batch of episode states (and learns or logs from the outcomes).
+    A controller with ``wants_expert = True`` gets each state's expert action in
+    ``StepBatch.experts`` (its envs must have ``expert_action()``)."""
 
     def start(self, num_slots: int) -> None: ...
 
@@ -205,6 +210,14 @@ def first_state(first: TextReset) -> EpisodeState:
 def _next_state(state: EpisodeState, action: str, step: TextStep) -> EpisodeState:
     return state.then(action, _observation(step.observation, step.info, step.reward),
                       step.info.get("valid_actions", ()))
+
+
+def _expert(env: Any) -> str | None:
+    fn = getattr(env, "expert_action", None)
+    if fn is None:
+        raise LondiError(f"this controller reads an expert's action, and a {type(env).__name__} has no expert "
+                         "(expert_action()); BabyAI-Text (the bot) and ScienceWorld (gold paths) have one")
+    return fn()
 
 
 def _takes_with_valid(env: Any) -> bool:
@@ -315,6 +328,7 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
         k = queue.pop(0)
         slots[i] = _Slot(specs[k], k, budget, pool.take(i) if pool is not None else None)
     controller.start(len(slots))
+    wants_expert = bool(getattr(controller, "wants_expert", False))
     records: list[EpisodeRecord | None] = [None] * len(specs)
     calls = dict.fromkeys(MODELS, 0)
     env_steps, t0 = 0, time.perf_counter()
@@ -325,7 +339,8 @@ def run_episodes(specs: Sequence[Any], controller: Controller, num_envs: int = 3
             active = [i for i, s in enumerate(slots) if s is not None]
             act = [slots[i] for i in active]
             batch = StepBatch(np.array(active, np.int64), np.array([s.index for s in act], np.int64),
-                              [s.state for s in act], np.array([s.new for s in act], bool))
+                              [s.state for s in act], np.array([s.new for s in act], bool),
+                              [_expert(s.env) for s in act] if wants_expert else None)
             dec = controller.act(batch)
             if len(dec.actions) != batch.n:
                 raise LondiError(f"the controller returned {len(dec.actions)} actions for {batch.n} envs")

@@ -10,13 +10,18 @@ is left, steps the envs and reports back through ``observe``. Every LONDI baseli
   idea of a thresholded router calibrated to a target share of strong-model calls).
 * :class:`SwiftSageRouter`: SwiftSage's hand-written fast/slow switching rules.
 * :class:`SwitcherRouter`: the learned LONDI / LONDI-B switch, acting greedily.
+* :class:`OracleRouter`: DEEPTHINK exactly where the expert says QUICK is wrong and DEEPTHINK
+  right (the upper reference for every learned switch).
 
 Routers are deterministic given ``reset(num_slots, seed)``. Attributes the agent reads:
 ``name``; ``respects_budget`` (a router that promises never to ask for DEEPTHINK with no budget
 left, so that asking is a bug the agent reports); ``needs_quick`` (False when the decision does
 not read QUICK's output, so the agent runs QUICK only where it acts); ``reads_scores`` (True
 when the decision reads QUICK's candidate scores or embedding, which a generating QUICK,
-``LMPolicy(mode="generate")``, does not have; its top action alone, as SwiftSage reads, is fine).
+``LMPolicy(mode="generate")``, does not have; its top action alone, as SwiftSage reads, is fine);
+``peeks_deep`` (True when the decision reads DEEPTHINK's action in every state: the agent runs
+DEEPTHINK on all of them first and charges it only where it acts); ``reads_expert`` (True when
+the decision reads the env's expert action, ``RouteInput.expert_actions``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from londi_jax.utils.programs import program_cache
 
 __all__ = [
     "RouteInput", "Router", "RouterError", "QuickOnly", "DeepthinkOnly", "RandomRouter",
-    "ConfidenceRouter", "ClassifierRouter", "SwiftSageRouter", "SwitcherRouter", "MEASURES", "confidence",
+    "ConfidenceRouter", "ClassifierRouter", "SwiftSageRouter", "SwitcherRouter", "OracleRouter", "MEASURES",
+    "confidence",
     "calibrate_threshold",
 ]
 
@@ -62,6 +68,8 @@ class RouteInput:
     new_episode: np.ndarray     # bool (n,) first step of a new episode in that slot (reset slot state)
     quick_actions: list[str] | None = None  # QUICK's top action string per row (text-reading routers)
     missions: list[str] | None = None  # each row's task text
+    deep_actions: list[str] | None = None  # DEEPTHINK's top action per row (routers that peek: ``peeks_deep``)
+    expert_actions: list[str | None] | None = None  # the env's expert action per row, None where none applies
 
     def __post_init__(self) -> None:
         self.slots = np.asarray(self.slots, np.int64).reshape(-1)
@@ -73,7 +81,7 @@ class RouteInput:
             if arr.ndim != 2 or arr.shape[0] != n:
                 raise RouterError(f"RouteInput.{name} must have shape (n, .) with n = {n} slots, "
                                   f"got {arr.shape}")
-        for name in ("quick_actions", "missions"):
+        for name in ("quick_actions", "missions", "deep_actions", "expert_actions"):
             val = getattr(self, name)
             if val is not None and len(val) != n:
                 raise RouterError(f"RouteInput.{name} must have one entry per slot ({n}), got {len(val)}")
@@ -109,6 +117,8 @@ class _Stateless:
     reads_scores = False
     respects_budget = False
     needs_quick = True
+    peeks_deep = False
+    reads_expert = False
 
     def reset(self, num_slots: int, seed: int) -> None:
         _check_slots(num_slots)
@@ -271,6 +281,32 @@ class ClassifierRouter(_Stateless):
 # ----------------------------------------------------------------------------- SwiftSage
 
 
+class OracleRouter(_Stateless):
+    """The oracle switch: DEEPTHINK exactly where the expert says QUICK's action is wrong and
+    DEEPTHINK's is right (``quick != expert == deep``), QUICK everywhere else, including states
+    where no expert applies (``expert_actions[i] is None``: ScienceWorld off its gold path).
+
+    The upper reference a learned switch is measured against (the issue's 2025-26 routing
+    baselines): it knows both models' actions and the expert's in every state, so the agent runs
+    DEEPTHINK everywhere to show it (``peeks_deep``) but charges DEEPTHINK only where it acts,
+    its share of each batched call, as every call is charged. Compares the greedy (top) actions;
+    with ``sample_actions`` the sampled action may differ from the one compared. Experts come
+    from the env (``expert_action()``): the BabyAI bot, ScienceWorld's gold path.
+    """
+
+    name = "oracle"
+    peeks_deep = True
+    reads_expert = True
+
+    def decide(self, inp: RouteInput) -> np.ndarray:
+        missing = [f for f in ("quick_actions", "deep_actions", "expert_actions") if getattr(inp, f) is None]
+        if missing:
+            raise RouterError(f"the oracle switch needs RouteInput.{', '.join(missing)}: run it through LondiAgent, "
+                              "which fills them for a router with peeks_deep and reads_expert")
+        return np.array([e is not None and q != e and d == e
+                         for q, d, e in zip(inp.quick_actions, inp.deep_actions, inp.expert_actions)], bool)
+
+
 class SwiftSageRouter:
     """SwiftSage's hand-written fast/slow switch, adapted to BabyAI-Text (QUICK = Swift, DEEPTHINK = Sage).
 
@@ -317,6 +353,8 @@ class SwiftSageRouter:
     respects_budget = False
     reads_scores = False  # QUICK's top action only: SwiftSage's Swift generates its action
     needs_quick = True
+    peeks_deep = False
+    reads_expert = False
 
     FAILURES = ("No known action matches that input", "Unknown action", "It's not clear how to", "(ScienceWorld error",
                 "That can't be moved there", "You can't")
@@ -447,6 +485,8 @@ class SwitcherRouter:
 
     reads_scores = True
     needs_quick = True
+    peeks_deep = False
+    reads_expert = False
 
     def __init__(self, config: SwitcherConfig, params, budget: int | None = None, name: str = "londi"):
         if budget is not None and int(budget) < 0:

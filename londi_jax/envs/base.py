@@ -43,6 +43,11 @@ class TextEnv(Protocol):
 
     ``info`` from ``step`` always carries ``success`` (bool); ``valid_actions`` is included
     only when the env was asked for it (it may be expensive, e.g. in ScienceWorld).
+
+    Optional: ``expert_action() -> str | None``, the expert's action in the current state, or
+    None where no expert applies (BabyAI-Text: the BabyAI bot advising from whatever state the
+    agent reached; ScienceWorld: the gold path while the episode follows it). The oracle switch
+    (``agents.routers.OracleRouter``) reads it through the rollout loop.
     """
 
     def reset(self, seed: int | None = None) -> TextReset: ...

@@ -44,6 +44,7 @@ class EnvFamily(Protocol):
 
     name: str
     quality: str  # the report's quality measure: "success" (rate) or "score" (mean 0-100)
+    expert: str  # the expert the oracle switch asks, in words
     targets: dict[str, Any]  # keyword arguments of report.targets (thresholds of this family)
 
     def prompt_format(self) -> PromptFormat: ...
@@ -58,7 +59,10 @@ class EnvFamily(Protocol):
 
     def bc_data(self, episodes: Sequence[dict[str, Any]], tokenizer: Any) -> BCData: ...
 
-    def specs(self, purpose: str, n: int, seed_index: int = 0) -> list[Any]: ...
+    def specs(self, purpose: str, n: int, seed_index: int = 0, expert: bool = False) -> list[Any]:
+        """``n`` episode specs for ``purpose``; ``expert``: episodes whose envs can give the
+        expert's action (``expert_action()``) for the oracle switch."""
+        ...
 
 
 def _check_purpose(purpose: str) -> None:
@@ -71,6 +75,7 @@ class BabyAIFamily:
 
     name = "babyai-text"
     quality = "success"
+    expert = "BabyAI bot (advising)"  # who the oracle switch asks
     targets: dict[str, Any] = {}  # the report's defaults (report.targets)
 
     def __init__(self, config: Any):
@@ -114,8 +119,8 @@ class BabyAIFamily:
     def bc_data(self, episodes: Sequence[dict[str, Any]], tokenizer: Any) -> BCData:
         return bc_data_from_episodes(episodes, tokenizer)
 
-    def specs(self, purpose: str, n: int, seed_index: int = 0) -> list[Any]:
-        _check_purpose(purpose)
+    def specs(self, purpose: str, n: int, seed_index: int = 0, expert: bool = False) -> list[Any]:
+        _check_purpose(purpose)  # every BabyAI-Text env has its expert (the bot): ``expert`` changes nothing
         e = self.env
         if purpose == "eval":
             return episode_specs(e.eval_level, n, self.config.eval.seed + 10_000 * seed_index, e.kinds,
@@ -157,6 +162,7 @@ class ScienceWorldFamily:
 
     name = "scienceworld"
     quality = "score"
+    expert = "gold path (while followed)"
     # the issue's ScienceWorld bars: DEEPTHINK >= 15 points above QUICK, >= 50% compute saved,
     # LONDI above Random and SwiftSage outside their intervals
     targets: dict[str, Any] = {"gap": 15.0, "min_saved": 0.5, "outside_ci": True, "swiftsage": True}
@@ -237,7 +243,7 @@ class ScienceWorldFamily:
                 kinds.append(ep["task"])
         return bc_data_from_steps(prompts, cands, actions, kinds, tokenizer)
 
-    def specs(self, purpose: str, n: int, seed_index: int = 0) -> list[Any]:
+    def specs(self, purpose: str, n: int, seed_index: int = 0, expert: bool = False) -> list[Any]:
         from londi_jax.envs.scienceworld.episodes import ScienceWorldEpisode
 
         _check_purpose(purpose)
@@ -252,7 +258,8 @@ class ScienceWorldFamily:
             t = tasks[k % len(tasks)]
             vs = self.variations(t, split)
             out.append(ScienceWorldEpisode(t, vs[(offset + k // len(tasks)) % len(vs)], split,
-                                           simplifications=self.env.simplifications, step_limit=self.step_limit))
+                                           simplifications=self.env.simplifications, step_limit=self.step_limit,
+                                           gold_path=expert))
         return out
 
     def _bc_eval_block(self) -> int:

@@ -42,8 +42,8 @@ from londi_jax.agents.calibration import greedy_call_rate, interpolate_cost
 from londi_jax.agents.londi import LondiAgent, collect_switch_data
 from londi_jax.agents.policy import LMPolicy, SwitchEncoder
 from londi_jax.agents.rollout import EnvPool
-from londi_jax.agents.routers import (ClassifierRouter, ConfidenceRouter, DeepthinkOnly, QuickOnly, RandomRouter,
-                                      SwiftSageRouter, SwitcherRouter, calibrate_threshold)
+from londi_jax.agents.routers import (ClassifierRouter, ConfidenceRouter, DeepthinkOnly, OracleRouter, QuickOnly,
+                                      RandomRouter, SwiftSageRouter, SwitcherRouter, calibrate_threshold)
 from londi_jax.experiments.config import ModelSpec, PipelineConfig, config_diff, config_from_dict, config_to_dict
 from londi_jax.experiments.families import EnvFamily, family
 from londi_jax.experiments.logging import RunLogger
@@ -594,8 +594,8 @@ class Pipeline:
         return tree, meta["extra"]
 
     # ------------------------------------------------------------------ stage 5: evaluation
-    def eval_specs(self, seed_index: int) -> list[Any]:
-        return self.family.specs("eval", self.config.eval.episodes, seed_index)
+    def eval_specs(self, seed_index: int, expert: bool = False) -> list[Any]:
+        return self.family.specs("eval", self.config.eval.episodes, seed_index, expert=expert)
 
     def stage_evaluate(self) -> dict[str, Any]:
         s, v = self.config.switch, self.config.eval
@@ -633,7 +633,7 @@ class Pipeline:
             quick, deep = self.policies()
             agent = LondiAgent(quick, deep, router, budget=budget, sample_actions=v.sample_actions, seed=seed,
                                encoder=encoder)
-            res = agent.run(self.eval_specs(seed), v.num_envs, progress=self.config.progress, desc=f"{label} s{seed}",
+            res = agent.run(self.eval_specs(seed, expert=getattr(router, "reads_expert", False)), v.num_envs, progress=self.config.progress, desc=f"{label} s{seed}",
                             pool=self.pool)
             row = {"method": method, "label": label, "params": params, "seed": seed,
                    "episodes": [e.to_json() for e in res.episodes],
@@ -679,6 +679,7 @@ class Pipeline:
                     ClassifierRouter(clf, 1.0 - t_c))
             native = self.family.name == "scienceworld"  # rule 6's triggers exist only there
             run("SwiftSage", "SwiftSage", {"native": True} if native else {}, seed, SwiftSageRouter(native=native))
+            run("Oracle", "Oracle (expert)", {"expert": self.family.expert}, seed, OracleRouter())
         runs = list(done.values())
         e = self.config.env
         where = ({"eval_level": e.eval_level} if self.family.name == "babyai-text" else
@@ -782,9 +783,9 @@ def _params(spec: ModelSpec) -> float | None:
 def methods_per_seed(config: PipelineConfig) -> int:
     """Evaluation runs per seed (``stage_evaluate``'s order): QUICK-only, DEEPTHINK-only, LONDI per
     c and calibrated, LONDI-B per budget, Random at LONDI's rate and per rate, Threshold likewise,
-    the failure classifier (where fitted) and SwiftSage."""
+    the failure classifier (where fitted), SwiftSage and the oracle switch."""
     s, v = config.switch, config.eval
-    return 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1 + 1
+    return 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1 + 1 + 1
 
 
 def estimate_work(config: PipelineConfig) -> dict[str, float]:

@@ -61,6 +61,7 @@ __all__ = [
     "markdown_table",
     "plot_cost_quality",
     "targets",
+    "oracle_comparison",
     "write_report",
 ]
 
@@ -92,7 +93,8 @@ _NUMERIC_FIELDS = (
 )
 
 # Display order of method families, and the parameter that orders configurations inside a family.
-FAMILY_ORDER = ("QUICK-only", "DEEPTHINK-only", "Random", "Threshold", "Classifier", "SwiftSage", "LONDI", "LONDI-B")
+FAMILY_ORDER = ("QUICK-only", "DEEPTHINK-only", "Random", "Threshold", "Classifier", "SwiftSage", "LONDI", "LONDI-B",
+                "Oracle")
 _PRIMARY_PARAM = {
     "Random": ("p",),
     "Threshold": ("threshold", "target_rate"),
@@ -752,6 +754,48 @@ def targets(
     return out
 
 
+def oracle_comparison(rows: Sequence[Row], *, quick: str = "QUICK-only", quality: str = "success"
+                      ) -> list[dict[str, Any]]:
+    """Every switch measured against the oracle switch (the ``Oracle`` row: DEEPTHINK exactly
+    where the expert says QUICK is wrong and DEEPTHINK right).
+
+    For each row other than QUICK-only, DEEPTHINK-only and the oracle: ``gain_share`` = (row -
+    QUICK-only) / (oracle - QUICK-only) in ``quality`` (1 = all of the oracle's gain over QUICK,
+    above 1 possible where DEEPTHINK's other actions also help), and ``call_ratio`` = the row's
+    DEEPTHINK call rate / the oracle's. Empty without an oracle or QUICK-only row; ``gain_share``
+    is None where the oracle gains nothing over QUICK.
+    """
+    o, q_row = _one(rows, "Oracle"), _one(rows, quick)
+    if o is None or q_row is None:
+        return []
+    gain = o.quality(quality)[0] - q_row.quality(quality)[0]
+    out = []
+    for r in sort_rows(rows):
+        if r.method in ("Oracle", quick, "DEEPTHINK-only"):
+            continue
+        share = (r.quality(quality)[0] - q_row.quality(quality)[0]) / gain if gain > 1e-12 else None
+        out.append({"label": r.label, "method": r.method, "gain_share": share,
+                    "call_ratio": r.call_rate / o.call_rate if o.call_rate > 0 else None})
+    return out
+
+
+def _oracle_markdown(rows: Sequence[Row], cmp: Sequence[Mapping[str, Any]], quality: str) -> str:
+    o, q_row = _one(rows, "Oracle"), _one(rows, "QUICK-only")
+    if not cmp:
+        return ""
+    word, unit = ("success", "%") if quality == "success" else ("mean score", "")
+    text = (f"\n## Against the oracle switch\n\nOracle ({', '.join(f'{k}: {v}' for k, v in o.params.items())}): "
+            f"{word} {_pct(o.quality(quality)[0], suffix=unit)} at DEEPTHINK call rate {_pct(o.call_rate)}, "
+            f"{_pct(o.compute_saved)} of FLOPs saved; QUICK-only {_pct(q_row.quality(quality)[0], suffix=unit)}. "
+            "Share of the "
+            "oracle's gain over QUICK-only, and call rate relative to the oracle's:\n\n")
+    for c in cmp:
+        share = "n/a" if c["gain_share"] is None else f"{100 * c['gain_share']:.0f}%"
+        ratio = "n/a" if c["call_ratio"] is None else f"{c['call_ratio']:.2f}x"
+        text += f"- {c['label']}: {share} of the gain, {ratio} the calls\n"
+    return text
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -774,6 +818,7 @@ def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | 
     meta = dict(results.get("meta") or {})
     quality = meta.get("quality", "success")
     tg = targets(rows, quality=quality, **dict(meta.get("targets") or {}))
+    oracle = oracle_comparison(rows, quality=quality)
     head = "# LONDI experiment results\n\n"
     if meta:
         head += ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))) + "\n\n"
@@ -785,11 +830,12 @@ def write_report(results: Mapping[str, Any] | str | os.PathLike, out_dir: str | 
         "when every seed has the same rate; Wilson over episodes for a single seed); "
         "compute saved relative to DEEPTHINK-only FLOPs per episode, [95% CI] Student-t.\n\n## Targets\n\n"
         + _targets_markdown(tg)
+        + _oracle_markdown(rows, oracle, quality)
     )
     paths = {"table": out / "results_table.md", "plot": out / "cost_quality.png", "summary": out / "summary.json"}
     _atomic_write(paths["table"], lambda fh: fh.write(text.encode()))
     plot_cost_quality(rows, paths["plot"], title=f"LONDI cost vs quality ({meta.get('preset', 'results')})",
                       quality=quality)
-    summary = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": tg}
+    summary = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": tg, "oracle": oracle}
     _atomic_write(paths["summary"], lambda fh: fh.write(json.dumps(to_jsonable(summary, finite=True), indent=2, allow_nan=False).encode()))
     return paths

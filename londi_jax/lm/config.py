@@ -19,6 +19,7 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",
+    "qwen3": "llama",
     "gpt_neox": "gpt_neox",
 }
 SUPPORTED_ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
@@ -46,7 +47,8 @@ class ModelConfig:
     transformers key). ``rotary_dim`` is the number of rotated dimensions per head
     (== ``head_dim`` for full rotary, smaller for GPT-NeoX partial rotary). ``qkv_bias`` adds biases
     to the q/k/v projections (Qwen2, GPT-NeoX, Llama ``attention_bias``); ``o_bias`` to the output
-    projection. ``dtype`` is the default parameter/activation dtype ('float32' or 'bfloat16').
+    projection. ``qk_norm``: an RMSNorm over ``head_dim`` on every query and key head before RoPE
+    (Qwen3, ``self_attn.q_norm`` / ``k_norm``). ``dtype`` is the default parameter/activation dtype ('float32' or 'bfloat16').
     """
 
     family: str
@@ -66,6 +68,7 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False
     parallel_residual: bool = False
     hidden_act: str = "silu"
     max_position_embeddings: int = 2048
@@ -148,7 +151,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ transformers config.json
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any], dtype: str = "float32") -> ModelConfig:
-        """Read a transformers ``config.json`` dict (model_type llama, mistral, qwen2, gpt_neox).
+        """Read a transformers ``config.json`` dict (model_type llama, mistral, qwen2, qwen3, gpt_neox).
 
         Accepts both the transformers v4 keys (``rope_theta``, ``rope_scaling``, ``rotary_pct``) and
         the v5 ``rope_parameters`` dict.
@@ -189,7 +192,7 @@ class ModelConfig:
         rotary_dim = int(head_dim * float(partial))
 
         sliding = None
-        if model_type == "mistral" or (model_type == "qwen2" and d.get("use_sliding_window")):
+        if model_type == "mistral" or (model_type in ("qwen2", "qwen3") and d.get("use_sliding_window")):
             sliding = d.get("sliding_window")
 
         common = dict(
@@ -233,5 +236,6 @@ class ModelConfig:
             qkv_bias=attention_bias or model_type == "qwen2",
             o_bias=attention_bias,
             mlp_bias=bool(d.get("mlp_bias", False)),
+            qk_norm=model_type == "qwen3",
             **common,
         )

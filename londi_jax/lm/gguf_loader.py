@@ -37,6 +37,8 @@ _LAYER_NAMES = {
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",  # Qwen3
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
@@ -55,6 +57,7 @@ ROPE_FREQS = "rope_freqs.weight"
 SUPPORTED_ARCHITECTURES = {
     "llama": ("llama", "LlamaForCausalLM", True),
     "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM", False),
 }
 
 
@@ -311,7 +314,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
         if f"tokenizer.ggml.{key}" in meta:
             config[hf_key] = int(meta[f"tokenizer.ggml.{key}"])
     config.update(_rope_scaling(meta, arch, tensors, head_dim, path))
-    if model_type == "qwen2":
+    if model_type in ("qwen2", "qwen3"):
         config["use_sliding_window"] = False  # Qwen2 always has q/k/v biases; no attention_bias key
     else:
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in tensors

@@ -30,7 +30,7 @@ from londi_jax.utils.errors import LondiError
 
 WRITE_DTYPES = ("float32", "bfloat16", "float16")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "gpt_neox": "GPTNeoXForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "gpt_neox": "GPTNeoXForCausalLM"}
 
 
 class HFWriteError(LondiError):
@@ -78,6 +78,10 @@ def _llama_model_type(c: ModelConfig) -> str:
     """The transformers model_type that expresses ``c``'s biases / sliding window (prefers c.model_type)."""
 
     def fits(mt: str) -> bool:
+        if c.qk_norm != (mt == "qwen3"):  # only Qwen3 normalises q and k per head
+            return False
+        if mt == "qwen3":
+            return not (c.qkv_bias or c.o_bias or c.mlp_bias)
         if mt == "llama":
             return c.qkv_bias == c.o_bias and c.sliding_window is None
         if mt == "qwen2":
@@ -86,12 +90,12 @@ def _llama_model_type(c: ModelConfig) -> str:
             return not (c.qkv_bias or c.o_bias or c.mlp_bias)
         return False
 
-    for mt in (c.model_type, "llama", "qwen2", "mistral"):
+    for mt in (c.model_type, "llama", "qwen2", "mistral", "qwen3"):
         if fits(mt):
             return mt
     raise UnsupportedArchitectureError(
         f"no transformers Llama-family config expresses qkv_bias={c.qkv_bias}, o_bias={c.o_bias}, "
-        f"mlp_bias={c.mlp_bias}, sliding_window={c.sliding_window}; such a model cannot be saved as a "
+        f"mlp_bias={c.mlp_bias}, qk_norm={c.qk_norm}, sliding_window={c.sliding_window}; such a model cannot be saved as a "
         f"Hugging Face directory")
 
 
@@ -132,7 +136,9 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
             d.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
         elif mt == "mistral":
             d["sliding_window"] = c.sliding_window
-        else:  # qwen2: q/k/v biases are implied by the model type
+        else:  # qwen2 / qwen3: q/k/v biases (qwen2) or q/k norms (qwen3) are implied by the model type
+            if mt == "qwen3":
+                d["attention_bias"] = False
             d.update(use_sliding_window=c.sliding_window is not None, sliding_window=c.sliding_window,
                      max_window_layers=0)
     d["architectures"] = [ARCHITECTURES[d["model_type"]]]

@@ -187,13 +187,22 @@ class Attention(nnx.Module):
         self.k_proj = lin(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias)
         self.v_proj = lin(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias)
         self.o_proj = lin(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
+        if c.qk_norm:  # Qwen3: RMSNorm over each head's dimensions, before RoPE
+            norm = lambda: nnx.RMSNorm(c.head_dim, epsilon=c.norm_eps, use_fast_variance=False, dtype=dt,  # noqa: E731
+                                       param_dtype=dt, rngs=rngs)
+            self.q_norm, self.k_norm = norm(), norm()
+        else:
+            self.q_norm = self.k_norm = None
 
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         lead = x.shape[:-1]
         n, g, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         inv = np.asarray(self.inv_freq, np.float32)
-        q = apply_rope(self.q_proj(x).reshape(*lead, n * g, d), positions, inv).reshape(*lead, n, g, d)
-        k = apply_rope(self.k_proj(x).reshape(*lead, n, d), positions, inv)
+        q, k = self.q_proj(x).reshape(*lead, n * g, d), self.k_proj(x).reshape(*lead, n, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, inv).reshape(*lead, n, g, d)
+        k = apply_rope(k, positions, inv)
         v = self.v_proj(x).reshape(*lead, n, d)
         return q, k, v
 

@@ -9,6 +9,8 @@ import pytest
 from londi_jax.agents.londi import BudgetViolationError, LondiAgent, episode_specs
 from londi_jax.agents.policy import PolicyOutput
 from londi_jax.agents.prompts import GlamFormat
+from londi_jax.agents.routers import OracleRouter
+from londi_jax.envs.babyai_text.bot import expert_episode
 from londi_jax.envs.babyai_text.prompt import ACTIONS
 
 LEVEL_KW = {"room_size": 5, "num_dists": 1}
@@ -177,3 +179,34 @@ def test_switch_data_scores_each_reached_state_with_quick_once():
     for field in ("obs", "next_obs", "reward", "terminated", "quick_confidence"):
         np.testing.assert_array_equal(np.asarray(getattr(ds, field)), np.asarray(getattr(ref, field)))
     assert len(quick2.seen) - len(quick.seen) == stats["states"] - stats["episodes"] > 0
+
+
+class RecordingOracle(OracleRouter):
+    def __init__(self):
+        self.seen: list[tuple[list, list, list, np.ndarray]] = []
+
+    def decide(self, inp):
+        g = super().decide(inp)
+        self.seen.append((list(inp.quick_actions), list(inp.deep_actions), list(inp.expert_actions), g))
+        return g
+
+
+def test_the_oracle_switch_sees_the_bots_action_and_pays_only_where_deepthink_acts():
+    specs = episode_specs("BabyAI-MixedTrainLocal-v0", 5, seed=11, kinds=["goto", "pickup"], **LEVEL_KW)
+    quick, deep = FakePolicy("q", 0, 10.0), FakePolicy("d", 1, 100.0)  # QUICK turns left, DEEPTHINK right
+    oracle = RecordingOracle()
+    res = LondiAgent(quick, deep, oracle).run(specs, num_envs=2, progress=False)
+    seen_deep = [g for _, _, _, g in oracle.seen]
+    experts = [e for _, _, es, _ in oracle.seen for e in es]
+    switched = int(sum(g.sum() for g in seen_deep))
+    # DEEPTHINK ran in every state (to show the oracle its action), and was called exactly where
+    # the bot said "turn right" (QUICK's "turn left" wrong, DEEPTHINK's right)
+    assert len(deep.seen) == res.env_steps == len(experts)
+    assert switched == sum(e == ACTIONS[1] for e in experts) > 0
+    assert sum(e.deep_calls for e in res.episodes) == switched
+    for e in res.episodes:  # charged its share of the peeking calls: the per-row cost, only where it acted
+        assert e.deep_flops == pytest.approx(100.0 * e.deep_calls)
+        assert e.quick_calls == e.length
+    # the expert it saw is the bot's: at each episode's first state, the bot's first action
+    first = expert_episode("BabyAI-MixedTrainLocal-v0", specs[0].seed, kind=specs[0].kind, **LEVEL_KW)
+    assert oracle.seen[0][2][0] == first.steps[0].action

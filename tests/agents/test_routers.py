@@ -10,6 +10,7 @@ import pytest
 from londi_jax.agents.routers import (
     ConfidenceRouter,
     DeepthinkOnly,
+    OracleRouter,
     QuickOnly,
     RandomRouter,
     RouteInput,
@@ -444,3 +445,20 @@ def test_swiftsage_native_scienceworld_triggers():
     r4.reset(1, 0)
     with pytest.raises(RouterError, match="quick_actions and missions"):
         r4.decide(make_input(1))
+
+
+def test_oracle_calls_deepthink_exactly_where_quick_is_wrong_and_deepthink_right():
+    inp = make_input(6)
+    inp.quick_actions = ["a", "a", "a", "b", "a", "a"]
+    inp.deep_actions = ["a", "b", "c", "b", "b", "b"]
+    inp.expert_actions = ["a", "b", "b", "b", None, "c"]
+    # row 0: both right; 1: QUICK wrong, DEEPTHINK right; 2: both wrong; 3: both right;
+    # 4: no expert here; 5: both wrong
+    assert OracleRouter().decide(inp).tolist() == [False, True, False, False, False, False]
+    assert OracleRouter.peeks_deep and OracleRouter.reads_expert and not OracleRouter.reads_scores
+    assert not QuickOnly.peeks_deep and not SwiftSageRouter.reads_expert
+    with pytest.raises(RouterError, match="deep_actions, expert_actions"):
+        OracleRouter().decide(make_input(2))
+    with pytest.raises(RouterError, match="expert_actions must have one entry per slot"):
+        RouteInput(slots=[0, 1], quick_logprobs=np.zeros((2, K)), features=np.zeros((2, 0)), step=0, max_steps=9,
+                   budget_left=1, budget=1, new_episode=False, expert_actions=["a"])

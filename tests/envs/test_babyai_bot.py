@@ -85,3 +85,35 @@ def test_demos_write_resume_and_refuse(tmp_path):
     (other / "notes.txt").write_text("mine")
     with pytest.raises(DemoDirError):
         write_demos(other, "GoToLocal", 1, progress=False)
+
+
+def test_the_advising_bot_follows_any_agent():
+    """``expert_action()``: followed at every step it is the bot's own episode, action for action;
+    after random detours it still leads to the goal (minigrid's bot replans around the actions it
+    is told of); outside an episode it raises."""
+    import numpy as np
+
+    from londi_jax.envs.babyai_text.env import make_babyai_text
+    from londi_jax.utils.errors import LondiError
+
+    level = "BabyAI-MixedTrainLocal-v0"
+    for seed in range(12):
+        env = make_babyai_text(level, seed=seed)
+        env.reset(seed=seed)
+        taken = []
+        while (a := env.expert_action()) is not None:
+            assert env.expert_action() == a  # asking twice in one state does not replan twice
+            taken.append(a)
+            if env.step(a).done:
+                break
+        assert taken == [s.action for s in expert_episode(level, seed).steps]
+        rng = np.random.default_rng(seed)
+        env.reset(seed=seed)
+        for k in range(200):  # 4 random actions, then the bot's advice
+            a = env.expert_action()
+            out = env.step(ACTIONS[int(rng.integers(len(ACTIONS)))] if k < 4 else a)
+            if out.done:
+                break
+        assert out.terminated and out.info["success"], seed
+        with pytest.raises(LondiError, match="call reset"):
+            env.expert_action()

@@ -219,3 +219,43 @@ def test_env_pool_keeps_the_jvms_between_runs():
         run_episodes(specs[::-1], FirstValid(), num_envs=2, progress=False, pool=pool)
         assert sorted(sw.live_jvm_pids(TAG)) == before  # the same two JVMs served the second run
     assert sw.live_jvm_pids(TAG) == []
+
+
+class FollowExpert(FirstValid):
+    """Takes the expert's action (the gold path) where there is one, else the first valid action."""
+
+    wants_expert = True
+
+    def __init__(self, detour_at: int | None = None):
+        super().__init__()
+        self.experts, self.detour_at = [], detour_at
+
+    def act(self, batch):
+        self.experts += batch.experts
+        dec = super().act(batch)
+        for j, (s, e) in enumerate(zip(batch.states, batch.experts)):
+            if e is not None and s.step != self.detour_at:
+                dec.actions[j] = e
+        return dec
+
+
+def test_the_gold_path_expert_leads_to_full_score_and_leaves_with_the_path():
+    """``expert_action()`` gives the gold path as valid actions: 4-1's path ends with "move egg
+    turtle egg in inventory to orange box" where the valid action is "move egg turtle to orange
+    box", and opens doors that "easy" has opened already (skipped). Followed, it scores 100 in
+    every variation; one step off the path, it says nothing more."""
+    specs = [ScienceWorldEpisode(t, v, "test", step_limit=30, gold_path=True) for t, v in (("4-1", 225), ("4-2", 226))]
+    follow = FollowExpert()
+    res = run_episodes(specs, follow, num_envs=1, progress=False)
+    assert [e.score for e in res.episodes] == [100.0, 100.0]
+    assert all(e is not None for e in follow.experts)
+    assert "move egg turtle to orange box" in follow.experts and not any(e.startswith("open door") for e in follow.experts)
+    assert all(e in s.valid_actions for e, s in zip(follow.experts, follow.states))
+    detour = FollowExpert(detour_at=1)
+    res = run_episodes(specs[:1], detour, num_envs=1, progress=False)
+    assert detour.experts[0] is not None and detour.experts[2:] == [None] * (len(detour.experts) - 2)
+    assert res.episodes[0].score < 100
+    # without a gold path there is no expert, said before any step
+    with pytest.raises(sw.ScienceWorldError, match="gold_path=True"):
+        run_episodes([ScienceWorldEpisode("4-1", 225, "test", step_limit=3)], FollowExpert(), progress=False)
+    assert sw.live_jvm_pids(TAG) == []

@@ -436,7 +436,7 @@ def test_every_stage_shows_progress(tiny_run):
                 "QUICK-only s0", "LONDI-B n=1 s0"):
         assert bar in err, bar
     total = re.search(r"\[1/(\d+)\] QUICK-only", err).group(1)  # evaluation counts finished runs
-    assert f"[{total}/{total}] SwiftSage" in err and int(total) >= 11
+    assert f"[{total}/{total}] Oracle (expert)" in err and int(total) >= 12
 
 
 def test_stages_demos_summary_lists_only_outputs_that_exist(tmp_path, capsys):

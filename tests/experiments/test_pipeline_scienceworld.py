@@ -42,7 +42,7 @@ def test_every_stage_runs_on_scienceworld(sw_run):
     meta = results["meta"]
     assert (meta["env"], meta["quality"], meta["split"], meta["step_limit"]) == ("scienceworld", "score", "test", 5)
     methods = {r["method"] for r in results["runs"]}
-    assert {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "SwiftSage"} <= methods
+    assert {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "SwiftSage", "Oracle"} <= methods
     for r in results["runs"]:
         assert [e["kind"] for e in r["episodes"]] == ["4-1", "7-1"]  # the same episodes for every method
         for e in r["episodes"]:
@@ -50,6 +50,9 @@ def test_every_stage_runs_on_scienceworld(sw_run):
             assert 1 <= e["length"] <= 5 and not e["lost"]
         if r["method"] == "SwiftSage":
             assert r["params"] == {"native": True}
+        if r["method"] == "Oracle":  # the gold path is the expert
+            assert r["params"] == {"expert": "gold path (while followed)"}
+            assert all(e["deep_calls"] <= e["length"] == e["quick_calls"] for e in r["episodes"])
         if r["method"] == "LONDI-B":
             assert all(e["deep_calls"] <= 1 for e in r["episodes"])
     summary = json.loads((sw_run / "report" / "summary.json").read_text())

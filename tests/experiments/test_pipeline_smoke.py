@@ -13,7 +13,8 @@ from londi_jax.cli import main
 from londi_jax.experiments.config import preset
 from londi_jax.experiments.pipeline import Pipeline, PipelineError
 
-METHODS = {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "Classifier", "SwiftSage"}
+METHODS = {"QUICK-only", "DEEPTHINK-only", "LONDI", "LONDI-B", "Random", "Threshold", "Classifier", "SwiftSage",
+           "Oracle"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ def test_outputs_exist_and_are_well_formed(run_dir):
                 assert e["deep_calls"] == e["length"] and e["quick_calls"] == 0
             if r["method"] == "LONDI-B":
                 assert e["deep_calls"] <= r["params"]["budget"] and not e["violated"]
+            if r["method"] == "Oracle":  # QUICK acts where DEEPTHINK is not called; only those calls are paid
+                assert e["quick_calls"] == e["length"] and e["deep_calls"] <= e["length"]
     table = (run_dir / "report" / "results_table.md").read_text()
     for m in METHODS:
         assert m in table
@@ -48,6 +51,7 @@ def test_outputs_exist_and_are_well_formed(run_dir):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     assert {t["name"] for t in summary["targets"]} >= {"deep_beats_quick", "londi_b_no_violations"}
+    assert "## Against the oracle switch" in table and {c["method"] for c in summary["oracle"]} >= {"LONDI", "Random"}
     logs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert any(row["prefix"].startswith("bc/") for row in logs)
     assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tb").iterdir())

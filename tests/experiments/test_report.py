@@ -579,3 +579,24 @@ def test_londi_must_beat_swiftsage_outside_its_interval():
     assert t["value"] == pytest.approx(expected) and t["threshold"] == pytest.approx(0.56) and t["passed"]
     rows[-1].score_hi = 0.7  # SwiftSage's interval reaches above LONDI: not outside it
     assert not by_name(R.targets(rows, quality="score", outside_ci=True, swiftsage=True))["londi_beats_swiftsage"]["passed"]
+
+
+def test_oracle_comparison_shares_of_the_oracles_gain(tmp_path):
+    rows = _base_rows() + [mkrow("Oracle (expert)", "Oracle", 0.90, 0.20, 0.75, expert="bot")]
+    cmp = {c["label"]: c for c in R.oracle_comparison(rows)}
+    # QUICK 0.40, oracle 0.90: a gain of 0.50 to share; QUICK-only, DEEPTHINK-only and the oracle are not listed
+    assert set(cmp) == {"R.2", "R.6", "LONDI c=0.05", "LONDI-B b=2"}
+    assert cmp["LONDI c=0.05"]["gain_share"] == pytest.approx((0.78 - 0.40) / 0.50)
+    assert cmp["LONDI c=0.05"]["call_ratio"] == pytest.approx(0.25 / 0.20)
+    assert cmp["R.2"]["gain_share"] == pytest.approx(0.10 / 0.50)
+    assert R.oracle_comparison(_base_rows()) == []  # no oracle row: nothing to compare
+    flat = _base_rows() + [mkrow("Oracle (expert)", "Oracle", 0.40, 0.0, 0.9)]
+    assert all(c["gain_share"] is None and c["call_ratio"] is None for c in R.oracle_comparison(flat))
+    # the oracle sorts after every other family, and the report writes the comparison
+    assert R.sort_rows(rows)[-1].method == "Oracle"
+    res = _ordering_results()
+    res["runs"].append(run("Oracle", "Oracle (expert)", 0, [ep(deep=1), ep(kind="open", deep=1)], expert="bot"))
+    paths = R.write_report(res, tmp_path)
+    assert "## Against the oracle switch" in paths["table"].read_text()
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["oracle"] and all(c["label"] != "Oracle (expert)" for c in summary["oracle"])

@@ -45,7 +45,7 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, 
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1,
               max_position_embeddings=128)
-KINDS = ("llama", "llama3_tied", "qwen2", "mistral", "neox_parallel", "neox_sequential")
+KINDS = ("llama", "llama3_tied", "qwen2", "qwen3", "mistral", "neox_parallel", "neox_sequential")
 
 
 def hf_config(kind: str):
@@ -59,6 +59,8 @@ def hf_config(kind: str):
                              **COMMON)
     if kind == "qwen2":
         return T.Qwen2Config(num_key_value_heads=2, **COMMON)
+    if kind == "qwen3":  # heads wider than hidden / heads, as in the real Qwen3 models
+        return T.Qwen3Config(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, **COMMON)
     if kind == "mistral":
         return T.MistralConfig(num_key_value_heads=2, sliding_window=None, **COMMON)
     if kind.startswith("neox"):

@@ -81,6 +81,29 @@ def test_qwen2_is_not_unpermuted_and_has_biases(tiny_gguf):
         np.testing.assert_array_equal(ck.tensors[name], want, err_msg=name)
 
 
+def test_qwen3_has_per_head_q_k_norms_and_wide_heads(tiny_gguf):
+    from londi_jax.lm import load_gguf
+
+    path, info = tiny_gguf(arch="qwen3", pre="qwen2", quant="Q8_0", tie=False)
+    ck = read_gguf(path)
+    assert ck.config["model_type"] == "qwen3" and ck.config["head_dim"] == info["head_dim"] == 128
+    assert set(ck.tensors) == set(info["tensors"]) and "model.layers.1.self_attn.k_norm.weight" in ck.tensors
+    for name, want in info["tensors"].items():  # not unpermuted (llama.cpp keeps Qwen's q/k rows as they are)
+        np.testing.assert_array_equal(ck.tensors[name], want, err_msg=name)
+    # transformers' own GGUF reader and PyTorch Qwen3 give the logits we give
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    lm = load_gguf(path, progress=False)
+    assert lm.config.qk_norm and lm.config.family == "llama"
+    rows = [[5, 9, 33, 70, 101], [7, 8, 9]]
+    for ours, row in zip(lm.logits(rows), rows):
+        with torch.no_grad():
+            theirs = ref(torch.tensor([row])).logits[0].float().numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 def test_transformers_reads_the_tiny_file_like_we_do(tiny_gguf):
     """transformers' own GGUF reader (independent unpermute) gives the same tensors."""
     from transformers import AutoModelForCausalLM

@@ -37,7 +37,7 @@ def torch_model(path):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama3_tied", "qwen2", "neox_parallel", "neox_sequential"])
+@pytest.mark.parametrize("kind", ["llama", "llama3_tied", "qwen2", "qwen3", "neox_parallel", "neox_sequential"])
 def test_transformers_checkpoint_roundtrip(root, kind):
     src, ref = save_tiny(root / "src", kind)
     lm = load_hf_directory(src, progress=False)

@@ -53,6 +53,42 @@ def subgoal_text(subgoal: bb.Subgoal | None, env: Any) -> str:
     return type(subgoal).__name__.removesuffix("Subgoal").lower()
 
 
+class BotAdvisor:
+    """The BabyAI bot in advising mode: the expert's action from whatever state the agent reached.
+
+    minigrid's bot plans with a subgoal stack and, told the action the agent actually took
+    (``replan(action_taken)``), undoes or replans around it (``Subgoal.replan_after_action``), so
+    it advises an agent that does not follow it. ``action(step, last_action)`` must be called
+    once per env step, from the episode's first step on (the bot only sees the actions it is
+    told of). A bot that raises in a corner case gives ``None`` (no advice) for the rest of the
+    episode, as does its "done" when the mission is not yet achieved. Following the advice at
+    every step reproduces ``run_bot_episode``'s actions.
+    """
+
+    def __init__(self, env: BabyAITextEnv):
+        self.bot = bb.BabyAIBot(env.unwrapped)
+        self.error: str | None = None
+        self._step, self._action = -1, None
+
+    def action(self, step: int, last_action: str | None) -> str | None:
+        """The bot's action at ``step`` (the env's step count), ``last_action`` being the action
+        the agent took to get there (None at the first step). Repeated calls at one step give the
+        same answer without replanning again."""
+        if step == self._step:
+            return self._action
+        action = None
+        if self._step < 0:  # the bot's first plan: it has no previous state to judge an action by
+            last_action = None
+        if self.error is None:
+            try:
+                idx = int(self.bot.replan(None if last_action is None else ACTIONS.index(last_action)))
+                action = ACTIONS[idx] if idx < len(ACTIONS) else None  # "done": no valid action to advise
+            except Exception as exc:  # noqa: BLE001 - the bot's rare unsolvable corner cases
+                self.error = f"{type(exc).__name__}: {exc}"
+        self._step, self._action = step, action
+        return action
+
+
 @dataclasses.dataclass
 class ExpertStep:
     """One expert step: what the agent saw and what the bot did (and why)."""

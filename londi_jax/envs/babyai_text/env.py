@@ -123,6 +123,8 @@ class BabyAITextEnv:
             self._build(seed)
         self._mission = ""
         self._done = True
+        self._advisor: Any = None  # the bot advising this episode (built on the first expert_action)
+        self._last_action: str | None = None
 
     def _build(self, seed: int | None) -> None:
         self.gym_env = BabyAITextWrapper(make_level(self.level, seed=seed, **self._level_kwargs))
@@ -154,6 +156,7 @@ class BabyAITextEnv:
         obs, info = self.gym_env.reset(seed=seed)
         self._mission = obs["mission"]
         self._done = False
+        self._advisor, self._last_action = None, None
         info["success"] = False
         return TextReset(
             observation=_join(info["descriptions"]),
@@ -171,6 +174,7 @@ class BabyAITextEnv:
             raise LondiError("BabyAI-Text episode is over (or never started): call reset() before step()")
         obs, reward, terminated, truncated, info = self.gym_env.step(idx)
         self._done = terminated or truncated
+        self._last_action = action
         return TextStep(
             observation=_join(info["descriptions"]),
             reward=float(reward),
@@ -181,6 +185,20 @@ class BabyAITextEnv:
 
     def valid_actions(self) -> list[str]:
         return list(ACTIONS)
+
+    def expert_action(self) -> str | None:
+        """The BabyAI bot's action in the current state (``bot.BotAdvisor``: the bot told of
+        every action this episode took, so it advises from off its own path too), or None where
+        it has no advice (its rare failures, or "done" before the mission is achieved). Call it at
+        every step of an episode from the first: the bot follows the episode through these calls.
+        Raises ``LondiError`` outside an episode."""
+        if self._done or self.gym_env is None:
+            raise LondiError("expert_action() needs an episode in progress: call reset() first")
+        if self._advisor is None:
+            from londi_jax.envs.babyai_text.bot import BotAdvisor  # bot.py builds on this module
+
+            self._advisor = BotAdvisor(self)
+        return self._advisor.action(int(self.unwrapped.step_count), self._last_action)
 
     def close(self) -> None:
         if self.gym_env is not None:

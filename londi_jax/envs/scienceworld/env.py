@@ -18,6 +18,7 @@ from londi_jax.envs.scienceworld.tasks import (
     resolve_task,
 )
 from londi_jax.utils.errors import UnknownNameError
+from londi_jax.utils.text import nearest_action
 
 _AMBIGUOUS = "Ambiguous request"
 
@@ -77,6 +78,9 @@ class ScienceWorldTextEnv:
         self._steps = 0
         self._history: list[str] = []  # actions of the current episode (replayed by ``branch``)
         self._shadow: ScienceWorldTextEnv | None = None  # the JVM ``branch`` replays in (lazy)
+        self._gold: list[str] | None = None  # the episode's gold path (reset with gold_path=True)
+        self._gold_at: int | None = None  # next gold action while the episode follows the path, else None
+        self._valid_now: frozenset[str] | None = None  # valid actions of the current state, where listed
 
     def set_task(self, task: str | int) -> None:
         """Switch this env (and its JVM) to another task; the split, simplifications and step
@@ -197,11 +201,14 @@ class ScienceWorldTextEnv:
         self._steps = 0
         self._history = []
         self._done = False
+        self._gold = [str(a) for a in sim.server.getGoldActionSequence()] if gold else None
+        self._gold_at = 0
         info = self._base_info() | {"score": self._score, "moves": int(sim.server.getNumMoves()), "success": False,
                                     "task_description": sim.get_task_description()}
         if not with_valid:
             info["valid_actions_skipped"] = True
         valid = self._valid() if with_valid else []
+        self._valid_now = frozenset(valid) if with_valid else None
         return TextReset(observation=obs, mission=info["task_description"], valid_actions=valid, info=self._extras(info))
 
     def step(self, action: str, *, with_valid: bool = False) -> TextStep:
@@ -213,6 +220,10 @@ class ScienceWorldTextEnv:
         if self._done:
             raise ScienceWorldError("the ScienceWorld episode is over (or never started): call reset() before step()")
         info = self._base_info()
+        if self._gold is not None and self._gold_at is not None:  # does the episode still follow the gold path?
+            p, want = self._gold_next()
+            self._gold_at = p + 1 if want is not None and action == want else None
+        self._valid_now = None
         try:
             server = self._sim.server
             try:
@@ -228,6 +239,7 @@ class ScienceWorldTextEnv:
             info["moves"] = int(server.getNumMoves())
             if with_valid:
                 info["valid_actions"] = self._valid()
+                self._valid_now = frozenset(info["valid_actions"])
             self._extras(info)
         except Py4JError as err:  # the JVM died or hung: this episode is lost
             return self._lost(info, err)
@@ -307,9 +319,41 @@ class ScienceWorldTextEnv:
         """The simulator's gold action sequence for the current episode (needs a gold path)."""
         if self.variation is None:
             raise ScienceWorldError("call reset() before gold_actions()")
-        if not self._sim.goldPathGenerated:
+        if self._gold is None:
             raise ScienceWorldError("no gold path for this episode: reset(..., gold_path=True) or create the env with gold_path=True")
-        return [str(a) for a in self._sim.server.getGoldActionSequence()]
+        return list(self._gold)
+
+    def _gold_next(self) -> tuple[int, str | None]:
+        """The next gold action to take as a valid action of the current state, and its index in
+        the gold path. The path is written in the simulator's own object names, not always the
+        valid actions' ("move egg turtle egg in inventory to orange box" where the valid action
+        is "move egg turtle to orange box"), so an action that is not valid maps to the nearest
+        valid one (``utils.text.nearest_action``); an "open door" that is not valid is skipped,
+        as the "easy" simplifications open every door and the step is a no-op. Where the valid
+        actions were not listed the gold string is given as it is."""
+        p = self._gold_at
+        while p < len(self._gold):
+            gold = self._gold[p]
+            if self._valid_now is None or gold in self._valid_now:
+                return p, gold
+            if not gold.startswith("open door"):
+                options = sorted(self._valid_now)
+                return p, options[nearest_action(gold, options)[0]]
+            p += 1
+        return p, None
+
+    def expert_action(self) -> str | None:
+        """The gold path's next action (as a valid action: ``_gold_next``) while this episode has
+        followed the path exactly, None once it left the path or the path is done: the gold path
+        says nothing about other states. Needs a gold path (``reset(..., gold_path=True)``,
+        ``ScienceWorldEpisode(..., gold_path=True)``); without one, or outside an episode, raises
+        ``ScienceWorldError``."""
+        if self._done or self.variation is None:
+            raise ScienceWorldError("expert_action() needs an episode in progress: call reset() first")
+        if self._gold is None:
+            raise ScienceWorldError("no gold path for this episode, so no expert: reset(..., gold_path=True) or "
+                                    "ScienceWorldEpisode(..., gold_path=True)")
+        return None if self._gold_at is None else self._gold_next()[1]
 
     def look(self) -> str:
         """The room description (free: takes no time in the simulator)."""

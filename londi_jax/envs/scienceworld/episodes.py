@@ -29,6 +29,7 @@ class ScienceWorldEpisode:
     simplifications: str = "easy"
     step_limit: int = 100
     with_valid: bool = True
+    gold_path: bool = False  # the simulator computes the gold path on reset (the expert, ``expert_action``)
 
     def __post_init__(self) -> None:
         # checked here, before any JVM starts (a reused env would otherwise skip the env's own checks)
@@ -65,7 +66,7 @@ class ScienceWorldEpisode:
         else:
             env.set_task(self.task)
             env.step_limit, env.with_look_inventory = self.step_limit, True
-        first = env.reset(variation=self.variation, with_valid=self.with_valid)
+        first = env.reset(variation=self.variation, with_valid=self.with_valid, gold_path=self.gold_path)
         first.info["max_steps"] = self.step_limit
         return env, first
 
