@@ -1,6 +1,6 @@
 """Static model configuration shared by every LM family, read from a transformers ``config.json``.
 
-One frozen, hashable dataclass describes both families (``llama`` and ``gpt_neox``); it is part of
+One frozen, hashable dataclass describes every family (``llama``, ``gpt_neox``, ``gemma3``); it is part of
 the NNX graph definition, so everything in it is static (shapes, counts, flags) and never traced.
 """
 
@@ -20,8 +20,11 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "mistral": "llama",
     "qwen2": "llama",
     "qwen3": "llama",
+    "gemma3_text": "gemma3",
     "gpt_neox": "gpt_neox",
 }
+FAMILIES = ("llama", "gpt_neox", "gemma3")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 SUPPORTED_ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
@@ -48,7 +51,16 @@ class ModelConfig:
     (== ``head_dim`` for full rotary, smaller for GPT-NeoX partial rotary). ``qkv_bias`` adds biases
     to the q/k/v projections (Qwen2, GPT-NeoX, Llama ``attention_bias``); ``o_bias`` to the output
     projection. ``qk_norm``: an RMSNorm over ``head_dim`` on every query and key head before RoPE
-    (Qwen3, ``self_attn.q_norm`` / ``k_norm``). ``dtype`` is the default parameter/activation dtype ('float32' or 'bfloat16').
+    (Qwen3, Gemma 3, ``self_attn.q_norm`` / ``k_norm``).
+
+    Sliding-window attention: ``layer_types[i]`` is ``"sliding_attention"`` (query at position p
+    attends keys at positions ``p - sliding_window < q <= p``, transformers' rule) or
+    ``"full_attention"``; None = every layer full. Gemma 3 interleaves them (5 sliding, 1 global)
+    with their own RoPE bases: ``rope_local_theta`` for sliding layers, ``rope_theta`` (and
+    ``rope_scaling``) for global ones. ``query_pre_attn_scalar``: attention logits scale by its
+    ``-1/2`` power instead of ``head_dim``'s. ``embed_scale``: token embeddings times
+    ``sqrt(hidden_size)`` (Gemma; the tied LM head reads them unscaled). ``post_norms``: RMSNorms
+    on the attention and MLP outputs before the residual adds (Gemma 2/3's "sandwich"). ``dtype`` is the default parameter/activation dtype ('float32' or 'bfloat16').
     """
 
     family: str
@@ -69,6 +81,11 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
+    embed_scale: bool = False
+    post_norms: bool = False
     parallel_residual: bool = False
     hidden_act: str = "silu"
     max_position_embeddings: int = 2048
@@ -80,10 +97,12 @@ class ModelConfig:
     model_type: str = ""
 
     def __post_init__(self) -> None:
-        if self.family not in ("llama", "gpt_neox"):
+        if self.family not in FAMILIES:
             raise UnsupportedArchitectureError(
-                f"unknown model family {self.family!r}; supported families: llama, gpt_neox"
+                f"unknown model family {self.family!r}; supported families: {', '.join(FAMILIES)}"
             )
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(str(t) for t in self.layer_types))
         if self.rotary_dim is None:
             object.__setattr__(self, "rotary_dim", self.head_dim)
         if self.rope_scaling is not None:
@@ -110,6 +129,14 @@ class ModelConfig:
                 or not all(0 < f < float("inf") for f in self.rope_freq_factors)):
             problems.append(f"rope_freq_factors must be rotary_dim/2 = {self.rotary_dim // 2} positive finite "
                             f"numbers, got {len(self.rope_freq_factors)} values")
+        if self.layer_types is not None:
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if len(self.layer_types) != self.num_layers or bad:
+                problems.append(f"layer_types must give one of {', '.join(LAYER_TYPES)} for each of the "
+                                f"{self.num_layers} layers, got {len(self.layer_types)} entries"
+                                + (f" with unknown types {bad}" if bad else ""))
+            elif "sliding_attention" in self.layer_types and not (self.sliding_window or 0) > 0:
+                problems.append("sliding_attention layers need a positive sliding_window")
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             problems.append(
                 f"hidden_act {self.hidden_act!r} unsupported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
@@ -129,11 +156,12 @@ class ModelConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def context_window(self) -> int:
-        """Longest sequence this implementation computes exactly (sliding window not implemented,
-        so a Mistral-style window caps the usable context)."""
-        if self.sliding_window:
-            return min(self.max_position_embeddings, int(self.sliding_window))
+        """Longest sequence the model was built for (sliding-window layers are exact at any length)."""
         return self.max_position_embeddings
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether layer ``layer`` attends through the sliding window."""
+        return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -151,7 +179,8 @@ class ModelConfig:
     # ------------------------------------------------------------------ transformers config.json
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any], dtype: str = "float32") -> ModelConfig:
-        """Read a transformers ``config.json`` dict (model_type llama, mistral, qwen2, qwen3, gpt_neox).
+        """Read a transformers ``config.json`` dict (model_type llama, mistral, qwen2, qwen3, gemma3_text,
+        gpt_neox).
 
         Accepts both the transformers v4 keys (``rope_theta``, ``rope_scaling``, ``rotary_pct``) and
         the v5 ``rope_parameters`` dict.
@@ -176,6 +205,10 @@ class ModelConfig:
         head_dim = int(d.get("head_dim") or hidden // heads)
 
         rope_params = dict(d.get("rope_parameters") or {})
+        local_params: dict[str, Any] = {}
+        if "full_attention" in rope_params or "sliding_attention" in rope_params:  # v5: one set per layer type
+            local_params = dict(rope_params.get("sliding_attention") or {})
+            rope_params = dict(rope_params.get("full_attention") or {})
         legacy_scaling = d.get("rope_scaling")
         if legacy_scaling and not rope_params:
             rope_params = dict(legacy_scaling)
@@ -191,14 +224,29 @@ class ModelConfig:
         partial = rope_params.get("partial_rotary_factor", d.get("partial_rotary_factor", d.get("rotary_pct", 1.0)))
         rotary_dim = int(head_dim * float(partial))
 
-        sliding = None
-        if model_type == "mistral" or (model_type in ("qwen2", "qwen3") and d.get("use_sliding_window")):
+        n_layers = int(need("num_hidden_layers"))
+        sliding, layer_types = None, None
+        if model_type in ("mistral", "gemma3_text") or (model_type in ("qwen2", "qwen3") and d.get("use_sliding_window")):
             sliding = d.get("sliding_window")
+        if sliding:  # which layers slide: the config's list, else transformers' rule for the model type
+            if d.get("layer_types"):
+                layer_types = tuple(d["layer_types"])
+            elif model_type == "gemma3_text":  # every `pattern`-th layer global
+                pattern = int(d.get("sliding_window_pattern") or d.get("_sliding_window_pattern") or 6)
+                layer_types = tuple("full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                    for i in range(n_layers))
+            elif model_type == "mistral":
+                layer_types = ("sliding_attention",) * n_layers
+            else:  # Qwen: layers from max_window_layers on
+                first = int(d.get("max_window_layers") or 0)
+                layer_types = tuple("sliding_attention" if i >= first else "full_attention" for i in range(n_layers))
+            if "sliding_attention" not in layer_types:
+                sliding, layer_types = None, None
 
         common = dict(
             vocab_size=int(need("vocab_size")),
             hidden_size=hidden,
-            num_layers=int(need("num_hidden_layers")),
+            num_layers=n_layers,
             num_heads=heads,
             num_kv_heads=int(d.get("num_key_value_heads") or heads),
             head_dim=head_dim,
@@ -208,9 +256,10 @@ class ModelConfig:
             rope_freq_factors=d.get("rope_freq_factors") or None,
             rotary_dim=rotary_dim,
             tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-            hidden_act=str(d.get("hidden_act", "silu")),
+            hidden_act=str(d.get("hidden_act") or d.get("hidden_activation") or "silu"),
             max_position_embeddings=int(d.get("max_position_embeddings") or 2048),
             sliding_window=int(sliding) if sliding else None,
+            layer_types=layer_types,
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
             pad_token_id=d.get("pad_token_id"),
@@ -230,6 +279,26 @@ class ModelConfig:
                 **common,
             )
         attention_bias = bool(d.get("attention_bias", False))
+        if family == "gemma3":
+            for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+                if d.get(key) is not None:
+                    raise UnsupportedArchitectureError(f"{key}={d[key]} (Gemma 2) is not implemented; Gemma 3 has none")
+            if d.get("use_bidirectional_attention"):
+                raise UnsupportedArchitectureError("use_bidirectional_attention=True (EmbeddingGemma, an encoder) is not "
+                                                   "a causal LM; only causal Gemma 3 models are supported")
+            local = float(local_params.get("rope_theta", d.get("rope_local_base_freq", 10000.0)))
+            return cls(
+                family=family,
+                norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+                qkv_bias=attention_bias,
+                o_bias=attention_bias,
+                qk_norm=True,
+                rope_local_theta=local,
+                query_pre_attn_scalar=float(d.get("query_pre_attn_scalar") or head_dim),
+                embed_scale=True,
+                post_norms=True,
+                **common,
+            )
         return cls(
             family=family,
             norm_eps=float(d.get("rms_norm_eps", 1e-6)),

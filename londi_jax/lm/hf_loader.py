@@ -24,6 +24,7 @@ from flax import nnx, traverse_util
 from tqdm.auto import tqdm
 
 from londi_jax.lm.config import SUPPORTED_DTYPES, ConfigError, ModelConfig
+from londi_jax.lm.gemma3 import Gemma3ForCausalLM
 from londi_jax.lm.gpt_neox import GPTNeoXForCausalLM
 from londi_jax.lm.layers import CausalLM, jnp_dtype
 from londi_jax.lm.llama import LlamaForCausalLM
@@ -34,7 +35,8 @@ class CheckpointError(LondiError):
     """A checkpoint is missing, corrupt, or does not match its config."""
 
 
-MODEL_CLASSES: dict[str, type[CausalLM]] = {"llama": LlamaForCausalLM, "gpt_neox": GPTNeoXForCausalLM}
+MODEL_CLASSES: dict[str, type[CausalLM]] = {"llama": LlamaForCausalLM, "gpt_neox": GPTNeoXForCausalLM,
+                                             "gemma3": Gemma3ForCausalLM}
 
 
 def model_class(config: ModelConfig) -> type[CausalLM]:
@@ -97,8 +99,8 @@ def _lin(pattern: str, target: str, out: str, inp: str, when=lambda c: True, bia
     return rules
 
 
-def _norm(pattern: str, target: str, with_bias: bool) -> list[_Rule]:
-    rules = [_Rule(pattern + r"\.weight", ((target + ".scale", _identity),), lambda c: _dims(c, "hidden_size"))]
+def _norm(pattern: str, target: str, with_bias: bool, size: str = "hidden_size") -> list[_Rule]:
+    rules = [_Rule(pattern + r"\.weight", ((target + ".scale", _identity),), lambda c: _dims(c, size))]
     if with_bias:
         rules.append(_Rule(pattern + r"\.bias", ((target + ".bias", _identity),), lambda c: _dims(c, "hidden_size")))
     return rules
@@ -133,6 +135,33 @@ LLAMA_RULES: tuple[_Rule, ...] = tuple(
               "intermediate_size", bias_when=lambda c: c.mlp_bias),
     ]
 )
+_G = rf"model\.layers\.{L}"
+GEMMA3_RULES: tuple[_Rule, ...] = tuple(
+    [
+        _Rule(r"model\.embed_tokens\.weight", (("embed.embedding", _identity),),
+              lambda c: _dims(c, "vocab_size", "hidden_size")),
+        *_lin(r"lm_head", "lm_head", "vocab_size", "hidden_size", when=lambda c: not c.tie_embeddings),
+        *_norm(r"model\.norm", "final_norm", False),
+        *_norm(rf"{_G}\.input_layernorm", "layers.{i}.attn_norm", False),
+        *_norm(rf"{_G}\.post_attention_layernorm", "layers.{i}.post_attn_norm", False),
+        *_norm(rf"{_G}\.pre_feedforward_layernorm", "layers.{i}.mlp_norm", False),
+        *_norm(rf"{_G}\.post_feedforward_layernorm", "layers.{i}.post_mlp_norm", False),
+        *_norm(rf"{_G}\.self_attn\.q_norm", "layers.{i}.attn.q_norm", False, "head_dim"),
+        *_norm(rf"{_G}\.self_attn\.k_norm", "layers.{i}.attn.k_norm", False, "head_dim"),
+        *_lin(rf"{_G}\.self_attn\.q_proj", "layers.{i}.attn.q_proj", "q_out", "hidden_size",
+              bias_when=lambda c: c.qkv_bias),
+        *_lin(rf"{_G}\.self_attn\.k_proj", "layers.{i}.attn.k_proj", "kv_out", "hidden_size",
+              bias_when=lambda c: c.qkv_bias),
+        *_lin(rf"{_G}\.self_attn\.v_proj", "layers.{i}.attn.v_proj", "kv_out", "hidden_size",
+              bias_when=lambda c: c.qkv_bias),
+        *_lin(rf"{_G}\.self_attn\.o_proj", "layers.{i}.attn.o_proj", "hidden_size", "q_out",
+              bias_when=lambda c: c.o_bias),
+        *_lin(rf"{_G}\.mlp\.gate_proj", "layers.{i}.mlp.gate_proj", "intermediate_size", "hidden_size"),
+        *_lin(rf"{_G}\.mlp\.up_proj", "layers.{i}.mlp.up_proj", "intermediate_size", "hidden_size"),
+        *_lin(rf"{_G}\.mlp\.down_proj", "layers.{i}.mlp.down_proj", "hidden_size", "intermediate_size"),
+    ]
+)
+
 # buffers some exporters store; they carry no learned weights
 LLAMA_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 
@@ -162,7 +191,8 @@ NEOX_IGNORED = (
     r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
 )
 
-WEIGHT_RULES = {"llama": (LLAMA_RULES, LLAMA_IGNORED), "gpt_neox": (NEOX_RULES, NEOX_IGNORED)}
+WEIGHT_RULES = {"llama": (LLAMA_RULES, LLAMA_IGNORED), "gpt_neox": (NEOX_RULES, NEOX_IGNORED),
+                "gemma3": (GEMMA3_RULES, LLAMA_IGNORED)}
 
 
 def _path(template: str, i: str | None) -> tuple[str | int, ...]:

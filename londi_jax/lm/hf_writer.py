@@ -30,7 +30,7 @@ from londi_jax.utils.errors import LondiError
 
 WRITE_DTYPES = ("float32", "bfloat16", "float16")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM", "gpt_neox": "GPTNeoXForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "gpt_neox": "GPTNeoXForCausalLM"}
 
 
 class HFWriteError(LondiError):
@@ -83,7 +83,7 @@ def _llama_model_type(c: ModelConfig) -> str:
         if mt == "qwen3":
             return not (c.qkv_bias or c.o_bias or c.mlp_bias)
         if mt == "llama":
-            return c.qkv_bias == c.o_bias and c.sliding_window is None
+            return c.qkv_bias == c.o_bias and c.layer_types is None
         if mt == "qwen2":
             return c.qkv_bias and not c.o_bias and not c.mlp_bias
         if mt == "mistral":
@@ -97,6 +97,11 @@ def _llama_model_type(c: ModelConfig) -> str:
         f"no transformers Llama-family config expresses qkv_bias={c.qkv_bias}, o_bias={c.o_bias}, "
         f"mlp_bias={c.mlp_bias}, qk_norm={c.qk_norm}, sliding_window={c.sliding_window}; such a model cannot be saved as a "
         f"Hugging Face directory")
+
+
+def _int_if_whole(x: float | None) -> float | int | None:
+    """transformers' strict configs type some scalars as int (Gemma 3's query_pre_attn_scalar)."""
+    return int(x) if x is not None and float(x).is_integer() else x
 
 
 def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
@@ -114,7 +119,19 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         eos_token_id=list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id,
         dtype="float32", use_cache=True,
     )
-    if c.family == "gpt_neox":
+    if c.family == "gemma3":
+        if c.qkv_bias != c.o_bias or c.mlp_bias:
+            raise UnsupportedArchitectureError(f"transformers' Gemma 3 has equal q/k/v/o biases and none in the MLP; "
+                                               f"this model has qkv_bias={c.qkv_bias}, o_bias={c.o_bias}, "
+                                               f"mlp_bias={c.mlp_bias}")
+        d.update(model_type="gemma3_text", head_dim=c.head_dim, num_key_value_heads=c.num_kv_heads,
+                 rms_norm_eps=c.norm_eps, hidden_activation=c.hidden_act, attention_bias=c.qkv_bias,
+                 query_pre_attn_scalar=_int_if_whole(c.query_pre_attn_scalar), sliding_window=c.sliding_window or 4096,
+                 layer_types=list(c.layer_types or ("full_attention",) * c.num_layers),
+                 final_logit_softcapping=None, attn_logit_softcapping=None, use_bidirectional_attention=False,
+                 rope_parameters={"full_attention": rope,
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": c.rope_local_theta}})
+    elif c.family == "gpt_neox":
         if c.qkv_bias != c.o_bias or not c.mlp_bias or c.num_kv_heads != c.num_heads:
             raise UnsupportedArchitectureError(
                 f"transformers' GPT-NeoX needs equal q/k/v and output biases, MLP biases and no GQA; this "
@@ -132,6 +149,8 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         mt = _llama_model_type(c)
         d.update(model_type=mt, head_dim=c.head_dim, num_key_value_heads=c.num_kv_heads, rms_norm_eps=c.norm_eps,
                  rope_parameters=rope)
+        if c.layer_types is not None:  # which layers slide (read back before any model-type default)
+            d["layer_types"] = list(c.layer_types)
         if mt == "llama":
             d.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
         elif mt == "mistral":

@@ -46,14 +46,32 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 # ---------------------------------------------------------------------------------------- norms
-def make_norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-    """RMSNorm for the Llama family, LayerNorm (with bias) for GPT-NeoX."""
+class OffsetRMSNorm(nnx.Module):
+    """Gemma's RMSNorm: ``x / rms(x) * (1 + scale)``, computed in float32 and cast back (the
+    checkpoint stores ``scale``, which starts at 0; transformers' ``Gemma3RMSNorm``)."""
+
+    def __init__(self, size: int, epsilon: float, dtype: jnp.dtype):
+        self.epsilon = epsilon
+        self.scale = nnx.Param(jnp.zeros((size,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+        return (y * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
+
+
+def make_norm(config: ModelConfig, rngs: nnx.Rngs, size: int | None = None) -> nnx.Module:
+    """RMSNorm for the Llama family, Gemma's (1 + w) RMSNorm for Gemma 3, LayerNorm (with bias)
+    for GPT-NeoX; over ``size`` features (default hidden_size; head_dim for q/k norms)."""
     dt = jnp_dtype(config.dtype)
+    size = config.hidden_size if size is None else size
     if config.family == "gpt_neox":
         # exact variance (not E[x^2]-E[x]^2) to match PyTorch to fp32 tolerance
-        return nnx.LayerNorm(config.hidden_size, epsilon=config.norm_eps, use_fast_variance=False,
+        return nnx.LayerNorm(size, epsilon=config.norm_eps, use_fast_variance=False,
                              dtype=dt, param_dtype=dt, rngs=rngs)
-    return nnx.RMSNorm(config.hidden_size, epsilon=config.norm_eps, use_fast_variance=False,
+    if config.family == "gemma3":
+        return OffsetRMSNorm(size, config.norm_eps, dt)
+    return nnx.RMSNorm(size, epsilon=config.norm_eps, use_fast_variance=False,
                        dtype=dt, param_dtype=dt, rngs=rngs)
 
 
@@ -128,13 +146,15 @@ def grouped_attention(
     q: jax.Array,
     shared: tuple[jax.Array, jax.Array, jax.Array] | None,
     own: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    scale: float | None = None,
 ) -> jax.Array:
     """Softmax attention of ``q (B, K, T, N, G, D)`` over up to two key blocks, jointly normalised.
 
     ``shared = (k, v, mask)``: keys ``(B, S, N, D)`` shared by all K query groups (a prompt's KV
     cache), mask broadcastable to ``(B, K, T, S)``. ``own = (k, v, mask)``: keys ``(B, K, T2, N, D)``
     private to each group (a candidate's own tokens), mask ``(B, K, T, T2)``. GQA: N kv heads, each
-    serving G query heads, without repeating K/V. Returns ``(B, K, T, N, G, D)``.
+    serving G query heads, without repeating K/V. ``scale``: the logits' scale (default
+    ``1/sqrt(D)``). Returns ``(B, K, T, N, G, D)``.
 
     Layout: the queries are put head-major once, ``(B, N, K, G*T, D)``, so each score block comes out
     of its dot as ``(..., queries, keys)``, the layout the mask, the softmax and the value product
@@ -142,7 +162,7 @@ def grouped_attention(
     """
     B, K, T, N, G, D = q.shape
     f32 = jnp.float32
-    qh = (q * jnp.asarray(1.0 / math.sqrt(D), q.dtype)).transpose(0, 3, 1, 4, 2, 5).reshape(B, N, K, G * T, D)
+    qh = (q * jnp.asarray(1.0 / math.sqrt(D) if scale is None else scale, q.dtype)).transpose(0, 3, 1, 4, 2, 5).reshape(B, N, K, G * T, D)
     scores, masks = [], []
     if shared is not None:
         k, _, m = shared  # (B, S, N, D): batch (b, n), contract d
@@ -174,23 +194,31 @@ def grouped_attention(
     return out.reshape(B, N, K, G, T, D).transpose(0, 2, 4, 1, 3, 5).astype(q.dtype)
 
 
-class Attention(nnx.Module):
-    """Multi-head / grouped-query self-attention with RoPE (full or partial) and optional biases."""
+def layer_rope_config(config: ModelConfig, layer: int) -> ModelConfig:
+    """The RoPE settings of layer ``layer``: Gemma 3's sliding layers rotate with their own base
+    (``rope_local_theta``) and no scaling; every other layer with ``rope_theta`` / ``rope_scaling``."""
+    if config.is_sliding(layer) and config.rope_local_theta is not None:
+        return config.replace(rope_theta=config.rope_local_theta, rope_scaling=None, rope_freq_factors=None)
+    return config
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+
+class Attention(nnx.Module):
+    """Multi-head / grouped-query self-attention with RoPE (full or partial), optional biases and
+    per-head q/k norms; layer ``layer``'s RoPE base and window follow ``config.layer_types``."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
         dt = jnp_dtype(config.dtype)
         c = config
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
-        self.inv_freq = nnx.static(tuple(float(f) for f in rope_inv_freq(c)))
+        self.inv_freq = nnx.static(tuple(float(f) for f in rope_inv_freq(layer_rope_config(c, layer))))
+        self.scale = nnx.static(None if c.query_pre_attn_scalar is None else float(c.query_pre_attn_scalar) ** -0.5)
         lin = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dt, param_dtype=dt, rngs=rngs)  # noqa: E731
         self.q_proj = lin(c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias)
         self.k_proj = lin(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias)
         self.v_proj = lin(c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias)
         self.o_proj = lin(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
-        if c.qk_norm:  # Qwen3: RMSNorm over each head's dimensions, before RoPE
-            norm = lambda: nnx.RMSNorm(c.head_dim, epsilon=c.norm_eps, use_fast_variance=False, dtype=dt,  # noqa: E731
-                                       param_dtype=dt, rngs=rngs)
-            self.q_norm, self.k_norm = norm(), norm()
+        if c.qk_norm:  # Qwen3, Gemma 3: the family's RMSNorm over each head's dimensions, before RoPE
+            self.q_norm, self.k_norm = make_norm(c, rngs, c.head_dim), make_norm(c, rngs, c.head_dim)
         else:
             self.q_norm = self.k_norm = None
 
@@ -216,7 +244,7 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x, positions)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-        o = grouped_attention(q[:, None], (k_cache, v_cache, mask[:, None]))[:, 0]
+        o = grouped_attention(q[:, None], (k_cache, v_cache, mask[:, None]), scale=self.scale)[:, 0]
         return self._out(o), (k_cache, v_cache)
 
     def packed(self, x: jax.Array, positions: jax.Array, rows: jax.Array, flat: jax.Array,
@@ -230,36 +258,45 @@ class Attention(nnx.Module):
         """
         q, k, v = self._qkv(x, positions)
         k, v = k[rows], v[rows]
-        o = grouped_attention(q[rows][:, None], (k, v, mask[:, None]))[:, 0]
+        o = grouped_attention(q[rows][:, None], (k, v, mask[:, None]), scale=self.scale)[:, 0]
         return self._out(o.reshape(-1, *o.shape[2:])[flat]), (k, v)
 
     def with_prefix(self, x: jax.Array, positions: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
                     prefix_mask: jax.Array, own_mask: jax.Array) -> tuple[jax.Array, None]:
         """``x (B, K, L, H)``: K continuations per row attending the row's shared prefix cache
-        ``(B, P, N, D)`` (``prefix_mask (B, P)``) plus themselves (``own_mask (B, K, L, L)``)."""
+        ``(B, P, N, D)`` (``prefix_mask`` broadcastable to ``(B, K, L, P)``) plus themselves
+        (``own_mask (B, K, L, L)``)."""
         q, k, v = self._qkv(x, positions)
-        o = grouped_attention(q, (prefix_k, prefix_v, prefix_mask[:, None, None, :]), (k, v, own_mask))
+        o = grouped_attention(q, (prefix_k, prefix_v, prefix_mask), (k, v, own_mask), scale=self.scale)
         return self._out(o), None
 
 
 # ---------------------------------------------------------------------------------------- layers
 class DecoderLayer(nnx.Module):
-    """Pre-norm block: sequential (Llama) or parallel (GPT-NeoX) residual around attention + MLP."""
+    """Pre-norm block: sequential (Llama) or parallel (GPT-NeoX) residual around attention + MLP;
+    with ``post_norms`` (Gemma 3) each branch's output is normed again before its residual add."""
 
-    def __init__(self, config: ModelConfig, mlp: nnx.Module, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, mlp: nnx.Module, rngs: nnx.Rngs, layer: int = 0):
         self.parallel_residual = config.parallel_residual
         self.attn_norm = make_norm(config, rngs)
-        self.attn = Attention(config, rngs)
+        self.attn = Attention(config, rngs, layer)
         self.mlp_norm = make_norm(config, rngs)
         self.mlp = mlp
+        self.post_attn_norm = make_norm(config, rngs) if config.post_norms else None
+        self.post_mlp_norm = make_norm(config, rngs) if config.post_norms else None
 
     def __call__(self, x: jax.Array, attend: Callable[[Attention, jax.Array], tuple[jax.Array, object]]):
         """``attend(attn_module, normed_x) -> (out, aux)`` picks the attention mode (cache / prefix)."""
         a, aux = attend(self.attn, self.attn_norm(x))
+        if self.post_attn_norm is not None:
+            a = self.post_attn_norm(a)
         if self.parallel_residual:
             return x + a + self.mlp(self.mlp_norm(x)), aux
         x = x + a
-        return x + self.mlp(self.mlp_norm(x)), aux
+        m = self.mlp(self.mlp_norm(x))
+        if self.post_mlp_norm is not None:
+            m = self.post_mlp_norm(m)
+        return x + m, aux
 
 
 class CausalLM(nnx.Module):
@@ -277,11 +314,26 @@ class CausalLM(nnx.Module):
         dt = jnp_dtype(config.dtype)
         self.config = nnx.static(config)
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dt, param_dtype=dt, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, make_mlp(config, rngs), rngs)
-                                for _ in range(config.num_layers)])
+        self.layers = nnx.List([DecoderLayer(config, make_mlp(config, rngs), rngs, i)
+                                for i in range(config.num_layers)])
         self.final_norm = make_norm(config, rngs)
         self.lm_head = None if config.tie_embeddings else nnx.Linear(
             config.hidden_size, config.vocab_size, use_bias=False, dtype=dt, param_dtype=dt, rngs=rngs)
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        x = self.embed(tokens)
+        if self.config.embed_scale:  # Gemma: sqrt(hidden) rounded to the activations' dtype, as transformers does
+            x = x * jnp.asarray(math.sqrt(self.config.hidden_size), x.dtype)
+        return x
+
+    def _windowed(self, mask: jax.Array, q_pos: jax.Array, k_pos: jax.Array) -> list[jax.Array]:
+        """Each layer's mask: ``mask`` for global layers; for sliding ones also ``q - k <
+        sliding_window`` on the positions (``q_pos`` against ``k_pos``, broadcast to ``mask``)."""
+        c = self.config
+        if c.layer_types is None:
+            return [mask] * c.num_layers
+        near = mask & ((q_pos - k_pos) < c.sliding_window)
+        return [near if c.is_sliding(i) else mask for i in range(c.num_layers)]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final-normed hidden ``(..., H)`` -> float32 logits ``(..., V)``."""
@@ -299,10 +351,13 @@ class CausalLM(nnx.Module):
         slots = jnp.arange(key_valid.shape[1])
         causal = slots[None, None, :] <= (index + jnp.arange(tokens.shape[1]))[None, :, None]
         mask = causal & key_valid[:, None, :]
-        x = self.embed(tokens)
+        k_pos = jnp.cumsum(key_valid, axis=1) - 1  # valid slots are contiguous: slot -> token position
+        masks = self._windowed(mask, positions[:, :, None], k_pos[:, None, :])
+        x = self._embed(tokens)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, lambda attn, h, i=i: attn.cached(h, positions, cache.k[i], cache.v[i], index, mask))
+            x, (k, v) = layer(x, lambda attn, h, i=i: attn.cached(h, positions, cache.k[i], cache.v[i], index,
+                                                                  masks[i]))
             ks.append(k)
             vs.append(v)
         return self.final_norm(x), KVCache(tuple(ks), tuple(vs))
@@ -313,10 +368,12 @@ class CausalLM(nnx.Module):
         back (padding costs nothing in the projections and MLPs, the bulk of the FLOPs); attention
         runs per row (see ``Attention.packed`` for ``rows``, ``flat``, ``mask``). Returns the
         final-normed hidden states ``(N, H)`` and the rows' cache (``B x P`` slots)."""
-        x = self.embed(tokens)
+        row_pos = positions[rows]  # (B, P): each row slot's position (padding slots are masked anyway)
+        masks = self._windowed(mask, row_pos[:, :, None], row_pos[:, None, :])
+        x = self._embed(tokens)
         ks, vs = [], []
-        for layer in self.layers:
-            x, (k, v) = layer(x, lambda attn, h: attn.packed(h, positions, rows, flat, mask))
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, lambda attn, h, i=i: attn.packed(h, positions, rows, flat, masks[i]))
             ks.append(k)
             vs.append(v)
         return self.final_norm(x), KVCache(tuple(ks), tuple(vs))
@@ -331,8 +388,14 @@ class CausalLM(nnx.Module):
         L = tokens.shape[-1]
         causal = jnp.tril(jnp.ones((L, L), bool))
         own_mask = causal[None, None] & valid[:, :, None, :]
-        x = self.embed(tokens)
+        p_mask = prefix_valid[:, None, None, :]
+        p_pos = (jnp.cumsum(prefix_valid, axis=1) - 1)[:, None, None, :]
+        p_masks = self._windowed(jnp.broadcast_to(p_mask, (*tokens.shape, p_mask.shape[-1])), positions[..., None],
+                                 p_pos)
+        own_masks = self._windowed(own_mask, positions[..., :, None], positions[..., None, :])
+        x = self._embed(tokens)
         for i, layer in enumerate(self.layers):
             x, _ = layer(x, lambda attn, h, i=i: attn.with_prefix(h, positions, prefix.k[i], prefix.v[i],
-                                                                  prefix_valid, own_mask))
+                                                                  p_masks[i] if self.config.is_sliding(i) else p_mask,
+                                                                  own_masks[i]))
         return self.final_norm(x)

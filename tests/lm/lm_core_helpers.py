@@ -45,7 +45,9 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, 
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1,
               max_position_embeddings=128)
-KINDS = ("llama", "llama3_tied", "qwen2", "qwen3", "mistral", "neox_parallel", "neox_sequential")
+KINDS = ("llama", "llama3_tied", "qwen2", "qwen3", "mistral", "mistral_window", "gemma3", "neox_parallel",
+         "neox_sequential")
+WINDOW = 4  # sliding window of the windowed kinds: the test rows (up to 13 tokens) reach past it
 
 
 def hf_config(kind: str):
@@ -63,6 +65,14 @@ def hf_config(kind: str):
         return T.Qwen3Config(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, **COMMON)
     if kind == "mistral":
         return T.MistralConfig(num_key_value_heads=2, sliding_window=None, **COMMON)
+    if kind == "mistral_window":
+        return T.MistralConfig(num_key_value_heads=2, sliding_window=WINDOW, **COMMON)
+    if kind == "gemma3":  # one sliding layer then one global, wide heads, its own logit scale
+        return T.Gemma3TextConfig(num_key_value_heads=2, head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24,
+                                  layer_types=["sliding_attention", "full_attention"],
+                                  rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                                                   "full_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                                  **COMMON)
     if kind.startswith("neox"):
         return T.GPTNeoXConfig(rotary_pct=0.5, use_parallel_residual=kind == "neox_parallel", **COMMON)
     raise KeyError(kind)
@@ -75,6 +85,11 @@ def save_tiny(root: Path, kind: str, seed: int = 0, max_shard_size: str | None =
 
     torch.manual_seed(seed)
     model = T.AutoModelForCausalLM.from_config(hf_config(kind)).eval()
+    if kind == "gemma3":  # Gemma's norms start at w = 0 (a scale of 1 + w): make the + 1 matter
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(0.0, 0.2)
     out = root / kind
     kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kw)

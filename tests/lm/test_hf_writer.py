@@ -22,7 +22,8 @@ from londi_jax.utils.errors import LondiError
 ROWS = [[1, 5, 9, 33, 70, 101, 4], [1, 250, 3], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
 # what transformers stores but carries no information our models use
 IGNORED_CONFIG_KEYS = {"transformers_version", "initializer_range", "attention_dropout", "hidden_dropout",
-                       "classifier_dropout", "is_decoder", "pretraining_tp", "layer_types", "max_window_layers"}
+                       "classifier_dropout", "is_decoder", "pretraining_tp", "layer_types", "max_window_layers",
+                       "_sliding_window_pattern"}  # layer_types: compared through ModelConfig below
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def torch_model(path):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama3_tied", "qwen2", "qwen3", "neox_parallel", "neox_sequential"])
+@pytest.mark.parametrize("kind", ["llama", "llama3_tied", "qwen2", "qwen3", "gemma3", "mistral_window", "neox_parallel",
+                                  "neox_sequential"])
 def test_transformers_checkpoint_roundtrip(root, kind):
     src, ref = save_tiny(root / "src", kind)
     lm = load_hf_directory(src, progress=False)
@@ -54,6 +56,7 @@ def test_transformers_checkpoint_roundtrip(root, kind):
             assert mine.get(k) == v, (k, mine.get(k), v)
     # loads back here with identical logits, and in transformers with the same logits
     back = load_hf_directory(out, progress=False)
+    assert back.config.layer_types == lm.config.layer_types  # which layers slide, if any
     for a, b in zip(back.logits(ROWS), lm.logits(ROWS)):
         np.testing.assert_array_equal(a, b)
     assert back.tokenizer.encode("open the door") == lm.tokenizer.encode("open the door")

@@ -14,7 +14,7 @@ from londi_jax.lm.interface import ContextLengthError, LMInputError
 PROMPTS = [[1, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26], [1, 60], [1, 70, 71, 72, 73, 74]]
 
 
-@pytest.mark.parametrize("kind", ["llama", "neox_parallel", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "neox_parallel", "qwen3", "gemma3", "mistral_window"])
 def test_greedy_equals_transformers_generate(kind):
     lm, ref = load_tiny(kind)
     ours, reasons = lm.generate_tokens(PROMPTS, 12)

@@ -61,7 +61,7 @@ def test_ragged_batches_of_one_block_shape_compile_a_few_programs():
     assert lm.trace_counts["score"] - before_blocks <= 1
 
 
-@pytest.mark.parametrize("kind", ["llama", "neox_parallel"])
+@pytest.mark.parametrize("kind", ["llama", "neox_parallel", "gemma3"])
 def test_packed_prefill_equals_padded(kind):
     """Packing the real tokens for the projections changes no value: hidden states at real
     positions and the KV cache at real slots equal the padded layout's (incl. an empty batch row)."""

@@ -26,8 +26,8 @@ def reference_scores(logits_fn, prompts, cands):
     return out
 
 
-@pytest.fixture(params=["llama", "neox_parallel"])
-def tiny(request):
+@pytest.fixture(params=["llama", "neox_parallel", "gemma3", "mistral_window"])
+def tiny(request):  # the windowed kinds' prompts and candidates reach past their 4-token window
     return load_tiny(request.param)
 
 
