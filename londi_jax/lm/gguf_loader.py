@@ -46,6 +46,14 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma 3 names its four norms per block differently (llama.cpp's ``LLM_ARCH_GEMMA3``): ffn_norm is the
+# norm before the MLP, and the outputs of attention and MLP have their own.
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -58,7 +66,11 @@ SUPPORTED_ARCHITECTURES = {
     "llama": ("llama", "LlamaForCausalLM", True),
     "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
     "qwen3": ("qwen3", "Qwen3ForCausalLM", False),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM", False),
 }
+# llama.cpp's Gemma 3 constants that its GGUF files do not store (``llama-model.cpp``, LLM_ARCH_GEMMA3):
+# every 6th layer global, the others sliding with RoPE base 10000
+GEMMA3_SLIDING_PATTERN, GEMMA3_LOCAL_ROPE_BASE = 6, 10000.0
 
 
 def permute_rotary_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -156,8 +168,10 @@ class GGUFTensors(Mapping[str, np.ndarray]):
         self._by_name: dict[str, Any] = {}
         self.rope_freqs: Any = None  # llama.cpp's per-dimension RoPE divisors, read into the config instead
         unknown = []
+        # llama.cpp's converter stores Gemma's norm weights w as 1 + w (its RMSNorm multiplies by them)
+        self._norm_offset = 1.0 if arch == "gemma3" else 0.0
         for t in reader.tensors:
-            hf = _hf_name(t.name, n_layers)
+            hf = _hf_name(t.name, n_layers, arch)
             if t.name == ROPE_FREQS:
                 self.rope_freqs = t
             elif hf is None:
@@ -172,6 +186,8 @@ class GGUFTensors(Mapping[str, np.ndarray]):
         t = self._by_name[name]
         w = dequantize_tensor(t)
         _release_file_pages(self._mapped, t)
+        if self._norm_offset and name.endswith("norm.weight"):
+            w = w - np.float32(self._norm_offset)
         if self._permuted:
             for key, heads in self._heads.items():
                 if f"self_attn.{key}_proj." in name:
@@ -199,12 +215,12 @@ class GGUFTensors(Mapping[str, np.ndarray]):
         return int(sum(int(np.prod(t.shape)) for t in self._by_name.values()))
 
 
-def _hf_name(gguf_name: str, n_layers: int) -> str | None:
+def _hf_name(gguf_name: str, n_layers: int, arch: str = "llama") -> str | None:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     parts = gguf_name.split(".", 2)
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < n_layers:
-        suffix = _LAYER_NAMES.get(parts[2])
+        suffix = (_GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES).get(parts[2])
         if suffix is not None:
             return f"model.layers.{parts[1]}.{suffix}"
     return None
@@ -314,7 +330,15 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
         if f"tokenizer.ggml.{key}" in meta:
             config[hf_key] = int(meta[f"tokenizer.ggml.{key}"])
     config.update(_rope_scaling(meta, arch, tensors, head_dim, path))
-    if model_type in ("qwen2", "qwen3"):
+    if model_type == "gemma3_text":
+        config.update(
+            hidden_activation="gelu_pytorch_tanh", sliding_window=int(need("attention.sliding_window")),
+            sliding_window_pattern=GEMMA3_SLIDING_PATTERN, rope_local_base_freq=GEMMA3_LOCAL_ROPE_BASE,
+            # llama.cpp scales attention logits by 1/sqrt(key_length) (its 27B exception aside)
+            query_pre_attn_scalar=head_dim, attention_bias=False, rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        )
+        config.pop("hidden_act")
+    elif model_type in ("qwen2", "qwen3"):
         config["use_sliding_window"] = False  # Qwen2 always has q/k/v biases; no attention_bias key
     else:
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in tensors

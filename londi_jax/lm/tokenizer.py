@@ -212,6 +212,9 @@ def _pre_tokenizer(pre_name: str) -> tuple[pre_tokenizers.PreTokenizer, bool]:
 def build_tokenizer(metadata: Mapping[str, Any]) -> PreTrainedTokenizerFast:
     """A fast tokenizer from GGUF metadata (``tokenizer.ggml.*`` keys, plain Python values).
 
+    Byte-level BPE vocabularies (``gpt2``) are rebuilt here; others (SentencePiece ``llama``:
+    Gemma 3, ...) come from transformers' GGUF converter (``_transformers_backend``).
+
     Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
     tokens; bos/eos/unk/pad ids and whether encoding adds BOS/EOS follow llama.cpp's rules
     (:func:`special_token_id`, :func:`add_special_flags`: e.g. a Llama-3 'llama-bpe' file without
@@ -222,10 +225,7 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> PreTrainedTokenizerFast:
     if kind is None or "tokenizer.ggml.tokens" not in metadata:
         raise GGUFTokenizerError("the GGUF file has no tokenizer (no tokenizer.ggml.model / tokenizer.ggml.tokens keys)")
     if kind != "gpt2":
-        raise GGUFTokenizerError(
-            f"GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2': SmolLM2, Llama-3, "
-            "Qwen2, GPT-2) is. Load the model from a Hugging Face directory instead."
-        )
+        return _wrap(_transformers_backend(metadata), metadata)
     tokens: Sequence[str] = metadata["tokenizer.ggml.tokens"]
     types: Sequence[int] = metadata.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
     merges_raw: Sequence[str] = metadata.get("tokenizer.ggml.merges") or []
@@ -254,6 +254,38 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> PreTrainedTokenizerFast:
     # Added tokens are matched whole before BPE; llama.cpp does the same for control/user-defined types.
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED])
+    return _wrap(backend, metadata)
+
+
+def _transformers_backend(metadata: Mapping[str, Any]) -> Tokenizer:
+    """The backend of a non-BPE GGUF vocabulary (SentencePiece 'llama': Gemma, Llama 2, Mistral; T5's
+    Unigram) from transformers' own GGUF converter, which knows each family's normalizer,
+    pre-tokenizer and decoder (e.g. Gemma's runs of spaces)."""
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    except ImportError as err:
+        raise GGUFTokenizerError(f"this transformers has no GGUF tokenizer converter ({err}); install the version "
+                                 "pyproject.toml pins") from err
+    kind = str(metadata.get("tokenizer.ggml.model"))
+    _vocab_type(metadata)  # an unknown tokenizer model is named, with the ones llama.cpp knows
+    if kind == "llama" and "tokenizer.ggml.scores" not in metadata:
+        raise GGUFTokenizerError("this GGUF's SentencePiece ('llama') vocabulary has no tokenizer.ggml.scores, which "
+                                 "its merges are rebuilt from; the file is incomplete (convert it again)")
+    arch = str(metadata.get("general.architecture", "llama"))
+    tok_dict = {name: metadata[f"tokenizer.{key}"] for key, name in GGUF_TOKENIZER_MAPPING["tokenizer"].items()
+                if f"tokenizer.{key}" in metadata}
+    try:
+        backend, _ = convert_gguf_tokenizer(arch, tok_dict)
+    except Exception as err:  # noqa: BLE001 - transformers raises plain errors for vocabularies it cannot build
+        raise GGUFTokenizerError(f"transformers cannot build the {metadata.get('tokenizer.ggml.model')!r} tokenizer of "
+                                 f"this {arch} GGUF ({type(err).__name__}: {err})") from err
+    backend.post_processor = None  # BOS / EOS are added by the wrapper, by llama.cpp's rules
+    return backend
+
+
+def _wrap(backend: Tokenizer, metadata: Mapping[str, Any]) -> PreTrainedTokenizerFast:
+    """``backend`` as a transformers tokenizer with llama.cpp's special tokens and BOS/EOS rules."""
+    tokens: Sequence[str] = metadata["tokenizer.ggml.tokens"]
 
     def special(name: str) -> str | None:
         idx = special_token_id(metadata, name)

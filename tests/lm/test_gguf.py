@@ -148,5 +148,5 @@ def test_unknown_architecture_error(tmp_path):
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    with pytest.raises(GGUFError, match=r"architecture 'falcon'.*supported: llama, qwen2"):
+    with pytest.raises(GGUFError, match=r"architecture 'falcon'.*supported: gemma3, llama, qwen2, qwen3"):
         read_gguf(p)

@@ -192,3 +192,20 @@ def test_real_pair_smollm2_and_qwen_05b(capsys, monkeypatch, smollm2_lm):
     assert d["cost"]["num_nonembedding_params"] > 3 * q["cost"]["num_nonembedding_params"]
     assert r["ratios"]["score_flops"] == pytest.approx(d["scoring"]["flops"] / q["scoring"]["flops"])
     assert r["ratios"]["score_flops"] > 3
+
+
+def test_a_base_model_without_chat_template_completes_the_question(capsys, tiny_gguf):
+    """A base model (no chat template, like Gemma-3-270M) still runs the demo: the question is asked
+    as a plain completion, which is said in the output, and the answer is the model's own greedy text."""
+    from londi_jax.lm.demo import PLAIN_TEMPLATE, run_demo
+
+    path, _ = tiny_gguf("base.gguf", context=2048, chat_template=None)
+    r = run_demo(str(path), max_new_tokens=3, repeats=0, progress=False)
+    assert r["chat_mode"] == "plain"
+    want = load_gguf(path, progress=False).generate([PLAIN_TEMPLATE.format(question=CHAT_QUESTION)], 3,
+                                                    stop=("\n\n", "Question:"))
+    assert r["chat_answer"] == want.texts[0].strip() and r["finish_reason"] == want.finish_reasons[0]
+    rc, out, _ = _cli(capsys, "lm", "demo", "--model", str(path), "--max-new-tokens", "3")
+    assert rc == 0 and "no chat template: plain completion" in out
+    rc, out, _ = _cli(capsys, "lm", "demo", "--quick", str(path), "--deep", str(path), "--max-new-tokens", "3")
+    assert rc == 0 and "completes it as a plain prompt" in out

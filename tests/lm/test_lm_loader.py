@@ -72,7 +72,7 @@ def test_unsupported_architecture(saved, tmp_path):
     cfg["model_type"], cfg["architectures"] = "gpt2", ["GPT2LMHeadModel"]
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedArchitectureError, match=r"model_type='gpt2'.*GPT2LMHeadModel.*llama, mistral, "
-                                                           r"qwen2, gpt_neox"):
+                                                           r"qwen2, qwen3, gemma3_text, gpt_neox"):
         load_hf_directory(d)
     with pytest.raises(UnsupportedArchitectureError, match="rope scaling type 'yarn'"):
         ModelConfig.from_hf_dict({**json.loads((saved["llama"] / "config.json").read_text()),

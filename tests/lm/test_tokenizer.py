@@ -48,8 +48,10 @@ def test_tiny_tokenizer_equals_transformers(tiny_gguf, add_bos):
 
 
 def test_unsupported_tokenizer_kind():
-    with pytest.raises(GGUFTokenizerError, match="'llama' is not supported"):
+    with pytest.raises(GGUFTokenizerError, match="SentencePiece.*tokenizer.ggml.scores"):
         build_tokenizer({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]})
+    with pytest.raises(GGUFTokenizerError, match="unknown GGUF tokenizer model 'wordpiece-9'"):
+        build_tokenizer({"tokenizer.ggml.model": "wordpiece-9", "tokenizer.ggml.tokens": ["a"]})
     with pytest.raises(GGUFTokenizerError, match="no tokenizer"):
         build_tokenizer({})
 
