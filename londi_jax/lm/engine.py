@@ -155,6 +155,36 @@ def prefill(model: CausalLM, tokens: jax.Array, valid: jax.Array, cache_size: in
     return hidden[rows], cache, key_valid
 
 
+def decode_cache(config: ModelConfig, cache: KVCache, key_valid: jax.Array, size: int
+                 ) -> tuple[KVCache, jax.Array, jax.Array | None]:
+    """A prompt's cache ``(B, P)`` (from :func:`prefill`) made ready to decode up to ``size`` slots.
+
+    Global layers get ``size`` slots (the prompt's, then room for the new tokens). A sliding layer
+    needs only its window: where ``sliding_window < size`` it gets a ring buffer of
+    ``sliding_window`` slots holding the prompt's last tokens (cache slot ``s`` at ring slot
+    ``s % sliding_window``), which each decoded token overwrites in turn (``forward_cached``), so
+    its cache never grows past the window and its attention reads ``sliding_window`` keys, not all
+    of them. Returns the cache, ``key_valid (B, size)`` and ``ring_valid (B, window)`` (None without
+    rings).
+    """
+    B, P = key_valid.shape
+    grow = size - P
+    key_valid = jnp.pad(key_valid, ((0, 0), (0, grow)))
+    W = config.sliding_window
+    use_ring = config.layer_types is not None and W < size
+
+    def ring(x: jax.Array) -> jax.Array:  # slots [P - W, P) (empty before 0), rotated to slot % W
+        ext = jnp.concatenate([jnp.zeros((B, W, *x.shape[2:]), x.dtype), x], axis=1)[:, P:P + W]
+        return jnp.roll(ext, (P - W) % W, axis=1)
+
+    def full(x: jax.Array) -> jax.Array:
+        return jnp.pad(x, ((0, 0), (0, grow)) + ((0, 0),) * (x.ndim - 2))
+
+    parts = tuple(tuple(ring(x) if use_ring and config.is_sliding(i) else full(x) for i, x in enumerate(part))
+                  for part in cache)
+    return KVCache(*parts), key_valid, (ring(key_valid[:, :P]) if use_ring else None)
+
+
 def mean_pool(hidden: jax.Array, valid: jax.Array) -> jax.Array:
     """Mean of ``hidden (B, T, H)`` over valid positions, float32 ``(B, H)``."""
     w = valid.astype(jnp.float32)[..., None]
@@ -319,7 +349,9 @@ class LanguageModel:
         self.trace_counts["generate"] += 1
         model = nnx.merge(self.graphdef, state)
         B, P = p_tok.shape
-        hidden, cache, key_valid = prefill(model, p_tok, p_valid, P + new_cap, packed)
+        hidden, cache, key_valid = prefill(model, p_tok, p_valid, P, packed)
+        cache, key_valid, ring_valid = decode_cache(model.config, cache, key_valid, P + new_cap)
+        W = model.config.sliding_window
         logits = model.logits(hidden[:, -1])
         plen = p_valid.sum(-1).astype(jnp.int32)
         out = jnp.zeros((B, new_cap), jnp.int32)
@@ -331,7 +363,7 @@ class LanguageModel:
             return (step < max_new) & ~jnp.all(done)
 
         def body(c):
-            step, cache, key_valid, logits, out, done, n_gen, key = c
+            step, cache, key_valid, ring_valid, logits, out, done, n_gen, key = c
             key, sub = jax.random.split(key)
             tok = sample_token(logits, sub, temperature, top_k, top_p) if sample else \
                 jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -341,11 +373,13 @@ class LanguageModel:
             done = done | stop_mask[tok]
             slot = P + step
             key_valid = key_valid.at[:, slot].set(True)
-            h, cache = model.forward_cached(tok[:, None], (plen + step)[:, None], cache, slot, key_valid)
-            return step + 1, cache, key_valid, model.logits(h[:, 0]), out, done, n_gen, key
+            if ring_valid is not None:
+                ring_valid = ring_valid.at[:, slot % W].set(True)
+            h, cache = model.forward_cached(tok[:, None], (plen + step)[:, None], cache, slot, key_valid, ring_valid)
+            return step + 1, cache, key_valid, ring_valid, model.logits(h[:, 0]), out, done, n_gen, key
 
-        carry = (jnp.int32(0), cache, key_valid, logits, out, done, n_gen, key)
-        _, _, _, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, carry)
+        carry = (jnp.int32(0), cache, key_valid, ring_valid, logits, out, done, n_gen, key)
+        _, _, _, _, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, carry)
         return out, n_gen
 
     # ------------------------------------------------------------------ host helpers

@@ -341,12 +341,16 @@ class CausalLM(nnx.Module):
         return out.astype(jnp.float32)
 
     def forward_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
-                       key_valid: jax.Array) -> tuple[jax.Array, KVCache]:
+                       key_valid: jax.Array, ring_valid: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """Run ``tokens (B, T)`` at ``positions (B, T)``, writing their K/V at cache slot ``index``.
 
         ``key_valid (B, S)`` marks cache slots holding real tokens (after this write); query t may
-        attend slot s iff ``key_valid[b, s]`` and ``s <= index + t``. Returns the final-normed
-        hidden states ``(B, T, H)`` and the new cache.
+        attend slot s iff ``key_valid[b, s]`` and ``s <= index + t`` (and, in a sliding layer, the
+        slot's token is less than ``sliding_window`` positions back). A sliding layer whose cache
+        has ``R < S`` slots is a ring buffer (``engine.decode_cache``): one token at a time
+        (``T == 1``) is written at slot ``index % R`` and attends the ring's slots marked in
+        ``ring_valid (B, R)``, which then hold exactly its window. Returns the final-normed hidden
+        states ``(B, T, H)`` and the new cache.
         """
         slots = jnp.arange(key_valid.shape[1])
         causal = slots[None, None, :] <= (index + jnp.arange(tokens.shape[1]))[None, :, None]
@@ -356,8 +360,14 @@ class CausalLM(nnx.Module):
         x = self._embed(tokens)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, lambda attn, h, i=i: attn.cached(h, positions, cache.k[i], cache.v[i], index,
-                                                                  masks[i]))
+            ring = cache.k[i].shape[1]
+            if ring != key_valid.shape[1]:  # a sliding layer's ring of its last `ring` tokens
+                assert ring_valid is not None and tokens.shape[1] == 1, "ring caches decode one token at a time"
+                slot, mask_i = index % ring, ring_valid[:, None, :]
+            else:
+                slot, mask_i = index, masks[i]
+            x, (k, v) = layer(x, lambda attn, h, i=i, slot=slot, m=mask_i: attn.cached(h, positions, cache.k[i],
+                                                                                       cache.v[i], slot, m))
             ks.append(k)
             vs.append(v)
         return self.final_norm(x), KVCache(tuple(ks), tuple(vs))

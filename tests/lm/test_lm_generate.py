@@ -148,3 +148,34 @@ def test_cost_report():
     assert last.flops == pytest.approx(want)
     assert rep.flops_per_generated_token - rep.flops_per_prompt_token == pytest.approx(2 * emb)
     assert rep.flops_per_prompt_token == pytest.approx(2 * n_ne + att * rep.context)
+
+
+def test_sliding_layers_decode_from_a_ring_of_their_window():
+    """``decode_cache``: a sliding layer keeps only its window (a ring of ``sliding_window`` slots holding
+    the prompt's last tokens at ``slot % window``), a global layer the prompt plus room to decode; short
+    rows leave ring slots empty. The greedy parity tests above run through these rings."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from lm_core_helpers import WINDOW
+
+    from londi_jax.lm.engine import decode_cache, prefill
+
+    lm, _ = load_tiny("gemma3")
+    cfg = lm.config
+    assert cfg.layer_types == ("sliding_attention", "full_attention") and cfg.sliding_window == WINDOW
+    rows = [[1, 17, 18, 19, 20, 21, 22], [1, 60]]  # 7 and 2 tokens: past the window and within it
+    tok, valid = lm._left_pad(rows, 2, 8)
+    P = tok.shape[1]
+    model = nnx.merge(lm.graphdef, lm.state)
+    _, cache, kv = prefill(model, jnp.asarray(tok), jnp.asarray(valid), P)
+    dec, kv2, ring_valid = decode_cache(cfg, cache, kv, P + 6)
+    assert dec.k[0].shape[1] == WINDOW and dec.k[1].shape[1] == P + 6  # the sliding layer never grows
+    assert kv2.shape == (2, P + 6) and not np.asarray(kv2[:, P:]).any()
+    for s in range(P - WINDOW, P):  # ring slot s % W holds cache slot s
+        np.testing.assert_array_equal(np.asarray(dec.k[0][:, s % WINDOW]), np.asarray(cache.k[0][:, s]))
+        np.testing.assert_array_equal(np.asarray(ring_valid[:, s % WINDOW]), valid[:, s])
+    assert np.asarray(ring_valid).sum(axis=1).tolist() == [WINDOW, 2]
+    np.testing.assert_array_equal(np.asarray(dec.k[1][:, :P]), np.asarray(cache.k[1]))
+    # no ring where the window covers every slot: a plain, grown cache as for global layers
+    dec, _, ring_valid = decode_cache(cfg.replace(sliding_window=P + 6), cache, kv, P + 6)
+    assert ring_valid is None and dec.k[0].shape[1] == P + 6
