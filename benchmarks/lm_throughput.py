@@ -19,6 +19,14 @@
     timed in alternation so load changes hit both.
 (e) The real pair (``--pair``): cost of one scoring call (1 and 16 GLAM prompts x 6 actions) of each
     installed model (SmolLM2-135M and Qwen2.5-Coder-1.5B-Instruct by default): seconds and FLOPs.
+(f) ``--families`` (alone): each model family on the same work, scoring 16 GLAM prompts x 6 actions
+    and greedy decode at batch 1 and 4: Llama (SmolLM2-135M), Qwen2 (Qwen2.5-Coder-0.5B), Gemma 3
+    (Gemma-3-270M), all real where installed, and Qwen3 (no weights ship on PyPI: random weights
+    in SmolLM2-135M's shape with Qwen3's q/k norms), GPT-NeoX likewise (Pythia-style, random).
+    Then sliding windows: Gemma-3-270M's decode step at a prompt past its 512-token window, with its
+    15 sliding layers decoding from rings of their window vs the same weights with every layer
+    global (what a sliding layer would cost without the ring). Results:
+    benchmarks/results/lm_families_<device>.json.
 
 Compile time is reported apart (first call), then warm-up, ``block_until_ready``, median of repeats.
 The load average is recorded at the start and the end. Results:
@@ -224,6 +232,82 @@ def bench_prefill_vs_matmul(lm: Any, prompts: list[str], batch_sizes: list[int],
 
 # ----------------------------------------------------------------------------------- the real pair
 PAIR = ("smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct")
+FAMILY_MODELS = (("llama", "smollm2-135m-instruct"), ("qwen2", "qwen2.5-coder-0.5b-instruct"),
+                 ("gemma3", "gemma-3-270m"))
+
+
+def _random_like(lm: Any, family: str) -> Any:
+    """A random-weight model of ``family`` in ``lm``'s shape (same tokenizer): for families whose
+    weights no PyPI package ships. Qwen3: SmolLM2's shape plus per-head q/k norms; GPT-NeoX:
+    SmolLM2's shape with LayerNorms, biases and a GELU MLP, half-rotary (Pythia)."""
+    from londi_jax.lm.engine import LanguageModel
+    from londi_jax.lm.hf_loader import init_model
+
+    c = lm.config
+    cfg = (c.replace(qk_norm=True, model_type="qwen3") if family == "qwen3" else
+           c.replace(family="gpt_neox", qkv_bias=True, o_bias=True, mlp_bias=True, parallel_residual=True,
+                     hidden_act="gelu", rotary_dim=c.head_dim // 2, num_kv_heads=c.num_heads, model_type="gpt_neox"))
+    return LanguageModel(cfg, init_model(cfg, seed=0), lm.tokenizer, name=f"{family} (random, {lm.name}'s shape)")
+
+
+def _all_global(lm: Any) -> Any:
+    """The same weights with every layer global (no sliding window, no ring): the cost a sliding
+    layer would have without its window."""
+    from flax import nnx
+
+    from londi_jax.lm.engine import LanguageModel
+    from londi_jax.lm.hf_loader import model_class
+
+    cfg = lm.config.replace(layer_types=None, sliding_window=None)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: model_class(cfg)(cfg, nnx.Rngs(0))))
+    return LanguageModel(cfg, nnx.merge(graphdef, lm.state), lm.tokenizer, name=f"{lm.name} (all layers global)")
+
+
+def bench_families(prompts: list[str], repeats: int, quick: bool) -> dict[str, Any]:
+    import gc
+
+    from londi_jax.lm import load_lm
+    from londi_jax.lm.registry import ModelNotInstalledError
+
+    rows, sliding = [], []
+    base = None
+    todo: list[tuple[str, Any]] = list(FAMILY_MODELS) + [("qwen3", None), ("gpt_neox", None)]
+    for family, name in todo:
+        try:
+            lm = _random_like(base, family) if name is None else load_lm(name, progress=False)
+        except ModelNotInstalledError as err:
+            rows.append({"family": family, "model": name, "skipped": str(err)})
+            continue
+        if name == "smollm2-135m-instruct":
+            base = lm
+        sc = bench_scoring(lm, prompts, [16], repeats)[0]
+        gen = bench_generation(lm, prompts, [1, 4], repeats)
+        rows.append({"family": family, "model": lm.name, "num_params": lm.num_params,
+                     "score16_s": sc["median_s"], "score16_compile_s": sc["compile_s"],
+                     "decode_tokens_per_s_b1": gen[0]["decode_tokens_per_s"],
+                     "decode_tokens_per_s_b4": gen[1]["decode_tokens_per_s"], "scoring": sc, "generation": gen})
+        if family == "gemma3":
+            long_prompt = " ".join(prompts) * 2  # about 700 tokens per GLAM prompt pair: past the window
+            for variant in (lm, _all_global(lm)):
+                ids = [variant.tokenizer.encode(long_prompt)[: (640 if quick else 1024)]]
+                out: dict[str, Any] = {}
+
+                def run(n: int, v=variant, ids=ids) -> None:
+                    out["ids"], _ = v.generate_tokens(ids, n)
+                t_long = time_call(run, 32, repeats=repeats, warmup=1)
+                t_short = time_call(run, 17, repeats=repeats, warmup=0)
+                step = (t_long.median_s - t_short.median_s) / 15
+                sliding.append({"model": variant.name, "prompt_tokens": len(ids[0]), "batch": 1,
+                                "sliding_layers": sum(variant.config.is_sliding(i) for i in range(variant.config.num_layers)),
+                                "window": variant.config.sliding_window, "decode_step_ms": 1e3 * step,
+                                "compile_s": t_long.compile_s, "timing_long": t_long.to_dict(),
+                                "timing_short": t_short.to_dict()})
+        if lm is not base:
+            del lm
+            gc.collect()
+    if len(sliding) == 2:
+        sliding.append({"ratio_global_over_ring": sliding[1]["decode_step_ms"] / sliding[0]["decode_step_ms"]})
+    return {"families": rows, "sliding_window_decode": sliding}
 
 
 def bench_pair(names: tuple[str, ...], prompts: list[str], batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
@@ -362,7 +446,27 @@ def main(argv: list[str] | None = None) -> int:
                          "a model that is not installed is reported as such)")
     ap.add_argument("--no-pair", action="store_true", help="skip (e)")
     ap.add_argument("--results-dir", default=None, help="where to write the JSON (default benchmarks/results)")
+    ap.add_argument("--families", action="store_true", help="only (f): every model family, and Gemma 3's sliding "
+                                                            "windows (ring vs global)")
     args = ap.parse_args(argv)
+    if args.families:
+        import jax
+
+        load_start = os.getloadavg()
+        res = bench_families(glam_prompts(16, seed=0), 3, args.quick)
+        res["load_average"] = {"start": load_start, "end": os.getloadavg()}
+        path = write_result(f"lm_families_{device_tag()}" + ("_quick" if args.quick else ""), res, args.results_dir)
+        if args.json:
+            print(json.dumps({"machine": machine_info(), **res}, indent=2, default=str))
+            return 0
+        print(f"on {jax.devices()[0]}: (f) families, 16 GLAM prompts x 6 actions and greedy decode")
+        print(render_table(res["families"], ["family", "model", "num_params", "score16_s", "decode_tokens_per_s_b1",
+                                             "decode_tokens_per_s_b4", "skipped"]))
+        print("\nGemma-3-270M decode past its window: sliding layers on rings vs every layer global")
+        print(render_table(res["sliding_window_decode"][:2], ["model", "prompt_tokens", "batch", "sliding_layers",
+                                                               "decode_step_ms"]))
+        print(f"\nsaved {path}")
+        return 0
 
     import jax
 
