@@ -28,6 +28,7 @@ from londi_jax.lm.gemma3 import Gemma3ForCausalLM
 from londi_jax.lm.gpt_neox import GPTNeoXForCausalLM
 from londi_jax.lm.layers import CausalLM, jnp_dtype
 from londi_jax.lm.llama import LlamaForCausalLM
+from londi_jax.lm.t5 import T5ForConditionalGeneration
 from londi_jax.utils.errors import LondiError
 
 
@@ -36,10 +37,10 @@ class CheckpointError(LondiError):
 
 
 MODEL_CLASSES: dict[str, type[CausalLM]] = {"llama": LlamaForCausalLM, "gpt_neox": GPTNeoXForCausalLM,
-                                             "gemma3": Gemma3ForCausalLM}
+                                             "gemma3": Gemma3ForCausalLM, "t5": T5ForConditionalGeneration}
 
 
-def model_class(config: ModelConfig) -> type[CausalLM]:
+def model_class(config: Any) -> type[CausalLM]:
     """The NNX class implementing ``config.family``."""
     return MODEL_CLASSES[config.family]
 
@@ -56,7 +57,7 @@ Dim = tuple[int, str]  # (expected size, the config expression responsible)
 def _dims(cfg: ModelConfig, *names: str) -> tuple[Dim, ...]:
     env = dataclasses.asdict(cfg)
     env["q_out"] = cfg.num_heads * cfg.head_dim
-    env["kv_out"] = cfg.num_kv_heads * cfg.head_dim
+    env["kv_out"] = getattr(cfg, "num_kv_heads", cfg.num_heads) * cfg.head_dim
     env["qkv_out"] = 3 * cfg.num_heads * cfg.head_dim
     # labels use the config.json (transformers) key names the user can check
     labels = {"q_out": "num_attention_heads*head_dim", "kv_out": "num_key_value_heads*head_dim",
@@ -162,6 +163,44 @@ GEMMA3_RULES: tuple[_Rule, ...] = tuple(
     ]
 )
 
+def _t5_stack(stack: str, decoder: bool) -> list[_Rule]:
+    B = rf"{stack}\.block\.{L}\.layer"
+    attn = [(0, "SelfAttention", "self_attn")] + ([(1, "EncDecAttention", "cross_attn")] if decoder else [])
+    ff = 2 if decoder else 1
+    rules = [
+        _Rule(rf"{stack}\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+              ((f"{stack}.rel_bias.embedding", _identity),),
+              lambda c: _dims(c, "relative_attention_num_buckets", "num_heads")),
+        *_norm(rf"{stack}\.final_layer_norm", f"{stack}.final_norm", False),
+        *_norm(rf"{B}\.{ff}\.layer_norm", f"{stack}.layers.{{i}}.ff_norm", False),
+        *_lin(rf"{B}\.{ff}\.DenseReluDense\.wi", f"{stack}.layers.{{i}}.ff.wi", "intermediate_size", "hidden_size",
+              when=lambda c: c.feed_forward in ("relu", "gelu")),
+        *_lin(rf"{B}\.{ff}\.DenseReluDense\.wi_0", f"{stack}.layers.{{i}}.ff.wi_0", "intermediate_size",
+              "hidden_size", when=lambda c: c.feed_forward.startswith("gated")),
+        *_lin(rf"{B}\.{ff}\.DenseReluDense\.wi_1", f"{stack}.layers.{{i}}.ff.wi_1", "intermediate_size",
+              "hidden_size", when=lambda c: c.feed_forward.startswith("gated")),
+        *_lin(rf"{B}\.{ff}\.DenseReluDense\.wo", f"{stack}.layers.{{i}}.ff.wo", "hidden_size", "intermediate_size"),
+    ]
+    for k, hf, ours in attn:
+        norm = "attn_norm" if k == 0 else "cross_norm"
+        rules += _norm(rf"{B}\.{k}\.layer_norm", f"{stack}.layers.{{i}}.{norm}", False)
+        rules += [r for p in "qkv" for r in _lin(rf"{B}\.{k}\.{hf}\.{p}", f"{stack}.layers.{{i}}.{ours}.{p}", "q_out",
+                                                 "hidden_size")]
+        rules += _lin(rf"{B}\.{k}\.{hf}\.o", f"{stack}.layers.{{i}}.{ours}.o", "hidden_size", "q_out")
+    return rules
+
+
+T5_RULES: tuple[_Rule, ...] = tuple(
+    [
+        _Rule(r"shared\.weight", (("shared.embedding", _identity),), lambda c: _dims(c, "vocab_size", "hidden_size")),
+        *_lin(r"lm_head", "lm_head", "vocab_size", "hidden_size", when=lambda c: not c.tie_embeddings),
+        *_t5_stack("encoder", decoder=False),
+        *_t5_stack("decoder", decoder=True),
+    ]
+)
+# the stacks' own embedding entries are the shared matrix again (tied in every T5)
+T5_IGNORED = (r"(encoder|decoder)\.embed_tokens\.weight",)
+
 # buffers some exporters store; they carry no learned weights
 LLAMA_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 
@@ -192,7 +231,7 @@ NEOX_IGNORED = (
 )
 
 WEIGHT_RULES = {"llama": (LLAMA_RULES, LLAMA_IGNORED), "gpt_neox": (NEOX_RULES, NEOX_IGNORED),
-                "gemma3": (GEMMA3_RULES, LLAMA_IGNORED)}
+                "gemma3": (GEMMA3_RULES, LLAMA_IGNORED), "t5": (T5_RULES, T5_IGNORED)}
 
 
 def _path(template: str, i: str | None) -> tuple[str | int, ...]:
@@ -237,8 +276,11 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
             continue
         m, rule = match
         layer = m.groupdict().get("i")
-        if layer is not None and int(layer) >= config.num_layers:
-            errors.append(f"unexpected tensor {name!r}: layer {layer} but num_layers is {config.num_layers}")
+        if layer is not None and _path(rule.targets[0][0], layer) not in expected:
+            errors.append(f"unexpected tensor {name!r}: layer {layer} but the config has fewer layers "
+                          f"(num_layers {config.num_layers}"
+                          + (f", num_decoder_layers {config.num_decoder_layers})" if hasattr(config, "num_decoder_layers")
+                             else ")"))
             continue
         want = rule.shape(config)
         got = _shape_of(tensors, name)
@@ -408,6 +450,25 @@ def generation_eos_ids(path: Path) -> tuple[int, ...]:
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise CheckpointError(f"{f}: eos_token_id must be a token id or a list of ids, got {eos!r}")
     return tuple(ids)
+
+
+def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True) -> tuple[Any, Any]:
+    """A local T5 / Flan-T5 Hugging Face directory as ``(T5ForConditionalGeneration, T5Config)``; a
+    stored ``lm_head.weight`` is the LM head even where the config says tied (transformers v5
+    writes every T5 config tied)."""
+    from londi_jax.lm.t5 import T5Config
+
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"model directory {p} does not exist (or is not a directory)")
+    d = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else None
+    if d is None:
+        raise CheckpointError(f"{p} has no config.json; point to a Hugging Face T5 directory")
+    config = T5Config.from_hf_dict(d, dtype=dtype)
+    tensors = open_safetensors_dir(p)
+    if config.tie_embeddings and "lm_head.weight" in tensors:
+        config = config.replace(tie_embeddings=False)
+    return build_model(config, tensors, dtype=dtype, progress=progress), config.replace(dtype=dtype)
 
 
 def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True):

@@ -1,0 +1,112 @@
+"""T5 / Flan-T5 (encoder-decoder) in NNX vs transformers' PyTorch T5 on tiny random configs saved as
+HF directories: v1.0 (ReLU MLP, tied embeddings and the d_model**-0.5 rescale) and v1.1 / Flan
+(gated GELU-tanh, untied head, no rescale), with encoder and decoder sequences past the relative-
+position buckets' boundaries (exact below 8 or 16, logarithmic to max_distance, clamped beyond)."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from londi_jax.lm.hf_loader import CheckpointError, build_model, load_t5_directory, open_safetensors_dir
+from londi_jax.lm.t5 import T5Config, relative_position_bucket, shift_right
+
+VARIANTS = {
+    "t5_v1_0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+    "flan_t5": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+def save_tiny_t5(root, kind, seed=0):
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.T5Config(vocab_size=200, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
+                     relative_attention_num_buckets=16, relative_attention_max_distance=48, dropout_rate=0.0,
+                     decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, initializer_factor=1.0,
+                     **VARIANTS[kind])
+    model = T.T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # T5 initialises norms to 1: make them matter
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.normal_(1.0, 0.2)
+    out = root / kind
+    model.save_pretrained(out)
+    return out, model
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def tiny(request, tmp_path_factory):
+    path, ref = save_tiny_t5(tmp_path_factory.mktemp("t5"), request.param)
+    model, cfg = load_t5_directory(path, progress=False)
+    return cfg, model, ref
+
+
+@pytest.mark.parametrize("bidirectional,buckets,max_distance", [(True, 32, 128), (False, 32, 128), (True, 16, 48),
+                                                                 (False, 16, 48), (True, 8, 20)])
+def test_relative_position_buckets_equal_transformers(bidirectional, buckets, max_distance):
+    import torch
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rel = np.arange(-300, 301)
+    want = T5Attention._relative_position_bucket(torch.tensor(rel), bidirectional=bidirectional,
+                                                 num_buckets=buckets, max_distance=max_distance).numpy()
+    got = np.asarray(relative_position_bucket(jnp.asarray(rel), bidirectional, buckets, max_distance))
+    np.testing.assert_array_equal(got, want)
+    n = buckets // 2 if bidirectional else buckets
+    assert want.max() == buckets - 1 and (want[:300] == n - 1).any()  # the clamp beyond max_distance is exercised
+
+
+def test_teacher_forced_logits_equal_transformers(tiny):
+    import torch
+
+    cfg, ours, ref = tiny
+    rng = np.random.default_rng(0)
+    enc_len, dec_len = [90, 37], [70, 12]  # past max_distance 48 and the 8-token exact range
+    B, S, T = 2, max(enc_len), max(dec_len)
+    enc = np.zeros((B, S), np.int64)
+    enc_valid = np.zeros((B, S), bool)
+    labels = np.zeros((B, T), np.int64)
+    dec_valid = np.zeros((B, T), bool)
+    for b in range(B):  # right padding, as T5 tokenizers pad
+        enc[b, :enc_len[b]] = rng.integers(2, cfg.vocab_size, enc_len[b])
+        enc_valid[b, :enc_len[b]] = True
+        labels[b, :dec_len[b]] = rng.integers(2, cfg.vocab_size, dec_len[b])
+        dec_valid[b, :dec_len[b]] = True
+    dec_in = shift_right(labels, cfg.decoder_start_token_id)
+    got = np.asarray(ours(jnp.asarray(enc), jnp.asarray(enc_valid), jnp.asarray(dec_in), jnp.asarray(dec_valid)))
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc_valid.astype(np.int64)),
+                   decoder_input_ids=torch.tensor(dec_in),
+                   decoder_attention_mask=torch.tensor(dec_valid.astype(np.int64))).logits.numpy()
+    for b in range(B):
+        np.testing.assert_allclose(got[b, :dec_len[b]], want[b, :dec_len[b]], rtol=1e-4, atol=1e-4)
+    # the encoder alone, and left padding (only position differences enter the bias)
+    with torch.no_grad():
+        want_enc = ref.encoder(input_ids=torch.tensor(enc[1:, :37])).last_hidden_state.numpy()
+    left = np.concatenate([np.zeros((1, 5), np.int64), enc[1:, :37]], axis=1)
+    left_valid = np.concatenate([np.zeros((1, 5), bool), np.ones((1, 37), bool)], axis=1)
+    got_enc = np.asarray(ours.encode(jnp.asarray(left), jnp.asarray(left_valid)))[:, 5:]
+    np.testing.assert_allclose(got_enc, want_enc, rtol=1e-4, atol=1e-4)
+
+
+def test_config_and_checkpoint_errors(tmp_path):
+    path, _ = save_tiny_t5(tmp_path, "flan_t5")
+    d = json.loads((path / "config.json").read_text())
+    cfg = T5Config.from_hf_dict(d)
+    assert (cfg.feed_forward, cfg.scale_decoder_outputs, cfg.num_decoder_layers, cfg.relative_attention_max_distance) == \
+        ("gated-gelu", False, 3, 48)
+    # a transformers v4 Flan-T5 config: untied head, no rescale; v4 T5 v1.0: tied and rescaled
+    v4 = {k: v for k, v in d.items() if k != "scale_decoder_outputs"}
+    flan4 = T5Config.from_hf_dict({**v4, "tie_word_embeddings": False})
+    assert not flan4.tie_embeddings and not flan4.scale_decoder_outputs
+    t5_4 = T5Config.from_hf_dict({**v4, "tie_word_embeddings": True, "feed_forward_proj": "relu"})
+    assert t5_4.tie_embeddings and t5_4.scale_decoder_outputs
+    with pytest.raises(Exception, match="feed_forward_proj 'gated-swish'.*supported: relu, gated-gelu"):
+        T5Config.from_hf_dict({**d, "feed_forward_proj": "gated-swish"})
+    with pytest.raises(CheckpointError, match="decoder.block.2.*layer 2 but the config has fewer layers.*num_decoder_layers 2"):
+        build_model(cfg.replace(num_decoder_layers=2), open_safetensors_dir(path))
