@@ -20,6 +20,7 @@ switchers, the report, calibration) writes nothing: a run on read-only storage c
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -344,9 +345,14 @@ class Pipeline:
                 spec = getattr(self.config, name)
                 if spec.source != "scratch":
                     try:
-                        resolve_model_path(spec.source)
+                        path = resolve_model_path(spec.source)
                     except LondiError as err:
                         raise PipelineError(f"{name}.source: {err}") from None
+                    if _is_encoder_decoder(path):
+                        raise PipelineError(f"{name}.source {spec.source!r} is an encoder-decoder model (T5); the "
+                                            "pipeline's behaviour cloning trains decoder-only models only. A T5 "
+                                            "scores and generates through the LM interface (londi-jax lm score / "
+                                            "generate), but cannot be cloned here yet: use a decoder-only source")
         if set(to_run) & {"demos", "models", "switch_data", "evaluate"}:
             try:
                 self.family.check()
@@ -706,6 +712,14 @@ class Pipeline:
 def _model_info(record: dict[str, Any]) -> dict[str, Any]:
     """A model's entry in ``models.done.json`` from its ``models/<name>_bc.json`` record."""
     return {"examples": record["examples"], "steps": record["steps"], "history": record["history"][-1:]}
+
+
+def _is_encoder_decoder(path: Any) -> bool:
+    cfg = Path(path) / "config.json" if Path(path).is_dir() else None
+    try:
+        return cfg is not None and json.loads(cfg.read_text()).get("model_type") == "t5"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _remove(path: Path) -> None:

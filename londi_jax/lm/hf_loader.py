@@ -452,6 +452,13 @@ def generation_eos_ids(path: Path) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None  # read_config reports it
+
+
 def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True) -> tuple[Any, Any]:
     """A local T5 / Flan-T5 Hugging Face directory as ``(T5ForConditionalGeneration, T5Config)``; a
     stored ``lm_head.weight`` is the LM head even where the config says tied (transformers v5
@@ -473,12 +480,18 @@ def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress:
 
 def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True):
     """Load a local Hugging Face model directory as a ``LanguageModel`` (see engine.py); generation
-    stops on generation_config.json's and config.json's EOS ids (and the tokenizer's EOS)."""
+    stops on generation_config.json's and config.json's EOS ids (and the tokenizer's EOS). A T5 /
+    Flan-T5 directory gives a ``seq2seq.Seq2SeqLanguageModel`` (the same interface)."""
     from londi_jax.lm.engine import LanguageModel  # engine builds on this module
 
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"model directory {p} does not exist (or is not a directory)")
+    if _model_type(p) == "t5":  # encoder-decoder: the seq2seq engine
+        from londi_jax.lm.seq2seq import Seq2SeqLanguageModel
+
+        model, t5_config = load_t5_directory(p, dtype, progress)
+        return Seq2SeqLanguageModel(t5_config, model, load_tokenizer(p), name=p.name)
     config = read_config(p, dtype)
     tensors = open_safetensors_dir(p)
     model = build_model(config, tensors, dtype=dtype, progress=progress)

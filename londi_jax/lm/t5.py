@@ -179,7 +179,11 @@ class T5Attention(nnx.Module):
         return proj(x).reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
     def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array | None, mask: jax.Array) -> jax.Array:
-        o = _attend(self.heads(self.q, x), self.heads(self.k, kv), self.heads(self.v, kv), bias, mask)
+        return self.over(x, self.heads(self.k, kv), self.heads(self.v, kv), bias, mask)
+
+    def over(self, x: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array) -> jax.Array:
+        """Attention of ``x``'s queries over given keys and values ``(B, S, N, D)`` (a cache)."""
+        o = _attend(self.heads(self.q, x), k, v, bias, mask)
         return self.o(o.reshape(*o.shape[:-2], -1))
 
 
@@ -225,6 +229,19 @@ class T5Block(nnx.Module):
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.cross_norm(x), enc, None, enc_mask)
         return x + self.ff(self.ff_norm(x))
+
+    def step(self, x: jax.Array, t: jax.Array, cache: tuple[jax.Array, jax.Array], bias: jax.Array,
+             mask: jax.Array, cross: tuple[jax.Array, jax.Array], enc_mask: jax.Array
+             ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One decoder token ``x (B, 1, H)`` at step ``t``: its key/value written into ``cache``
+        (``(B, T, N, D)`` each), attending the cache under ``bias``/``mask`` and the encoder's
+        precomputed ``cross`` keys/values. Returns the new ``x`` and cache."""
+        h = self.attn_norm(x)
+        k_c = jax.lax.dynamic_update_slice(cache[0], self.self_attn.heads(self.self_attn.k, h), (0, t, 0, 0))
+        v_c = jax.lax.dynamic_update_slice(cache[1], self.self_attn.heads(self.self_attn.v, h), (0, t, 0, 0))
+        x = x + self.self_attn.over(h, k_c, v_c, bias, mask)
+        x = x + self.cross_attn.over(self.cross_norm(x), cross[0], cross[1], None, enc_mask)
+        return x + self.ff(self.ff_norm(x)), (k_c, v_c)
 
 
 class T5Stack(nnx.Module):
@@ -284,6 +301,52 @@ class T5ForConditionalGeneration(nnx.Module):
         for layer in self.decoder.layers:
             x = layer(x, bias, mask, enc, enc_mask)
         return self.decoder.final_norm(x)
+
+    def generate(self, tokens: jax.Array, valid: jax.Array, max_new: jax.Array, key: jax.Array,
+                 pick: Any, stop_mask: jax.Array, new_cap: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Decode up to ``max_new <= new_cap`` tokens after encoding ``tokens (B, S)`` once: each
+        decoder layer keeps a self-attention cache of ``new_cap`` slots, the encoder's keys and
+        values are computed once per layer. ``pick(logits, key) -> token ids`` chooses each token;
+        a row ends on a token of ``stop_mask (V,)``. Returns ``(tokens (B, new_cap), counts (B,),
+        pooled encoder states (B, H))``."""
+        c = self.config
+        B = tokens.shape[0]
+        enc = self.encode(tokens, valid)
+        enc_mask = valid[:, None, None, :]
+        cross = [(layer.cross_attn.heads(layer.cross_attn.k, enc), layer.cross_attn.heads(layer.cross_attn.v, enc))
+                 for layer in self.decoder.layers]
+        zeros = jnp.zeros((B, new_cap, c.num_heads, c.head_dim), enc.dtype)
+        cache = tuple((zeros, zeros) for _ in self.decoder.layers)
+        slots = jnp.arange(new_cap)
+        out = jnp.zeros((B, new_cap), jnp.int32)
+        done = ~valid.any(-1)
+        n_gen = jnp.zeros((B,), jnp.int32)
+        prev = jnp.full((B,), c.decoder_start_token_id, jnp.int32)
+
+        def cond(carry):
+            t, *_, done, _, _ = carry
+            return (t < max_new) & ~jnp.all(done)
+
+        def body(carry):
+            t, cache, prev, out, done, n_gen, key = carry
+            bias = self.decoder.bias(t[None], slots)  # (N, 1, new_cap): causal buckets of key - query
+            mask = (slots <= t)[None, None, None, :]
+            x = self.shared(prev[:, None])
+            new = []
+            for layer, kv, cr in zip(self.decoder.layers, cache, cross):
+                x, kv = layer.step(x, t, kv, bias, mask, cr, enc_mask)
+                new.append(kv)
+            key, sub = jax.random.split(key)
+            tok = jnp.where(done, 0, pick(self.logits(self.decoder.final_norm(x))[:, 0], sub))
+            out = out.at[:, t].set(tok)
+            n_gen = jnp.where(done, n_gen, t + 1)
+            return t + 1, tuple(new), tok, out, done | stop_mask[tok], n_gen, key
+
+        carry = (jnp.int32(0), cache, prev, out, done, n_gen, key)
+        _, _, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, carry)
+        w = valid.astype(jnp.float32)[..., None]
+        pooled = (enc.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+        return out, n_gen, pooled
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Decoder states -> float32 logits (rescaled by ``d_model ** -0.5`` first in T5 v1.0)."""

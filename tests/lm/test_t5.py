@@ -25,7 +25,7 @@ def save_tiny_t5(root, kind, seed=0):
     import transformers as T
 
     torch.manual_seed(seed)
-    cfg = T.T5Config(vocab_size=200, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
+    cfg = T.T5Config(vocab_size=320, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
                      relative_attention_num_buckets=16, relative_attention_max_distance=48, dropout_rate=0.0,
                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, initializer_factor=1.0,
                      **VARIANTS[kind])
@@ -110,3 +110,78 @@ def test_config_and_checkpoint_errors(tmp_path):
         T5Config.from_hf_dict({**d, "feed_forward_proj": "gated-swish"})
     with pytest.raises(CheckpointError, match="decoder.block.2.*layer 2 but the config has fewer layers.*num_decoder_layers 2"):
         build_model(cfg.replace(num_decoder_layers=2), open_safetensors_dir(path))
+
+
+# ---------------------------------------------------------------------------------- the LM interface
+@pytest.fixture(scope="module")
+def t5_lm(tmp_path_factory):
+    """A tiny Flan-T5-style directory with a tokenizer, loaded through ``load_hf_directory``."""
+    from lm_core_helpers import make_tokenizer
+
+    from londi_jax.lm.hf_loader import load_hf_directory
+
+    root = tmp_path_factory.mktemp("t5lm")
+    path, ref = save_tiny_t5(root, "flan_t5")
+    make_tokenizer(str(root)).save_pretrained(path)
+    return load_hf_directory(path, progress=False), ref, path
+
+
+def _torch_logprobs(ref, prompt, cand, start=0):
+    import torch
+
+    with torch.no_grad():
+        logits = ref(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([[start] + cand[:-1]])).logits
+    lp = torch.log_softmax(logits[0].double(), -1).numpy()
+    return float(sum(lp[j, t] for j, t in enumerate(cand)))
+
+
+def test_scores_share_the_encoder_and_equal_transformers(t5_lm):
+    from londi_jax.lm.seq2seq import Seq2SeqLanguageModel
+
+    lm, ref, _ = t5_lm
+    assert isinstance(lm, Seq2SeqLanguageModel) and lm.hidden_size == 32
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, 200, n).tolist() for n in (70, 5, 20)]
+    cands = [[[5], [6, 7, 8], rng.integers(3, 200, 66).tolist()], [[9, 10]], [[11, 12, 13], [14]]]
+    res = lm.score_tokens(prompts, cands, with_embedding=True)
+    for p, cs, got in zip(prompts, cands, res.logprobs):
+        np.testing.assert_allclose(got, [_torch_logprobs(ref, p, c) for c in cs], rtol=1e-4, atol=1e-4)
+    assert [n.tolist() for n in res.num_tokens] == [[len(c) for c in cs] for cs in cands]
+    assert res.embeddings.shape == (3, 32) and res.cost.kind == "score" and res.cost.flops > 0
+    import torch
+
+    with torch.no_grad():  # the embedding: the prompt's encoder states, mean-pooled
+        enc = ref.encoder(input_ids=torch.tensor([prompts[1]])).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(res.embeddings[1], enc.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lm.embed_tokens([prompts[1]])[0], enc.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_greedy_generation_equals_transformers(t5_lm):
+    import torch
+
+    lm, ref, _ = t5_lm
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(3, 200, n).tolist() for n in (40, 9)]
+    rows, reasons = lm.generate_tokens(prompts, 70)  # past the decoder's 8-token exact buckets and max_distance 48
+    for p, got, why in zip(prompts, rows, reasons):
+        with torch.no_grad():
+            # (no cache: transformers sizes its T5 cache by the encoder's layer count, 2 here, not the decoder's 3)
+            out = ref.generate(torch.tensor([p]), max_new_tokens=70, do_sample=False, min_new_tokens=0,
+                               use_cache=False)[0, 1:].tolist()
+        want = out[: out.index(1) + 1] if 1 in out else out
+        assert got == want and why == ("eos" if got[-1] == 1 else "length")
+    text = lm.generate(["go forward and pick up the key"], 5)
+    assert len(text.token_ids[0]) <= 5 and text.cost.generated_tokens == len(text.token_ids[0])
+    res = lm.score(["open the door"], [["turn left", "go forward"]])
+    assert res.logprobs[0].shape == (2,) and np.all(res.logprobs[0] < 0)
+
+
+def test_the_pipeline_refuses_a_t5_source_before_any_work(t5_lm, tmp_path, capsys):
+    from londi_jax.cli import main
+
+    _, _, src = t5_lm
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--set", f"quick.source={src}"]) == 2
+    err = capsys.readouterr().err
+    assert "encoder-decoder model (T5)" in err and "decoder-only" in err
+    assert not (out / "demos").exists()  # refused before the demos stage ran
