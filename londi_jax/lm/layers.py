@@ -393,7 +393,9 @@ class CausalLM(nnx.Module):
         """``tokens (B, K, L)`` continuing each row's prefix cache; returns hidden ``(B, K, L, H)``.
 
         Every continuation sees the (unpadded) prefix and its own earlier valid tokens; the prefix
-        K/V is read once per row, never copied K times.
+        K/V is read once per row, never copied K times. A sliding layer reads only the prefix's last
+        ``sliding_window`` slots (the prompts are left-padded, so those hold the only keys any
+        continuation token can still reach).
         """
         L = tokens.shape[-1]
         causal = jnp.tril(jnp.ones((L, L), bool))
@@ -404,8 +406,13 @@ class CausalLM(nnx.Module):
                                  p_pos)
         own_masks = self._windowed(own_mask, positions[..., :, None], positions[..., None, :])
         x = self._embed(tokens)
+        W = self.config.sliding_window
         for i, layer in enumerate(self.layers):
-            x, _ = layer(x, lambda attn, h, i=i: attn.with_prefix(h, positions, prefix.k[i], prefix.v[i],
-                                                                  p_masks[i] if self.config.is_sliding(i) else p_mask,
-                                                                  own_masks[i]))
+            pk, pv, pm = prefix.k[i], prefix.v[i], p_mask
+            if self.config.is_sliding(i):
+                pm = p_masks[i]
+                if pk.shape[1] > W:  # left-padded prompts end at the last slot: the window lies in the last W
+                    pk, pv, pm = pk[:, -W:], pv[:, -W:], pm[..., -W:]
+            x, _ = layer(x, lambda attn, h, i=i, pk=pk, pv=pv, pm=pm: attn.with_prefix(h, positions, pk, pv, pm,
+                                                                                       own_masks[i]))
         return self.final_norm(x)
