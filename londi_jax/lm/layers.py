@@ -202,6 +202,41 @@ def layer_rope_config(config: ModelConfig, layer: int) -> ModelConfig:
     return config
 
 
+def _chunks(x: jax.Array, C: int, n: int) -> jax.Array:
+    """``x (B, T, ...)`` padded to ``n * C`` slots and cut into ``B * n`` chunks of ``C``."""
+    x = jnp.pad(x, [(0, 0), (0, n * C - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return x.reshape(x.shape[0] * n, C, *x.shape[2:])
+
+
+def _bands(x: jax.Array, C: int, n: int) -> jax.Array:
+    """``x (B, T, ...)`` -> ``(B * n, 2C, ...)``: for chunk j, slots ``[(j - 1) C, (j + 1) C)``
+    (the chunk before it, empty before slot 0, and the chunk itself)."""
+    x = jnp.pad(x, [(0, 0), (C, n * C - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    B = x.shape[0]
+    prev = x[:, :n * C].reshape(B, n, C, *x.shape[2:])
+    cur = x[:, C:].reshape(B, n, C, *x.shape[2:])
+    return jnp.concatenate([prev, cur], axis=2).reshape(B * n, 2 * C, *x.shape[2:])
+
+
+def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, window: int,
+                     scale: float | None) -> jax.Array:
+    """Causal sliding-window self-attention of ``T`` tokens in ``window``-sized chunks: the queries
+    of chunk j read only the keys of chunks j - 1 and j (``2 * window`` of them), which hold every
+    key a query can reach (``q - window < key <= q``), so the work grows as ``T * window``, not
+    ``T ** 2``. ``q (B, T, N, G, D)``, ``k, v (B, T, N, D)``, ``valid (B, T)`` (real tokens, one
+    contiguous run per row, so slot distance is position distance). Returns ``(B, T, N, G, D)``."""
+    B, T = valid.shape
+    C = window
+    n = -(-T // C)
+    a = jnp.arange(C)[:, None]
+    b = jnp.arange(2 * C)[None, :]
+    dist = a + C - b  # query slot - key slot within a chunk's band
+    mask = ((dist >= 0) & (dist < window))[None] & _bands(valid, C, n)[:, None, :]  # (B n, C, 2C)
+    o = grouped_attention(_chunks(q, C, n)[:, None], (_bands(k, C, n), _bands(v, C, n), mask[:, None]),
+                          scale=scale)[:, 0]
+    return o.reshape(B, n * C, *o.shape[2:])[:, :T]
+
+
 class Attention(nnx.Module):
     """Multi-head / grouped-query self-attention with RoPE (full or partial), optional biases and
     per-head q/k norms; layer ``layer``'s RoPE base and window follow ``config.layer_types``."""
@@ -238,27 +273,39 @@ class Attention(nnx.Module):
         return self.o_proj(o.reshape(*o.shape[:-3], self.num_heads * self.head_dim))
 
     def cached(self, x: jax.Array, positions: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
-               index: jax.Array, mask: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+               index: jax.Array, mask: jax.Array, band: tuple[jax.Array, int] | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """``x (B, T, H)`` written into the cache at slot ``index``, then attending the cache
-        under ``mask (B, T, S)``. Returns the output and the updated ``(k_cache, v_cache)``."""
+        under ``mask (B, T, S)``. ``band = (valid (B, T), window)``: a sliding layer's prefill
+        (``index`` 0, the T tokens the whole context), attended in window-sized chunks
+        (:func:`banded_attention`) instead. Returns the output and the updated cache."""
         q, k, v = self._qkv(x, positions)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-        o = grouped_attention(q[:, None], (k_cache, v_cache, mask[:, None]), scale=self.scale)[:, 0]
+        if band is not None:
+            o = banded_attention(q, k, v, band[0], band[1], self.scale)
+        else:
+            o = grouped_attention(q[:, None], (k_cache, v_cache, mask[:, None]), scale=self.scale)[:, 0]
         return self._out(o), (k_cache, v_cache)
 
     def packed(self, x: jax.Array, positions: jax.Array, rows: jax.Array, flat: jax.Array,
-               mask: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+               mask: jax.Array, band: tuple[jax.Array, int] | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Prefill of packed prompts: ``x (N, H)`` holds the real tokens of all rows back to back.
 
         Projections run on the N packed tokens only; attention runs in the row layout: ``rows (B, P)``
         gives the packed index of each (left-padded) row slot, ``flat (N,)`` the row slot ``b * P + p``
-        of each packed token, ``mask (B, P, P)`` the causal padding mask. Returns the output
-        ``(N, H)`` and the rows' ``(k, v)``, each ``(B, P, num_kv_heads, head_dim)`` (the prompt cache).
+        of each packed token, ``mask (B, P, P)`` the causal padding mask. ``band = (valid (B, P),
+        window)``: a sliding layer attends in window-sized chunks (:func:`banded_attention`). Returns
+        the output ``(N, H)`` and the rows' ``(k, v)``, each ``(B, P, num_kv_heads, head_dim)`` (the
+        prompt cache).
         """
         q, k, v = self._qkv(x, positions)
         k, v = k[rows], v[rows]
-        o = grouped_attention(q[rows][:, None], (k, v, mask[:, None]), scale=self.scale)[:, 0]
+        if band is not None:  # a sliding layer over rows longer than twice its window: in bands
+            o = banded_attention(q[rows], k, v, band[0], band[1], self.scale)
+        else:
+            o = grouped_attention(q[rows][:, None], (k, v, mask[:, None]), scale=self.scale)[:, 0]
         return self._out(o.reshape(-1, *o.shape[2:])[flat]), (k, v)
 
     def with_prefix(self, x: jax.Array, positions: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
@@ -353,8 +400,13 @@ class CausalLM(nnx.Module):
         states ``(B, T, H)`` and the new cache.
         """
         slots = jnp.arange(key_valid.shape[1])
-        causal = slots[None, None, :] <= (index + jnp.arange(tokens.shape[1]))[None, :, None]
+        T = tokens.shape[1]
+        causal = slots[None, None, :] <= (index + jnp.arange(T))[None, :, None]
         mask = causal & key_valid[:, None, :]
+        W = self.config.sliding_window
+        # a prefill longer than twice the window: sliding layers attend in bands (T > 1 is always a
+        # prefill from slot 0 in this engine; decode steps take one token)
+        band = (key_valid[:, :T], W) if self.config.layer_types is not None and T > 2 * W else None
         k_pos = jnp.cumsum(key_valid, axis=1) - 1  # valid slots are contiguous: slot -> token position
         masks = self._windowed(mask, positions[:, :, None], k_pos[:, None, :])
         x = self._embed(tokens)
@@ -366,8 +418,9 @@ class CausalLM(nnx.Module):
                 slot, mask_i = index % ring, ring_valid[:, None, :]
             else:
                 slot, mask_i = index, masks[i]
-            x, (k, v) = layer(x, lambda attn, h, i=i, slot=slot, m=mask_i: attn.cached(h, positions, cache.k[i],
-                                                                                       cache.v[i], slot, m))
+            b_i = band if self.config.is_sliding(i) else None
+            x, (k, v) = layer(x, lambda attn, h, i=i, slot=slot, m=mask_i, b=b_i: attn.cached(
+                h, positions, cache.k[i], cache.v[i], slot, m, b))
             ks.append(k)
             vs.append(v)
         return self.final_norm(x), KVCache(tuple(ks), tuple(vs))
@@ -380,10 +433,13 @@ class CausalLM(nnx.Module):
         final-normed hidden states ``(N, H)`` and the rows' cache (``B x P`` slots)."""
         row_pos = positions[rows]  # (B, P): each row slot's position (padding slots are masked anyway)
         masks = self._windowed(mask, row_pos[:, :, None], row_pos[:, None, :])
+        W = self.config.sliding_window
+        band = (mask[:, -1, :], W) if self.config.layer_types is not None and rows.shape[1] > 2 * W else None
         x = self._embed(tokens)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, lambda attn, h, i=i: attn.packed(h, positions, rows, flat, masks[i]))
+            b_i = band if self.config.is_sliding(i) else None  # the last row of the causal mask: the row's tokens
+            x, (k, v) = layer(x, lambda attn, h, i=i, b=b_i: attn.packed(h, positions, rows, flat, masks[i], b))
             ks.append(k)
             vs.append(v)
         return self.final_norm(x), KVCache(tuple(ks), tuple(vs))

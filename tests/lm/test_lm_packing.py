@@ -142,3 +142,25 @@ def test_single_token_candidates_need_no_candidate_forward():
         last = lm.logits([p])[0][-1].astype(np.float64)
         logp = last - np.log(np.exp(last - last.max()).sum()) - last.max()
         np.testing.assert_allclose(got, [logp[c[0]] for c in cs], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,window", [(9, 4), (16, 4), (37, 8), (5, 8)])
+def test_banded_attention_equals_the_full_windowed_softmax(T, window):
+    """Sliding layers' prefill in window-sized chunks (each reading its own and the previous chunk's
+    keys) equals attention over every key with the causal window mask, with left-padded rows."""
+    from londi_jax.lm.layers import banded_attention, grouped_attention
+
+    rng = np.random.default_rng(T)
+    B, N, G, D = 3, 2, 2, 8
+    q = jnp.asarray(rng.standard_normal((B, T, N, G, D)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((B, T, N, D)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((B, T, N, D)), jnp.float32)
+    valid = np.ones((B, T), bool)
+    valid[1, :3] = False  # left padding
+    valid[2, :] = False  # a batch-padding row
+    s = np.arange(T)
+    causal_window = (s[None, :] <= s[:, None]) & (s[:, None] - s[None, :] < window)
+    mask = jnp.asarray(causal_window[None] & valid[:, None, :])
+    want = np.asarray(grouped_attention(q[:, None], (k, v, mask[:, None]))[:, 0])
+    got = np.asarray(banded_attention(q, k, v, jnp.asarray(valid), window, None))
+    np.testing.assert_allclose(got[:2][valid[:2]], want[:2][valid[:2]], rtol=1e-5, atol=1e-5)
