@@ -280,8 +280,8 @@ def bench_families(prompts: list[str], repeats: int, quick: bool) -> dict[str, A
     from londi_jax.lm import load_lm
     from londi_jax.lm.registry import ModelNotInstalledError
 
-    rows, sliding = [], []
-    base = None
+    rows = []
+    base = sliding_lm = None
     todo: list[tuple[str, Any]] = list(FAMILY_MODELS) + [("qwen3", None), ("gpt_neox", None), ("t5", None)]
     for family, name in todo:
         try:
@@ -297,28 +297,68 @@ def bench_families(prompts: list[str], repeats: int, quick: bool) -> dict[str, A
                      "score16_s": sc["median_s"], "score16_compile_s": sc["compile_s"],
                      "decode_tokens_per_s_b1": gen[0]["decode_tokens_per_s"],
                      "decode_tokens_per_s_b4": gen[1]["decode_tokens_per_s"], "scoring": sc, "generation": gen})
-        if family == "gemma3":
-            long_prompt = " ".join(prompts) * 2  # about 700 tokens per GLAM prompt pair: past the window
-            for variant in (lm, _all_global(lm)):
-                ids = [variant.tokenizer.encode(long_prompt)[: (640 if quick else 1024)]]
-                out: dict[str, Any] = {}
-
-                def run(n: int, v=variant, ids=ids) -> None:
-                    out["ids"], _ = v.generate_tokens(ids, n)
-                t_long = time_call(run, 32, repeats=repeats, warmup=1)
-                t_short = time_call(run, 17, repeats=repeats, warmup=0)
-                step = (t_long.median_s - t_short.median_s) / 15
-                sliding.append({"model": variant.name, "prompt_tokens": len(ids[0]), "batch": 1,
-                                "sliding_layers": sum(variant.config.is_sliding(i) for i in range(variant.config.num_layers)),
-                                "window": variant.config.sliding_window, "decode_step_ms": 1e3 * step,
-                                "compile_s": t_long.compile_s, "timing_long": t_long.to_dict(),
-                                "timing_short": t_short.to_dict()})
-        if lm is not base:
+        if family == "gemma3" and sliding_lm is None:
+            sliding_lm = lm
+            continue  # measured after the loop
+        if lm is not base and lm is not sliding_lm:
             del lm
             gc.collect()
-    if len(sliding) == 2:
-        sliding.append({"ratio_global_over_ring": sliding[1]["decode_step_ms"] / sliding[0]["decode_step_ms"]})
-    return {"families": rows, "sliding_window_decode": sliding}
+    return {"families": rows, **(bench_sliding(sliding_lm, prompts, quick) if sliding_lm is not None else {})}
+
+
+def bench_sliding(lm: Any, prompts: list[str], quick: bool) -> dict[str, Any]:
+    """Gemma-3-270M's sliding layers against what they would cost as global layers, side by side.
+
+    (1) One layer's prefill attention at its shapes (1 kv head, 4 query heads of 256, window 512):
+    ``banded_attention`` vs attention over every key with the window mask, jitted, at 1k-4k
+    tokens. (2) A decode step after a 1,024-token prompt (batch 1): the model (sliding layers on
+    rings of their window) vs the same weights with every layer global; the step is the time
+    difference of generating 64 and 16 tokens over 48 steps, the two variants timed in
+    alternation so load changes hit both."""
+    import jax
+    import jax.numpy as jnp
+
+    from londi_jax.lm.layers import banded_attention, grouped_attention
+
+    c = lm.config
+    W, G, D = c.sliding_window, c.num_heads // c.num_kv_heads, c.head_dim
+    attn = []
+    for T in ((1024, 2048) if quick else (1024, 2048, 4096)):
+        rng = np.random.default_rng(T)
+        q = jnp.asarray(rng.standard_normal((1, T, c.num_kv_heads, G, D)), jnp.float32)
+        k = jnp.asarray(rng.standard_normal((1, T, c.num_kv_heads, D)), jnp.float32)
+        v = jnp.asarray(rng.standard_normal((1, T, c.num_kv_heads, D)), jnp.float32)
+        valid = jnp.ones((1, T), bool)
+        s = jnp.arange(T)
+        mask = ((s[None, :] <= s[:, None]) & (s[:, None] - s[None, :] < W))[None, None]
+        band = jax.jit(lambda q, k, v, valid: banded_attention(q, k, v, valid, W, None))
+        full = jax.jit(lambda q, k, v: grouped_attention(q[:, None], (k, v, mask))[:, 0])
+        tb = time_call(band, q, k, v, valid, repeats=5, warmup=1)
+        tf = time_call(full, q, k, v, repeats=5, warmup=1)
+        attn.append({"tokens": T, "window": W, "banded_ms": 1e3 * tb.median_s, "full_masked_ms": 1e3 * tf.median_s,
+                     "ratio_full_over_banded": tf.median_s / tb.median_s,
+                     "max_abs_diff": float(jnp.abs(band(q, k, v, valid) - full(q, k, v)).max())})
+    glob = _all_global(lm)
+    ids = [lm.tokenizer.encode(" ".join(prompts) * 2)[:1024]]
+    times: dict[str, dict[int, list[float]]] = {lm.name: {64: [], 16: []}, glob.name: {64: [], 16: []}}
+    for variant in (lm, glob):  # compile both programs of both variants first
+        for n in (64, 16):
+            variant.generate_tokens(ids, n)
+    for _ in range(2 if quick else 4):
+        for variant in (lm, glob):
+            for n in (64, 16):
+                t0 = time.perf_counter()
+                variant.generate_tokens(ids, n)
+                times[variant.name][n].append(time.perf_counter() - t0)
+    decode = []
+    for variant in (lm, glob):
+        t = times[variant.name]
+        step = (np.median(t[64]) - np.median(t[16])) / 48
+        decode.append({"model": variant.name, "prompt_tokens": len(ids[0]), "batch": 1,
+                       "sliding_layers": sum(variant.config.is_sliding(i) for i in range(variant.config.num_layers)),
+                       "generate_64_s": float(np.median(t[64])), "generate_16_s": float(np.median(t[16])),
+                       "decode_step_ms": 1e3 * float(step), "times_s": t})
+    return {"sliding_window_attention": attn, "sliding_window_decode": decode}
 
 
 def bench_pair(names: tuple[str, ...], prompts: list[str], batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
@@ -459,23 +499,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help="where to write the JSON (default benchmarks/results)")
     ap.add_argument("--families", action="store_true", help="only (f): every model family, and Gemma 3's sliding "
                                                             "windows (ring vs global)")
+    ap.add_argument("--sliding-only", action="store_true", help="with --families: only Gemma 3's sliding windows")
     args = ap.parse_args(argv)
     if args.families:
         import jax
 
         load_start = os.getloadavg()
-        res = bench_families(glam_prompts(16, seed=0), 3, args.quick)
+        if args.sliding_only:
+            from londi_jax.lm import load_lm
+
+            res = bench_sliding(load_lm("gemma-3-270m", progress=False), glam_prompts(16, seed=0), args.quick)
+            old = Path(args.results_dir or Path(__file__).parent / "results") / f"lm_families_{device_tag()}.json"
+            if old.exists():  # keep the families' rows of the last full run
+                res = {**{k: v for k, v in json.loads(old.read_text()).items() if k == "families"}, **res}
+        else:
+            res = bench_families(glam_prompts(16, seed=0), 3, args.quick)
         res["load_average"] = {"start": load_start, "end": os.getloadavg()}
         path = write_result(f"lm_families_{device_tag()}" + ("_quick" if args.quick else ""), res, args.results_dir)
         if args.json:
             print(json.dumps({"machine": machine_info(), **res}, indent=2, default=str))
             return 0
         print(f"on {jax.devices()[0]}: (f) families, 16 GLAM prompts x 6 actions and greedy decode")
-        print(render_table(res["families"], ["family", "model", "num_params", "score16_s", "decode_tokens_per_s_b1",
-                                             "decode_tokens_per_s_b4", "skipped"]))
-        print("\nGemma-3-270M decode past its window: sliding layers on rings vs every layer global")
-        print(render_table(res["sliding_window_decode"][:2], ["model", "prompt_tokens", "batch", "sliding_layers",
-                                                               "decode_step_ms"]))
+        if "families" in res:
+            print(render_table(res["families"], ["family", "model", "num_params", "score16_s",
+                                                 "decode_tokens_per_s_b1", "decode_tokens_per_s_b4", "skipped"]))
+        print("\nOne sliding layer's prefill attention (Gemma-3-270M shapes): banded vs every key masked")
+        print(render_table(res["sliding_window_attention"], ["tokens", "window", "banded_ms", "full_masked_ms",
+                                                              "ratio_full_over_banded", "max_abs_diff"]))
+        print("\nGemma-3-270M decode after 1,024 tokens: sliding layers on rings vs every layer global")
+        print(render_table(res["sliding_window_decode"], ["model", "prompt_tokens", "sliding_layers", "generate_64_s",
+                                                          "generate_16_s", "decode_step_ms"]))
         print(f"\nsaved {path}")
         return 0
 
