@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,9 @@ SUPPORTED_ARCHITECTURES = {
     "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
     "qwen3": ("qwen3", "Qwen3ForCausalLM", False),
     "gemma3": ("gemma3_text", "Gemma3ForCausalLM", False),
+    "t5": ("t5", "T5ForConditionalGeneration", False),
 }
+T5_MAX_DISTANCE = 128  # llama.cpp's T5 relative-position buckets end here (not stored in its files)
 # llama.cpp's Gemma 3 constants that its GGUF files do not store (``llama-model.cpp``, LLM_ARCH_GEMMA3):
 # every 6th layer global, the others sliding with RoPE base 10000
 GEMMA3_SLIDING_PATTERN, GEMMA3_LOCAL_ROPE_BASE = 6, 10000.0
@@ -159,7 +161,8 @@ def _release_file_pages(mapped: Any, t: Any) -> None:
 class GGUFTensors(Mapping[str, np.ndarray]):
     """Lazy mapping: Hugging Face tensor name -> float32 numpy array, dequantized when accessed."""
 
-    def __init__(self, reader: Any, arch: str, n_heads: int, n_kv_heads: int, n_layers: int):
+    def __init__(self, reader: Any, arch: str, n_heads: int, n_kv_heads: int, n_layers: int,
+                 hf_name: Callable[[str], str | None] | None = None):
         # Keep the file mapping, not the reader: its parsed metadata (a numpy array per token string)
         # is ~0.5 GB for a 150k-token vocabulary and would stay alive for the whole load.
         self._mapped, self._arch = getattr(reader, "data", None), arch
@@ -171,7 +174,7 @@ class GGUFTensors(Mapping[str, np.ndarray]):
         # llama.cpp's converter stores Gemma's norm weights w as 1 + w (its RMSNorm multiplies by them)
         self._norm_offset = 1.0 if arch == "gemma3" else 0.0
         for t in reader.tensors:
-            hf = _hf_name(t.name, n_layers, arch)
+            hf = hf_name(t.name) if hf_name is not None else _hf_name(t.name, n_layers, arch)
             if t.name == ROPE_FREQS:
                 self.rope_freqs = t
             elif hf is None:
@@ -279,6 +282,58 @@ class GGUFCheckpoint:
         return end_of_generation_ids(self.metadata) if "tokenizer.ggml.tokens" in self.metadata else ()
 
 
+def _t5_hf_names(n_enc: int, n_dec: int, gated: bool) -> dict[str, str]:
+    """GGUF tensor name -> transformers T5 name, from the gguf package's own name map (``ffn_up``
+    is ``wi_1`` in gated MLPs, ``wi`` otherwise)."""
+    import gguf
+
+    names = ["shared", "lm_head", "encoder.final_layer_norm", "decoder.final_layer_norm"]
+    for stack, n in (("encoder", n_enc), ("decoder", n_dec)):
+        for i in range(n):
+            b = f"{stack}.block.{i}.layer"
+            names += [f"{b}.0.SelfAttention.{p}" for p in "qkvo"] + [f"{b}.0.layer_norm"]
+            if i == 0:
+                names.append(f"{b}.0.SelfAttention.relative_attention_bias")
+            if stack == "decoder":
+                names += [f"{b}.1.EncDecAttention.{p}" for p in "qkvo"] + [f"{b}.1.layer_norm"]
+            ff = f"{b}.{2 if stack == 'decoder' else 1}"
+            names += [f"{ff}.DenseReluDense.{p}" for p in (("wi_0", "wi_1") if gated else ("wi",))]
+            names += [f"{ff}.DenseReluDense.wo", f"{ff}.layer_norm"]
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.T5, max(n_enc, n_dec))
+    return {f"{table.get_name(n)}.weight": f"{n}.weight" for n in names}
+
+
+def _read_t5(path: str, reader: Any, meta: dict[str, Any], need: Callable[[str], Any]) -> GGUFCheckpoint:
+    """A llama.cpp T5 / Flan-T5 file in transformers' T5 terms (``T5Config.from_hf_dict``)."""
+    n_enc = int(need("block_count"))
+    n_dec = int(meta.get("t5.decoder_block_count", n_enc))
+    gated = any(t.name.endswith("ffn_gate.weight") for t in reader.tensors)
+    table = _t5_hf_names(n_enc, n_dec, gated)
+    n_heads = int(need("attention.head_count"))
+    tensors = GGUFTensors(reader, "t5", n_heads, n_heads, n_enc, hf_name=table.get)
+    if "shared.weight" not in tensors:
+        raise GGUFError(f"GGUF file {path} has no token_embd.weight tensor")
+    tied = "lm_head.weight" not in tensors
+    config: dict[str, Any] = {
+        "model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+        "vocab_size": int(meta.get("t5.vocab_size", tensors._by_name["shared.weight"].shape[1])),
+        "d_model": int(need("embedding_length")), "d_kv": int(need("attention.key_length")),
+        "d_ff": int(need("feed_forward_length")), "num_layers": n_enc, "num_decoder_layers": n_dec,
+        "num_heads": n_heads, "relative_attention_num_buckets": int(meta.get("t5.attention.relative_buckets_count", 32)),
+        "relative_attention_max_distance": T5_MAX_DISTANCE,
+        "layer_norm_epsilon": float(meta.get("t5.attention.layer_norm_rms_epsilon", 1e-6)),
+        "feed_forward_proj": "gated-gelu" if gated else "relu",
+        # a file without output.weight ties the head: T5 v1.0, which also rescales (v1.1 / Flan store a head)
+        "tie_word_embeddings": tied, "scale_decoder_outputs": tied,
+        "decoder_start_token_id": int(meta.get("t5.decoder_start_token_id", meta.get("tokenizer.ggml.padding_token_id", 0))),
+        "n_positions": int(meta.get("t5.context_length", 512)),
+    }
+    for key, hf_key in (("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
+        if f"tokenizer.ggml.{key}" in meta:
+            config[hf_key] = int(meta[f"tokenizer.ggml.{key}"])
+    return GGUFCheckpoint(path=path, architecture="t5", config=config, tensors=tensors, metadata=meta)
+
+
 def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     """Open a GGUF file: metadata -> transformers-style config, lazy HF-named tensors, tokenizer metadata."""
     path = os.fspath(path)
@@ -296,6 +351,9 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
         if full not in meta:
             raise GGUFError(f"GGUF file {path} lacks the metadata key {full!r}")
         return meta[full]
+
+    if arch == "t5":
+        return _read_t5(path, reader, meta, need)
 
     n_layers, hidden, n_heads = int(need("block_count")), int(need("embedding_length")), int(need("attention.head_count"))
     n_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_heads))

@@ -170,13 +170,22 @@ def _refuse_checkpoint_file(path: Path) -> None:
 
 def load_gguf(path: str | os.PathLike, dtype: str = "float32", name: str | None = None,
               progress: bool = True) -> LanguageModel:
-    """A ``LanguageModel`` from a llama.cpp GGUF file (weights dequantized to ``dtype``)."""
+    """A ``LanguageModel`` from a llama.cpp GGUF file (weights dequantized to ``dtype``); a T5 file
+    gives a ``seq2seq.Seq2SeqLanguageModel`` (the same interface)."""
     from londi_jax.lm.config import ModelConfig
     from londi_jax.lm.gguf_loader import read_gguf
     from londi_jax.lm.hf_loader import build_model
 
     _refuse_checkpoint_file(Path(path))
     ck = read_gguf(path)
+    if ck.architecture == "t5":  # encoder-decoder: the seq2seq engine, same interface
+        from londi_jax.lm.seq2seq import Seq2SeqLanguageModel
+        from londi_jax.lm.t5 import T5Config
+
+        t5 = T5Config.from_hf_dict(ck.config, dtype=dtype)
+        return Seq2SeqLanguageModel(t5, build_model(t5, ck.tensors, dtype=dtype, progress=progress),
+                                    ck.tokenizer() if "tokenizer.ggml.tokens" in ck.metadata else None,
+                                    name=name or Path(path).stem)
     config = ModelConfig.from_hf_dict(ck.config, dtype=dtype)
     model = build_model(config, ck.tensors, dtype=dtype, progress=progress)
     tokenizer = ck.tokenizer()

@@ -20,13 +20,13 @@ VARIANTS = {
 }
 
 
-def save_tiny_t5(root, kind, seed=0):
+def save_tiny_t5(root, kind, seed=0, max_distance=48):
     import torch
     import transformers as T
 
     torch.manual_seed(seed)
     cfg = T.T5Config(vocab_size=320, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
-                     relative_attention_num_buckets=16, relative_attention_max_distance=48, dropout_rate=0.0,
+                     relative_attention_num_buckets=16, relative_attention_max_distance=max_distance, dropout_rate=0.0,
                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, initializer_factor=1.0,
                      **VARIANTS[kind])
     model = T.T5ForConditionalGeneration(cfg).eval()
@@ -185,3 +185,85 @@ def test_the_pipeline_refuses_a_t5_source_before_any_work(t5_lm, tmp_path, capsy
     err = capsys.readouterr().err
     assert "encoder-decoder model (T5)" in err and "decoder-only" in err
     assert not (out / "demos").exists()  # refused before the demos stage ran
+
+
+def _write_t5_gguf(path, model, quant=None):
+    """The tiny transformers T5 written as llama.cpp writes T5 files (names from the gguf package's
+    own map, its metadata keys); returns what each tensor holds after (de)quantization."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    cfg = model.config
+    gated = cfg.feed_forward_proj.startswith("gated")
+    w = gguf.GGUFWriter(str(path), "t5")
+    w.add_context_length(512)
+    w.add_embedding_length(cfg.d_model)
+    w.add_feed_forward_length(cfg.d_ff)
+    w.add_block_count(cfg.num_layers)
+    w.add_uint32("t5.decoder_block_count", cfg.num_decoder_layers)
+    w.add_head_count(cfg.num_heads)
+    w.add_key_length(cfg.d_kv)
+    w.add_value_length(cfg.d_kv)
+    w.add_layer_norm_rms_eps(cfg.layer_norm_epsilon)
+    w.add_relative_attn_buckets_count(cfg.relative_attention_num_buckets)
+    w.add_decoder_start_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(0)
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.T5, max(cfg.num_layers, cfg.num_decoder_layers))
+    qtype = getattr(gguf.GGMLQuantizationType, quant) if quant else None
+    held = {}
+    for name, t in model.state_dict().items():
+        if name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+            continue
+        if name == "lm_head.weight" and not gated:  # T5 v1.0 ties its head; Flan-T5 files store one (output.weight)
+            continue
+        a = t.detach().float().numpy()
+        if name.endswith("relative_attention_bias.weight") and ".block.0." not in name:
+            continue
+        gname = table.get_name(name.removesuffix(".weight")) + ".weight"
+        if qtype is not None and a.ndim == 2 and a.shape[1] % 32 == 0:
+            w.add_tensor(gname, quantize(a, qtype), raw_dtype=qtype)
+            held[name] = dequantize(quantize(a, qtype), qtype).reshape(a.shape)
+        else:
+            w.add_tensor(gname, a)
+            held[name] = a
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return held
+
+
+@pytest.mark.parametrize("kind", list(VARIANTS))
+def test_t5_gguf_files_load_and_match_the_directory(tmp_path, kind):
+    """A T5 GGUF (llama.cpp's names and keys) loads through load_gguf / load_lm into the seq2seq
+    engine with the same weights and scores as the HF directory it was written from."""
+    from londi_jax.lm import load_gguf
+    from londi_jax.lm.gguf_loader import read_gguf
+
+    # llama.cpp's T5 files do not store max_distance: every T5 uses 128, which the loader assumes
+    path, ref = save_tiny_t5(tmp_path, kind, max_distance=128)
+    gpath = tmp_path / "tiny-t5.gguf"
+    held = _write_t5_gguf(gpath, ref, quant="Q8_0")
+    ck = read_gguf(gpath)
+    assert ck.config["feed_forward_proj"] == VARIANTS[kind]["feed_forward_proj"] and ck.config["num_decoder_layers"] == 3
+    assert ck.config["relative_attention_max_distance"] == 128 and ck.config["relative_attention_num_buckets"] == 16
+    assert set(ck.tensors) == {k for k in held}
+    for k, want in held.items():
+        np.testing.assert_array_equal(ck.tensors[k], want, err_msg=k)
+    lm = load_gguf(gpath, progress=False)
+    v1_0 = kind == "t5_v1_0"  # tied and rescaled; Flan: its own head, no rescale
+    assert lm.config.tie_embeddings == lm.config.scale_decoder_outputs == v1_0 and lm.tokenizer is None
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, 320, 100).tolist()]  # distances past the 8 exact buckets, into the log range
+    cands = [[[5, 6], rng.integers(3, 320, 9).tolist()]]
+    got = lm.score_tokens(prompts, cands).logprobs[0]
+    want = [_torch_logprobs(ref, prompts[0], c) for c in cands[0]]
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05)  # Q8_0 weights vs float32 ones
+    import torch
+
+    with torch.no_grad():  # the same quantized weights in transformers' model: float32 tolerance
+        sd = ref.state_dict()
+        for k, a in held.items():
+            sd[k].copy_(torch.from_numpy(a))
+    np.testing.assert_allclose(got, [_torch_logprobs(ref, prompts[0], c) for c in cands[0]], rtol=1e-4, atol=1e-4)
