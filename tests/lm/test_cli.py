@@ -127,3 +127,35 @@ def test_demo_json(capsys, real_model_cli):
     assert r["cost"]["flops_per_generated_token"] > 2 * 100e6 and r["cost"]["device_seconds_total"] > 0
     rc, text_out, _ = run_cli(capsys, "lm", "demo", "--model", "smollm2-135m-instruct")
     assert rc == 0 and "go forward" in text_out and "MFLOPs per generated token" in text_out
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "gemma3", "t5"])
+def test_every_family_runs_score_generate_and_demo(capsys, tmp_path, kind):
+    """The CLI on an HF directory of each newer family (tiny random weights): scores equal the Python
+    API's, generation and the demo (a plain completion: no chat template) run to their end."""
+    from lm_core_helpers import make_tokenizer, save_tiny
+
+    from londi_jax.lm.hf_loader import load_hf_directory
+
+    if kind == "t5":
+        from test_t5 import save_tiny_t5
+
+        path, _ = save_tiny_t5(tmp_path, "flan_t5")
+        make_tokenizer(str(tmp_path)).save_pretrained(path)
+    else:
+        path, _ = save_tiny(tmp_path, kind)
+        cfg = json.loads((path / "config.json").read_text())  # room for the demo's 400-token GLAM prompt
+        (path / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 1024}))
+    rc, out, _ = run_cli(capsys, "lm", "score", "--model", str(path), "--prompt", "open the door",
+                         "--candidate", " go forward", "--candidate", " turn left", "--json")
+    assert rc == 0
+    want = load_hf_directory(path, progress=False).score(["open the door"], [[" go forward", " turn left"]])
+    np.testing.assert_allclose([c["logprob"] for c in json.loads(out)["candidates"]], want.logprobs[0], rtol=1e-5)
+    rc, out, _ = run_cli(capsys, "lm", "generate", "--model", str(path), "--prompt", "open the", "--max-new-tokens",
+                         "4", "--json")
+    assert rc == 0, out
+    assert len(json.loads(out)["token_ids"]) <= 4, out
+    rc, out, err = run_cli(capsys, "lm", "demo", "--model", str(path), "--max-new-tokens", "3", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert rc == 0 and r["chat_mode"] == "plain" and [a["action"] for a in r["actions"]] == list(BABYAI_ACTIONS)
