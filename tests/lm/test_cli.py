@@ -132,7 +132,7 @@ def test_demo_json(capsys, real_model_cli):
 @pytest.mark.parametrize("kind", ["qwen3", "gemma3", "t5"])
 def test_every_family_runs_score_generate_and_demo(capsys, tmp_path, kind):
     """The CLI on an HF directory of each newer family (tiny random weights): scores equal the Python
-    API's, generation and the demo (a plain completion: no chat template) run to their end."""
+    API's, generation runs, and (T5) the demo answers with a plain completion (no chat template)."""
     from lm_core_helpers import make_tokenizer, save_tiny
 
     from londi_jax.lm.hf_loader import load_hf_directory
@@ -144,8 +144,6 @@ def test_every_family_runs_score_generate_and_demo(capsys, tmp_path, kind):
         make_tokenizer(str(tmp_path)).save_pretrained(path)
     else:
         path, _ = save_tiny(tmp_path, kind)
-        cfg = json.loads((path / "config.json").read_text())  # room for the demo's 400-token GLAM prompt
-        (path / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 1024}))
     rc, out, _ = run_cli(capsys, "lm", "score", "--model", str(path), "--prompt", "open the door",
                          "--candidate", " go forward", "--candidate", " turn left", "--json")
     assert rc == 0
@@ -155,6 +153,8 @@ def test_every_family_runs_score_generate_and_demo(capsys, tmp_path, kind):
                          "4", "--json")
     assert rc == 0, out
     assert len(json.loads(out)["token_ids"]) <= 4, out
+    if kind != "t5":  # the demo's decoder-only path is tested on tiny GGUFs; here the seq2seq one
+        return
     rc, out, err = run_cli(capsys, "lm", "demo", "--model", str(path), "--max-new-tokens", "3", "--json")
     assert rc == 0, err
     r = json.loads(out)

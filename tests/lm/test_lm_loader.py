@@ -105,7 +105,8 @@ def test_missing_and_unexpected_tensors_reported_together(saved):
     msg = str(err.value)
     assert "4 problems" in msg
     assert "unexpected tensor 'model.layers.0.self_attn.extra.weight'" in msg
-    assert "unexpected tensor 'model.layers.7.mlp.up_proj.weight': layer 7 but num_layers is 2" in msg
+    assert "unexpected tensor 'model.layers.7.mlp.up_proj.weight': layer 7 but the config has fewer layers " \
+           "(num_layers 2)" in msg
     assert ("missing tensor for parameter layers.1.mlp.up_proj.kernel (expected HF tensor "
             "model.layers.1.mlp.up_proj.weight)") in msg
     assert "lm_head.weight (config has tie_word_embeddings=false)" in msg

@@ -17,7 +17,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 NAME = "gemma-3-270m"
-# measured max |logit diff| (2-core CPU): 3.2e-5 over 6 tokens, 9.6e-4 over 782 tokens (logits up to 40);
+# measured max |logit diff| (2-core CPU): 3.2e-5 over 6 tokens, 1.5e-4 over 652 tokens (logits up to 38;
+# past the window, so its sliding layers prefill in bands)
 # a wrong window, local RoPE base or norm offset moves logits by far more than this
 LOGIT_ATOL = 5e-3
 STORY = ("Once upon a time, in a village by the sea, there lived an old fisherman who told stories to the "
@@ -77,10 +78,10 @@ def test_config_is_gemma3_with_interleaved_windows(ours, reference):
 def test_logits_match_transformers_past_the_window(ours, reference, hf_tokenizer):
     import torch
 
-    long_text = STORY * 30  # about 700 tokens: past the 512-token window
+    long_text = STORY * 25  # about 650 tokens: past the 512-token window
     prompts = ["The capital of France is", "def add(a, b):\n    return", long_text]
     seqs = [hf_tokenizer(p)["input_ids"] for p in prompts]
-    assert len(seqs[-1]) > 600 and seqs[0][0] == hf_tokenizer.bos_token_id
+    assert len(seqs[-1]) > 600 and seqs[0][0] == hf_tokenizer.bos_token_id  # banded prefill too (> 2 x 256)
     for ids, got in zip(seqs, ours.logits(seqs)):
         with torch.no_grad():
             want = reference(torch.tensor([ids])).logits[0].float().numpy()
@@ -93,8 +94,8 @@ def test_logits_match_transformers_past_the_window(ours, reference, hf_tokenizer
 def test_greedy_generation_matches_transformers(ours, reference, hf_tokenizer):
     import torch
 
-    n_new = 16
-    prompts = ["The capital of France is", "A list of three fruits: apple,", STORY * 24]
+    n_new = 12
+    prompts = ["A list of three fruits: apple,", STORY * 24]
     res = ours.generate(prompts, n_new)  # one batched, left-padded call; the last prompt passes the window
     for prompt, got in zip(prompts, res.token_ids):
         ids = hf_tokenizer(prompt, return_tensors="pt")["input_ids"]
