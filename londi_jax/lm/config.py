@@ -129,6 +129,8 @@ class ModelConfig:
                 or not all(0 < f < float("inf") for f in self.rope_freq_factors)):
             problems.append(f"rope_freq_factors must be rotary_dim/2 = {self.rotary_dim // 2} positive finite "
                             f"numbers, got {len(self.rope_freq_factors)} values")
+        if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
+            problems.append(f"query_pre_attn_scalar must be positive, got {self.query_pre_attn_scalar}")
         if self.layer_types is not None:
             bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
             if len(self.layer_types) != self.num_layers or bad:
@@ -183,8 +185,18 @@ class ModelConfig:
         gpt_neox).
 
         Accepts both the transformers v4 keys (``rope_theta``, ``rope_scaling``, ``rotary_pct``) and
-        the v5 ``rope_parameters`` dict.
+        the v5 ``rope_parameters`` dict. Raises ``ConfigError`` for missing or mistyped values.
         """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config.json must hold a JSON object, got {type(d).__name__}")
+        try:
+            return cls._from_hf_dict(d, dtype)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config.json (model_type {d.get('model_type')!r}) has a value of the wrong type: "
+                              f"{err}") from err
+
+    @classmethod
+    def _from_hf_dict(cls, d: Mapping[str, Any], dtype: str) -> ModelConfig:
         model_type = d.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             archs = d.get("architectures") or []
@@ -228,6 +240,9 @@ class ModelConfig:
         sliding, layer_types = None, None
         if model_type in ("mistral", "gemma3_text") or (model_type in ("qwen2", "qwen3") and d.get("use_sliding_window")):
             sliding = d.get("sliding_window")
+        if not sliding and "sliding_attention" in (d.get("layer_types") or ()):
+            raise ConfigError(f"config.json lists sliding_attention layers but sliding_window is {sliding!r}; "
+                              "give the window's size (a positive int)")
         if sliding:  # which layers slide: the config's list, else transformers' rule for the model type
             if d.get("layer_types"):
                 layer_types = tuple(d["layer_types"])
@@ -294,7 +309,8 @@ class ModelConfig:
                 o_bias=attention_bias,
                 qk_norm=True,
                 rope_local_theta=local,
-                query_pre_attn_scalar=float(d.get("query_pre_attn_scalar") or head_dim),
+                query_pre_attn_scalar=float(head_dim if d.get("query_pre_attn_scalar") is None
+                                            else d["query_pre_attn_scalar"]),
                 embed_scale=True,
                 post_norms=True,
                 **common,

@@ -426,6 +426,10 @@ def load_tokenizer(path: Path) -> Any:
     """The directory's tokenizer via ``AutoTokenizer`` (local files only)."""
     from transformers import AutoTokenizer
 
+    files = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "sentencepiece.bpe.model")
+    if not any((path / f).exists() for f in files):  # transformers would build an empty default tokenizer
+        raise CheckpointError(f"{path} has no tokenizer files (one of {', '.join(files)}); save the tokenizer "
+                              f"with the model (tokenizer.save_pretrained(dir))")
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:
@@ -468,9 +472,12 @@ def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress:
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"model directory {p} does not exist (or is not a directory)")
-    d = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else None
-    if d is None:
+    if not (p / "config.json").exists():
         raise CheckpointError(f"{p} has no config.json; point to a Hugging Face T5 directory")
+    try:
+        d = json.loads((p / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{p / 'config.json'} is not valid JSON ({err})") from err
     config = T5Config.from_hf_dict(d, dtype=dtype)
     tensors = open_safetensors_dir(p)
     if config.tie_embeddings and "lm_head.weight" in tensors:

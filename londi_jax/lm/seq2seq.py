@@ -153,15 +153,25 @@ class Seq2SeqLanguageModel:
         tok = self._tok()
         return [list(ids) for ids in tok(list(texts), add_special_tokens=special)["input_ids"]] if texts else []
 
+    def _ids(self, ids: Any, what: str) -> list[int]:
+        """``ids`` as a list of in-vocabulary ints, else ``LMInputError`` naming ``what``."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray):
+            raise LMInputError(f"{what} must be a list of token ids, got {type(ids).__name__}")
+        out = list(ids)
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in out):
+            raise LMInputError(f"{what} must hold int token ids, got {sorted({type(t).__name__ for t in out})}")
+        if out and (min(out) < 0 or max(out) >= self.config.vocab_size):
+            raise LMInputError(f"{what} has token ids outside the vocabulary [0, {self.config.vocab_size})")
+        return [int(t) for t in out]
+
     def _check(self, prompt_ids: Sequence[Sequence[int]], extra: int = 0) -> None:
-        if len(prompt_ids) == 0:
-            raise LMInputError("no prompts given")
+        if prompt_ids is None or isinstance(prompt_ids, str) or len(prompt_ids) == 0:
+            raise LMInputError("no prompts given (a list of token-id lists)")
         limit = self.config.context_window
         for i, p in enumerate(prompt_ids):
+            p = self._ids(p, f"prompt {i}")
             if len(p) == 0:
                 raise LMInputError(f"prompt {i} is empty")
-            if min(p) < 0 or max(p) >= self.config.vocab_size:
-                raise LMInputError(f"prompt {i} has token ids outside the vocabulary [0, {self.config.vocab_size})")
             if len(p) > limit or extra > limit:
                 raise ContextLengthError(f"prompt {i} has {len(p)} tokens (+ {extra} decoder tokens) > the context "
                                          f"window of {limit} tokens of model {self.name!r}; shorten it")
@@ -171,18 +181,21 @@ class Seq2SeqLanguageModel:
                      with_embedding: bool = False) -> ScoreResult:
         """Summed log-probabilities of each candidate (token ids) as the decoder's output after its
         prompt (the encoder's input). See the module docstring; raises ``LMInputError``."""
-        if len(candidate_ids) != len(prompt_ids):
-            raise LMInputError(f"{len(prompt_ids)} prompts but {len(candidate_ids)} candidate lists")
-        longest = max((len(c) for cs in candidate_ids for c in cs), default=0)
-        self._check(prompt_ids, longest)
+        if prompt_ids is None or candidate_ids is None or len(candidate_ids) != len(prompt_ids):
+            raise LMInputError(f"give one candidate list per prompt: {None if prompt_ids is None else len(prompt_ids)} "
+                               f"prompts, {None if candidate_ids is None else len(candidate_ids)} candidate lists")
         pairs = []
         for i, cs in enumerate(candidate_ids):
-            if len(cs) == 0:
-                raise LMInputError(f"prompt {i} has no candidates; give at least one")
+            if isinstance(cs, str) or not isinstance(cs, Sequence) or len(cs) == 0:
+                raise LMInputError(f"prompt {i} needs a non-empty list of candidates (each a list of token ids)")
             for k, c in enumerate(cs):
+                c = self._ids(c, f"candidate {k} of prompt {i}")
                 if len(c) == 0:
                     raise LMInputError(f"candidate {k} of prompt {i} is empty")
-                pairs.append((i, list(c)))
+                pairs.append((i, c))
+        longest = max(len(c) for _, c in pairs)
+        self._check(prompt_ids, longest)
+        prompt_ids = [self._ids(p, f"prompt {i}") for i, p in enumerate(prompt_ids)]
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         B = bucket(len(prompt_ids))
         p_tok, p_valid = _right_pad(prompt_ids, B, bucket(max(map(len, prompt_ids)), *PROMPT_BUCKET))
@@ -214,6 +227,9 @@ class Seq2SeqLanguageModel:
               with_embedding: bool = False) -> ScoreResult:
         """``score_tokens`` on texts: prompts tokenized with special tokens (T5 appends ``</s>``),
         candidates without."""
+        for i, cs in enumerate(candidates):
+            if isinstance(cs, str):
+                raise LMInputError(f"candidates for prompt {i} must be a list of strings, not a string")
         cands = [self._encode(list(cs), special=False) for cs in candidates]
         return self.score_tokens(self._encode(prompts, special=True), cands, with_embedding=with_embedding)
 
@@ -237,9 +253,21 @@ class Seq2SeqLanguageModel:
                         ) -> tuple[list[list[int]], list[str]]:
         """Decoder tokens after each prompt (up to and including an end-of-generation token) and the
         reasons ('eos' | 'length'); greedy unless ``temperature > 0``."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise LMInputError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
+        try:
+            temperature = float(temperature)
+            ok = temperature >= 0 and np.isfinite(temperature) and (top_p is None or 0 < float(top_p) <= 1) \
+                and (top_k is None or int(top_k) >= 1) and isinstance(seed, (int, np.integer))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LMInputError(f"invalid sampling settings temperature={temperature!r}, top_k={top_k!r}, "
+                               f"top_p={top_p!r}, seed={seed!r}: need a finite temperature >= 0, top_k >= 1, "
+                               f"0 < top_p <= 1 and an int seed")
         self._check(prompt_ids, max_new_tokens)
+        prompt_ids = [self._ids(p, f"prompt {i}") for i, p in enumerate(prompt_ids)]
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         p_tok, p_valid = _right_pad(prompt_ids, bucket(len(prompt_ids)),
                                     bucket(max(map(len, prompt_ids)), *PROMPT_BUCKET))
@@ -263,6 +291,8 @@ class Seq2SeqLanguageModel:
                  seed: int = 0) -> GenerateResult:
         """Continue each prompt (the decoder's output); texts skip special tokens and end before the
         first stop string (reason 'stop': cut on the host after decoding)."""
+        if stop is None or isinstance(stop, str):
+            raise LMInputError(f"stop must be a list of strings, got {stop!r}")
         rows, reasons = self.generate_tokens(self._encode(prompts, special=True), max_new_tokens,
                                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         tok = self._tok()
@@ -274,3 +304,18 @@ class Seq2SeqLanguageModel:
                 text, reasons[j] = text[:min(cut)], "stop"
             texts.append(text)
         return GenerateResult(texts, rows, reasons, self._last_call)
+
+    def chat_prompt(self, conversation: Sequence[Any], add_generation_prompt: bool = True) -> tuple[str, list[int]]:
+        """The conversation under the tokenizer's chat template (T5 tokenizers ship none: then
+        ``tokenizer.ChatTemplateError`` says so)."""
+        from londi_jax.lm.tokenizer import chat_prompt
+
+        return chat_prompt(self._tok(), conversation, add_generation_prompt=add_generation_prompt,
+                           model_name=repr(self.name))
+
+    def generate_chat(self, conversations: Sequence[Sequence[Any]], max_new_tokens: int, **kw: Any) -> GenerateResult:
+        """``generate`` on each conversation rendered by the chat template (see ``chat_prompt``)."""
+        ids = [self.chat_prompt(c)[1] for c in conversations]
+        rows, reasons = self.generate_tokens(ids, max_new_tokens, **kw)
+        tok = self._tok()
+        return GenerateResult([tok.decode(r, skip_special_tokens=True) for r in rows], rows, reasons, self._last_call)

@@ -77,6 +77,12 @@ class T5Config:
                     ("vocab_size", "hidden_size", "head_dim", "num_heads", "intermediate_size", "num_layers",
                      "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance")
                     if int(getattr(self, n)) <= 0]
+        for name in ("decoder_start_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= int(v) < self.vocab_size:
+                problems.append(f"{name} {v} is outside the vocabulary [0, {self.vocab_size})")
+        if any(not 0 <= int(e) < self.vocab_size for e in self.eos_token_ids):
+            problems.append(f"eos_token_id {self.eos_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if self.feed_forward not in FEED_FORWARD:
             raise UnsupportedArchitectureError(f"feed_forward_proj {self.feed_forward!r} is not supported; supported: "
                                                f"{', '.join(FEED_FORWARD)}")
@@ -98,7 +104,17 @@ class T5Config:
 
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any], dtype: str = "float32") -> T5Config:
-        """Read a transformers T5 / Flan-T5 ``config.json`` dict (model_type ``t5``)."""
+        """Read a transformers T5 / Flan-T5 ``config.json`` dict (model_type ``t5``); raises
+        ``ConfigError`` for missing or non-numeric values."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config.json must hold a JSON object, got {type(d).__name__}")
+        try:
+            return cls._from_hf_dict(d, dtype)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config.json (model_type t5) has a value of the wrong type: {err}") from err
+
+    @classmethod
+    def _from_hf_dict(cls, d: Mapping[str, Any], dtype: str) -> T5Config:
         if d.get("model_type") != "t5":
             raise UnsupportedArchitectureError(f"not a T5 config: model_type={d.get('model_type')!r}")
 

@@ -267,3 +267,27 @@ def test_t5_gguf_files_load_and_match_the_directory(tmp_path, kind):
         for k, a in held.items():
             sd[k].copy_(torch.from_numpy(a))
     np.testing.assert_allclose(got, [_torch_logprobs(ref, prompts[0], c) for c in cands[0]], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_are_named(t5_lm):
+    """Wrong types, out-of-vocabulary candidates and bad sampling settings give LMInputError."""
+    from londi_jax.lm.interface import LMInputError
+
+    lm, _, _ = t5_lm
+    bad = [lambda: lm.score(["go"], ["turn left"]), lambda: lm.score_tokens([[5, 6]], [[[999]]]),
+           lambda: lm.score_tokens([[5, 6]], [[[-1]]]), lambda: lm.score_tokens([[5.5, 6]], [[[3]]]),
+           lambda: lm.score_tokens([[5]], [[3, 4]]), lambda: lm.score_tokens(None, None),
+           lambda: lm.generate(["go"], 4, stop=None), lambda: lm.generate_tokens([[5]], 3, temperature=-1.0),
+           lambda: lm.generate_tokens([[5]], 3, temperature=1.0, top_p=0.0),
+           lambda: lm.generate_tokens([[5]], 3, temperature=1.0, seed=None)]
+    for f in bad:
+        with pytest.raises(LMInputError):
+            f()
+    with pytest.raises(Exception, match="no chat template"):
+        lm.generate_chat([[{"role": "user", "content": "hi"}]], 2)
+    with pytest.raises(Exception, match="eos_token_id 999 is outside the vocabulary"):
+        T5Config(vocab_size=10, hidden_size=4, head_dim=2, num_heads=2, intermediate_size=4, num_layers=1,
+                 num_decoder_layers=1, eos_token_id=999)
+    with pytest.raises(Exception, match="wrong type"):
+        T5Config.from_hf_dict({"model_type": "t5", "vocab_size": 10, "d_model": "abc", "d_kv": 2, "d_ff": 4,
+                               "num_layers": 1, "num_heads": 2})
