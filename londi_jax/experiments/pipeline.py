@@ -20,7 +20,6 @@ switchers, the report, calibration) writes nothing: a run on read-only storage c
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -715,11 +714,9 @@ def _model_info(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_encoder_decoder(path: Any) -> bool:
-    cfg = Path(path) / "config.json" if Path(path).is_dir() else None
-    try:
-        return cfg is not None and json.loads(cfg.read_text()).get("model_type") == "t5"
-    except (OSError, ValueError, AttributeError):
-        return False
+    from londi_jax.lm.hf_loader import model_type_of
+
+    return Path(path).is_dir() and model_type_of(Path(path)) == "t5"
 
 
 def _remove(path: Path) -> None:

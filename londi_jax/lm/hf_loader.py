@@ -100,66 +100,48 @@ def _lin(pattern: str, target: str, out: str, inp: str, when=lambda c: True, bia
     return rules
 
 
-def _norm(pattern: str, target: str, with_bias: bool, size: str = "hidden_size") -> list[_Rule]:
-    rules = [_Rule(pattern + r"\.weight", ((target + ".scale", _identity),), lambda c: _dims(c, size))]
+def _norm(pattern: str, target: str, with_bias: bool, size: str = "hidden_size", when=lambda c: True) -> list[_Rule]:
+    rules = [_Rule(pattern + r"\.weight", ((target + ".scale", _identity),), lambda c: _dims(c, size), when)]
     if with_bias:
         rules.append(_Rule(pattern + r"\.bias", ((target + ".bias", _identity),), lambda c: _dims(c, "hidden_size")))
     return rules
 
 
 L = r"(?P<i>\d+)"
+_G = rf"model\.layers\.{L}"
+# what every decoder-only family stored under transformers' Llama names shares: embeddings, head,
+# final norm, attention projections (+ per-head q/k norms), gated MLP; the families differ in the
+# block's norms
+_DECODER_RULES: list[_Rule] = [
+    _Rule(r"model\.embed_tokens\.weight", (("embed.embedding", _identity),),
+          lambda c: _dims(c, "vocab_size", "hidden_size")),
+    *_lin(r"lm_head", "lm_head", "vocab_size", "hidden_size", when=lambda c: not c.tie_embeddings),
+    *_norm(r"model\.norm", "final_norm", False),
+    *_lin(rf"{_G}\.self_attn\.q_proj", "layers.{i}.attn.q_proj", "q_out", "hidden_size", bias_when=lambda c: c.qkv_bias),
+    *_lin(rf"{_G}\.self_attn\.k_proj", "layers.{i}.attn.k_proj", "kv_out", "hidden_size", bias_when=lambda c: c.qkv_bias),
+    *_lin(rf"{_G}\.self_attn\.v_proj", "layers.{i}.attn.v_proj", "kv_out", "hidden_size", bias_when=lambda c: c.qkv_bias),
+    *_lin(rf"{_G}\.self_attn\.o_proj", "layers.{i}.attn.o_proj", "hidden_size", "q_out", bias_when=lambda c: c.o_bias),
+    *_norm(rf"{_G}\.self_attn\.q_norm", "layers.{i}.attn.q_norm", False, "head_dim", when=lambda c: c.qk_norm),
+    *_norm(rf"{_G}\.self_attn\.k_norm", "layers.{i}.attn.k_norm", False, "head_dim", when=lambda c: c.qk_norm),
+    *_lin(rf"{_G}\.mlp\.gate_proj", "layers.{i}.mlp.gate_proj", "intermediate_size", "hidden_size",
+          bias_when=lambda c: c.mlp_bias),
+    *_lin(rf"{_G}\.mlp\.up_proj", "layers.{i}.mlp.up_proj", "intermediate_size", "hidden_size",
+          bias_when=lambda c: c.mlp_bias),
+    *_lin(rf"{_G}\.mlp\.down_proj", "layers.{i}.mlp.down_proj", "hidden_size", "intermediate_size",
+          bias_when=lambda c: c.mlp_bias),
+]
 LLAMA_RULES: tuple[_Rule, ...] = tuple(
-    [
-        _Rule(r"model\.embed_tokens\.weight", (("embed.embedding", _identity),),
-              lambda c: _dims(c, "vocab_size", "hidden_size")),
-        *_lin(r"lm_head", "lm_head", "vocab_size", "hidden_size", when=lambda c: not c.tie_embeddings),
-        *_norm(r"model\.norm", "final_norm", False),
-        *_norm(rf"model\.layers\.{L}\.input_layernorm", "layers.{i}.attn_norm", False),
-        *_norm(rf"model\.layers\.{L}\.post_attention_layernorm", "layers.{i}.mlp_norm", False),
-        *_lin(rf"model\.layers\.{L}\.self_attn\.q_proj", "layers.{i}.attn.q_proj", "q_out", "hidden_size",
-              bias_when=lambda c: c.qkv_bias),
-        *_lin(rf"model\.layers\.{L}\.self_attn\.k_proj", "layers.{i}.attn.k_proj", "kv_out", "hidden_size",
-              bias_when=lambda c: c.qkv_bias),
-        *_lin(rf"model\.layers\.{L}\.self_attn\.v_proj", "layers.{i}.attn.v_proj", "kv_out", "hidden_size",
-              bias_when=lambda c: c.qkv_bias),
-        *_lin(rf"model\.layers\.{L}\.self_attn\.o_proj", "layers.{i}.attn.o_proj", "hidden_size", "q_out",
-              bias_when=lambda c: c.o_bias),
-        _Rule(rf"model\.layers\.{L}\.self_attn\.q_norm\.weight", (("layers.{i}.attn.q_norm.scale", _identity),),
-              lambda c: _dims(c, "head_dim"), lambda c: c.qk_norm),
-        _Rule(rf"model\.layers\.{L}\.self_attn\.k_norm\.weight", (("layers.{i}.attn.k_norm.scale", _identity),),
-              lambda c: _dims(c, "head_dim"), lambda c: c.qk_norm),
-        *_lin(rf"model\.layers\.{L}\.mlp\.gate_proj", "layers.{i}.mlp.gate_proj", "intermediate_size",
-              "hidden_size", bias_when=lambda c: c.mlp_bias),
-        *_lin(rf"model\.layers\.{L}\.mlp\.up_proj", "layers.{i}.mlp.up_proj", "intermediate_size", "hidden_size",
-              bias_when=lambda c: c.mlp_bias),
-        *_lin(rf"model\.layers\.{L}\.mlp\.down_proj", "layers.{i}.mlp.down_proj", "hidden_size",
-              "intermediate_size", bias_when=lambda c: c.mlp_bias),
+    _DECODER_RULES + [
+        *_norm(rf"{_G}\.input_layernorm", "layers.{i}.attn_norm", False),
+        *_norm(rf"{_G}\.post_attention_layernorm", "layers.{i}.mlp_norm", False),
     ]
 )
-_G = rf"model\.layers\.{L}"
 GEMMA3_RULES: tuple[_Rule, ...] = tuple(
-    [
-        _Rule(r"model\.embed_tokens\.weight", (("embed.embedding", _identity),),
-              lambda c: _dims(c, "vocab_size", "hidden_size")),
-        *_lin(r"lm_head", "lm_head", "vocab_size", "hidden_size", when=lambda c: not c.tie_embeddings),
-        *_norm(r"model\.norm", "final_norm", False),
+    _DECODER_RULES + [  # four norms per block: before and after attention and the MLP
         *_norm(rf"{_G}\.input_layernorm", "layers.{i}.attn_norm", False),
         *_norm(rf"{_G}\.post_attention_layernorm", "layers.{i}.post_attn_norm", False),
         *_norm(rf"{_G}\.pre_feedforward_layernorm", "layers.{i}.mlp_norm", False),
         *_norm(rf"{_G}\.post_feedforward_layernorm", "layers.{i}.post_mlp_norm", False),
-        *_norm(rf"{_G}\.self_attn\.q_norm", "layers.{i}.attn.q_norm", False, "head_dim"),
-        *_norm(rf"{_G}\.self_attn\.k_norm", "layers.{i}.attn.k_norm", False, "head_dim"),
-        *_lin(rf"{_G}\.self_attn\.q_proj", "layers.{i}.attn.q_proj", "q_out", "hidden_size",
-              bias_when=lambda c: c.qkv_bias),
-        *_lin(rf"{_G}\.self_attn\.k_proj", "layers.{i}.attn.k_proj", "kv_out", "hidden_size",
-              bias_when=lambda c: c.qkv_bias),
-        *_lin(rf"{_G}\.self_attn\.v_proj", "layers.{i}.attn.v_proj", "kv_out", "hidden_size",
-              bias_when=lambda c: c.qkv_bias),
-        *_lin(rf"{_G}\.self_attn\.o_proj", "layers.{i}.attn.o_proj", "hidden_size", "q_out",
-              bias_when=lambda c: c.o_bias),
-        *_lin(rf"{_G}\.mlp\.gate_proj", "layers.{i}.mlp.gate_proj", "intermediate_size", "hidden_size"),
-        *_lin(rf"{_G}\.mlp\.up_proj", "layers.{i}.mlp.up_proj", "intermediate_size", "hidden_size"),
-        *_lin(rf"{_G}\.mlp\.down_proj", "layers.{i}.mlp.down_proj", "hidden_size", "intermediate_size"),
     ]
 )
 
@@ -456,7 +438,8 @@ def generation_eos_ids(path: Path) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _model_type(path: Path) -> str | None:
+def model_type_of(path: Path) -> str | None:
+    """``model_type`` in ``path/config.json`` (None when unreadable: ``read_config`` reports why)."""
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError, AttributeError):
@@ -494,7 +477,7 @@ def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress:
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"model directory {p} does not exist (or is not a directory)")
-    if _model_type(p) == "t5":  # encoder-decoder: the seq2seq engine
+    if model_type_of(p) == "t5":  # encoder-decoder: the seq2seq engine
         from londi_jax.lm.seq2seq import Seq2SeqLanguageModel
 
         model, t5_config = load_t5_directory(p, dtype, progress)

@@ -164,17 +164,20 @@ class Seq2SeqLanguageModel:
             raise LMInputError(f"{what} has token ids outside the vocabulary [0, {self.config.vocab_size})")
         return [int(t) for t in out]
 
-    def _check(self, prompt_ids: Sequence[Sequence[int]], extra: int = 0) -> None:
+    def _check(self, prompt_ids: Sequence[Sequence[int]], extra: int = 0) -> list[list[int]]:
+        """The prompts as checked lists of token ids (non-empty, in the vocabulary, within the context
+        window with ``extra`` decoder tokens)."""
         if prompt_ids is None or isinstance(prompt_ids, str) or len(prompt_ids) == 0:
             raise LMInputError("no prompts given (a list of token-id lists)")
         limit = self.config.context_window
-        for i, p in enumerate(prompt_ids):
-            p = self._ids(p, f"prompt {i}")
+        out = [self._ids(p, f"prompt {i}") for i, p in enumerate(prompt_ids)]
+        for i, p in enumerate(out):
             if len(p) == 0:
                 raise LMInputError(f"prompt {i} is empty")
             if len(p) > limit or extra > limit:
                 raise ContextLengthError(f"prompt {i} has {len(p)} tokens (+ {extra} decoder tokens) > the context "
                                          f"window of {limit} tokens of model {self.name!r}; shorten it")
+        return out
 
     # ------------------------------------------------------------------ LM interface
     def score_tokens(self, prompt_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[Sequence[int]]], *,
@@ -194,8 +197,7 @@ class Seq2SeqLanguageModel:
                     raise LMInputError(f"candidate {k} of prompt {i} is empty")
                 pairs.append((i, c))
         longest = max(len(c) for _, c in pairs)
-        self._check(prompt_ids, longest)
-        prompt_ids = [self._ids(p, f"prompt {i}") for i, p in enumerate(prompt_ids)]
+        prompt_ids = self._check(prompt_ids, longest)
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         B = bucket(len(prompt_ids))
         p_tok, p_valid = _right_pad(prompt_ids, B, bucket(max(map(len, prompt_ids)), *PROMPT_BUCKET))
@@ -235,7 +237,7 @@ class Seq2SeqLanguageModel:
 
     def embed_tokens(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Mean-pooled encoder states ``(B, hidden_size)`` float32."""
-        self._check(prompt_ids)
+        prompt_ids = self._check(prompt_ids)
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         p_tok, p_valid = _right_pad(prompt_ids, bucket(len(prompt_ids)),
                                     bucket(max(map(len, prompt_ids)), *PROMPT_BUCKET))
@@ -266,8 +268,7 @@ class Seq2SeqLanguageModel:
             raise LMInputError(f"invalid sampling settings temperature={temperature!r}, top_k={top_k!r}, "
                                f"top_p={top_p!r}, seed={seed!r}: need a finite temperature >= 0, top_k >= 1, "
                                f"0 < top_p <= 1 and an int seed")
-        self._check(prompt_ids, max_new_tokens)
-        prompt_ids = [self._ids(p, f"prompt {i}") for i, p in enumerate(prompt_ids)]
+        prompt_ids = self._check(prompt_ids, max_new_tokens)
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         p_tok, p_valid = _right_pad(prompt_ids, bucket(len(prompt_ids)),
                                     bucket(max(map(len, prompt_ids)), *PROMPT_BUCKET))
