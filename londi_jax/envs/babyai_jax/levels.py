@@ -1,0 +1,282 @@
+"""Level generation in JAX: GLAM's BabyAI-Text task kinds, in distribution with minigrid's.
+
+minigrid draws a layout with Python's random stream and rejection sampling; no JAX program can
+follow that stream seed for seed, so this module draws from the same *distribution*, step by step
+as ``envs.babyai_text.levels.GlamLevel`` (on ``RoomGrid``/``LevelGen``) builds a level:
+
+* one ``room_size`` room, or for ``open`` two side by side with a locked door at a uniform place on
+  the shared wall; the locked room is either one (50/50), the key and the distractors are in the
+  other, placed before the agent and never next to the grid's centre (minigrid places them while
+  its agent still stands there);
+* single-room kinds place the agent first (uniform cell and direction), then the objects: each a
+  uniform type (key, ball, box) and colour, on a uniform free cell not on or 4-next to the agent;
+* ``open`` then places the agent uniformly in the unlocked room, facing an empty cell or a wall;
+* the instruction: GoTo / Pickup one uniform object; PutNext(a, b) and the pick-up sequences with b
+  redrawn until its description differs from a's when a's description matches a single object;
+  Open the door, its colour named with probability ``name_open_color`` (train 1/2, test 1);
+* rejection: every object reachable from the agent without moving another (doors pass), no
+  excluded colour-noun pair in the mission (``phrase_filter``), and for PutNext two distinct
+  descriptions with no moved object already next to a fixed one (``validate_instrs``);
+* ``max_steps = navigations * room_size**2 * rooms`` (2 navigations for putnext and sequences).
+
+``tests/envs/test_babyai_jax.py`` compares the statistics (kinds, object counts, types and
+colours, article use, distances, filters) with minigrid's levels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from minigrid.core.constants import COLOR_TO_IDX
+
+from londi_jax.envs.babyai_jax import core
+from londi_jax.envs.babyai_jax import phrases as P
+from londi_jax.envs.babyai_text import levels as py_levels
+from londi_jax.utils.errors import UnknownNameError
+
+KINDS: tuple[str, ...] = py_levels.GLAM_KINDS
+"""Task kinds, indexed as ``EnvParams.kind_probs``: goto, pickup, open, putnext, pick up seq go to,
+pick up then go to, go to after pick up, pick up seq pick up."""
+FILTERS = ("none", "train", "test")
+MAX_ATTEMPTS = 1000  # layouts drawn per reset before giving up (reported in ``attempts``)
+
+_OBJ_TYPES = np.array([P.KEY, P.BALL, P.BOX], np.int32)
+
+
+def _excluded_table(phrases: tuple[str, ...]) -> np.ndarray:
+    table = np.zeros((len(P.COLORS), P.BOX + 1), bool)
+    words = {w.strip(): t for t, w in P.TYPE_WORDS.items()}
+    for ph in phrases:
+        color, noun = ph.split()
+        table[COLOR_TO_IDX[color], words[noun]] = True
+    return table
+
+
+EXCLUDED = np.stack([np.zeros((len(P.COLORS), P.BOX + 1), bool), _excluded_table(py_levels.TRAIN_EXCLUDED),
+                     _excluded_table(py_levels.TEST_EXCLUDED)])  # [filter, colour, type]
+DOOR_COLORS = np.zeros((3, len(P.COLORS)), bool)  # [filter, colour]: the locked door's colours
+DOOR_COLORS[0, :] = True
+DOOR_COLORS[1, [COLOR_TO_IDX[c] for c in py_levels.TRAIN_DOOR_COLORS]] = True
+DOOR_COLORS[2, [COLOR_TO_IDX[c] for c in py_levels.TEST_DOOR_COLORS]] = True
+NAME_OPEN_COLOR = np.array([0.5, 0.5, 1.0], np.float32)  # by filter (GLAM: "half" train, "always" test)
+
+
+@struct.dataclass
+class EnvParams:
+    """Traced level parameters (sweeping them never recompiles).
+
+    room_size: side of a room in cells, walls included (GLAM 8; must fit ``StaticConfig``).
+    num_dists: distractors (GLAM 8); objects placed are num_dists + 1 (goto, pickup, open's key)
+        or + 2 (putnext and the sequences).
+    kind_probs: ``[len(KINDS)]`` probabilities of each task kind per episode.
+    phrase_filter: 0 none, 1 train (MixedTrainLocal: reject the held-out colour-noun pairs),
+        2 test (MixedTestLocal: only those pairs; red/grey doors, colour always named).
+    max_steps: 0 for BabyAI's own limit, else this limit for every episode.
+    """
+
+    room_size: jax.Array
+    num_dists: jax.Array
+    kind_probs: jax.Array
+    phrase_filter: jax.Array
+    max_steps: jax.Array
+
+
+def kind_index(kind: str) -> int:
+    if kind not in KINDS:
+        raise UnknownNameError("task kind", kind, KINDS)
+    return KINDS.index(kind)
+
+
+def make_params(kinds: tuple[str, ...] | str = py_levels.MIXED_KINDS, room_size: int = 8, num_dists: int = 8,
+                phrase_filter: str = "train", max_steps: int = 0,
+                config: core.StaticConfig = core.StaticConfig()) -> EnvParams:
+    """Parameters for episodes of ``kinds`` (uniform over them), checked against ``config``.
+
+    Raises ``UnknownNameError`` for an unknown kind or filter and ``LevelParamError`` when the
+    rooms or objects do not fit (same limits as the Python levels) or the grid exceeds ``config``."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    idx = [kind_index(k) for k in kinds]
+    if phrase_filter not in FILTERS:
+        raise UnknownNameError("phrase filter", phrase_filter, FILTERS)
+    py_levels.check_level_params("babyai-jax", dict(room_size=room_size, num_dists=num_dists,
+                                                    max_steps=max_steps or None), kinds)
+    width = 2 * room_size - 1 if "open" in kinds else room_size
+    if room_size > config.height or width > config.width:
+        raise py_levels.LevelParamError(
+            f"room_size={room_size} needs a {width}x{room_size} grid; StaticConfig has "
+            f"{config.width}x{config.height}: use a larger StaticConfig or a smaller room_size")
+    if num_dists + 3 > config.max_objects:
+        raise py_levels.LevelParamError(f"num_dists={num_dists} needs max_objects >= {num_dists + 3}; "
+                                        f"StaticConfig has {config.max_objects}")
+    probs = np.zeros(len(KINDS), np.float32)
+    probs[idx] = 1.0 / len(idx)
+    return EnvParams(room_size=jnp.int32(room_size), num_dists=jnp.int32(num_dists), kind_probs=jnp.asarray(probs),
+                     phrase_filter=jnp.int32(FILTERS.index(phrase_filter)), max_steps=jnp.int32(max_steps))
+
+
+def _reachable(passable: jax.Array, start: jax.Array) -> jax.Array:
+    """Cells reachable from ``start`` (x, y) moving through ``passable`` cells (a blocking cell is
+    reached but not passed: ``check_objs_reachable``)."""
+    H, W = passable.shape
+    seen = jnp.zeros((H, W), bool).at[start[1], start[0]].set(True)
+
+    def grow(c):
+        seen, _ = c
+        src = seen & passable
+        pad = jnp.pad(src, 1)
+        new = seen | pad[:-2, 1:-1] | pad[2:, 1:-1] | pad[1:-1, :-2] | pad[1:-1, 2:]
+        return new, (new != seen).any()
+
+    return jax.lax.while_loop(lambda c: c[1], grow, (seen, jnp.asarray(True)))[0]
+
+
+def _pick(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """A uniform index among ``weights > 0`` (0 when none)."""
+    return jax.random.categorical(key, jnp.where(weights > 0, 0.0, -jnp.inf)).astype(jnp.int32)
+
+
+def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.StaticConfig
+             ) -> tuple[core.EnvState, jax.Array]:
+    H, W, M = config.height, config.width, config.max_objects
+    ks = jax.random.split(key, 16)
+    R = params.room_size
+    is_open = kind == KINDS.index("open")
+    two_objs = ~is_open & (kind != KINDS.index("goto")) & (kind != KINDS.index("pickup"))
+    cols = jnp.where(is_open, 2, 1)
+    gw, gh = (R - 1) * cols + 1, R
+    ys, xs = jnp.meshgrid(jnp.arange(H), jnp.arange(W), indexing="ij")
+    wall = ((xs >= gw - 1) | (ys >= gh - 1) | (xs == 0) | (ys == 0) | (is_open & (xs == R - 1)))
+    cell = jnp.full((H, W), -1, jnp.int32)
+    otype, ocolor = jnp.zeros(M, jnp.int32), jnp.zeros(M, jnp.int32)
+    ostate = jnp.zeros(M, jnp.int32)
+
+    # open: the locked door (slot 0) on the shared wall, its room, the key's colour
+    filt = params.phrase_filter
+    door_y = jax.random.randint(ks[1], (), 1, R - 1)
+    locked_col = jax.random.randint(ks[2], (), 0, 2)
+    door_color = _pick(ks[3], jnp.asarray(DOOR_COLORS)[filt])
+    wall = jnp.where(is_open & (xs == R - 1) & (ys == door_y), False, wall)
+    cell = jnp.where(is_open & (xs == R - 1) & (ys == door_y), 0, cell)
+    otype = otype.at[0].set(jnp.where(is_open, P.DOOR, 0))
+    ocolor = ocolor.at[0].set(door_color)
+    ostate = ostate.at[0].set(P.LOCKED)
+    first_slot = jnp.where(is_open, 1, 0)
+
+    # the room the objects go in, and the position they must keep away from
+    room_x0 = jnp.where(is_open, (1 - locked_col) * (R - 1), 0)
+    interior = (xs > room_x0) & (xs < room_x0 + R - 1) & (ys > 0) & (ys < R - 1)
+    a_cell = _pick(ks[4], interior.reshape(-1))  # single room: the agent comes first
+    single_pos = jnp.stack([a_cell % W, a_cell // W])
+    centre = jnp.stack([(cols // 2) * (R - 1) + R // 2, R // 2])
+    avoid = jnp.where(is_open, centre, single_pos)
+    far = (jnp.abs(xs - avoid[0]) + jnp.abs(ys - avoid[1])) >= 2
+    free = interior & far & ~wall & (cell < 0)
+    n_objs = params.num_dists + jnp.where(two_objs, 2, 1)
+    prio = jnp.where(free, jax.random.uniform(ks[5], (H, W)), -1.0).reshape(-1)
+    order = jnp.argsort(-prio)  # a uniform random order of the free cells first
+    enough = free.sum() >= n_objs
+    types = jnp.asarray(_OBJ_TYPES)[jax.random.randint(ks[6], (M,), 0, 3)]
+    colors = jax.random.randint(ks[7], (M,), 0, len(P.COLORS))
+    slots = jnp.arange(M)
+    placed = (slots >= first_slot) & (slots < first_slot + n_objs)
+    key_slot = is_open & (slots == 1)  # open: the key to the door, first
+    types = jnp.where(key_slot, P.KEY, types)
+    colors = jnp.where(key_slot, door_color, colors)
+    otype = jnp.where(placed, types, otype)
+    ocolor = jnp.where(placed, colors, ocolor)
+    ostate = jnp.where(placed, 0, ostate)
+    where = order[jnp.clip(slots - first_slot, 0, H * W - 1)]
+    flat = cell.reshape(-1).at[jnp.where(placed, where, H * W)].set(slots, mode="drop")
+    cell = flat.reshape(H, W)
+
+    # open: the agent after the objects, in the unlocked room, facing an empty cell or a wall
+    dvec = jnp.asarray(core.DIR_TO_VEC)
+    fx = jnp.clip(xs[None] + dvec[:, 0, None, None], 0, W - 1)
+    fy = jnp.clip(ys[None] + dvec[:, 1, None, None], 0, H - 1)
+    front_ok = wall[fy, fx] | (cell[fy, fx] < 0)  # [4, H, W]
+    pairs = (interior & (cell < 0))[None] & front_ok
+    pair = _pick(ks[8], pairs.reshape(-1))
+    open_dir, open_cell = pair // (H * W), pair % (H * W)
+    agent_pos = jnp.where(is_open, jnp.stack([open_cell % W, open_cell // W]), single_pos).astype(jnp.int32)
+    agent_dir = jnp.where(is_open, open_dir, jax.random.randint(ks[9], (), 0, 4)).astype(jnp.int32)
+    placed_agent = jnp.where(is_open, pairs.any(), True)
+
+    # every object reachable without moving another one (doors pass)
+    reach = _reachable(~wall & ((cell < 0) | (otype[jnp.maximum(cell, 0)] == P.DOOR)), agent_pos)
+    reachable = ~((cell >= 0) & ~reach).any()
+
+    # the instruction
+    movable = placed
+    a = _pick(ks[10], movable.astype(jnp.float32))
+    same_a = (otype == otype[a]) & (ocolor == ocolor[a]) & movable
+    b_pool = jnp.where(same_a.sum() >= 2, movable, movable & ~same_a)
+    b = _pick(ks[11], b_pool.astype(jnp.float32))
+    coin = jax.random.bernoulli(ks[12])
+    named = jax.random.uniform(ks[13]) < jnp.asarray(NAME_OPEN_COLOR)[filt]
+    k = {name: KINDS.index(name) for name in KINDS}
+    # clause 0 / clause 1 as written in the mission; Before: "0, then 1"; After: "0 after you 1"
+    seq_pick_goto = kind == k["pick up seq go to"]
+    seq_pick_pick = kind == k["pick up seq pick up"]
+    after = ((seq_pick_goto | seq_pick_pick) & coin) | (kind == k["go to after pick up"])
+    is_seq = seq_pick_goto | seq_pick_pick | (kind == k["pick up then go to"]) | (kind == k["go to after pick up"])
+    seq = jnp.where(is_seq, jnp.where(after, core.AFTER, core.BEFORE), core.SINGLE)
+    second_kind = jnp.where(seq_pick_pick, core.PICKUP_I, core.GOTO)  # the clause on b
+    single_kind = jnp.select([kind == k["goto"], kind == k["pickup"], is_open, kind == k["putnext"]],
+                             [core.GOTO, core.PICKUP_I, core.OPEN_I, core.PUTNEXT], core.GOTO)
+    # Before(Pickup a, X b); After(X b, Pickup a)
+    c0_kind = jnp.where(is_seq, jnp.where(after, second_kind, core.PICKUP_I), single_kind)
+    c1_kind = jnp.where(is_seq, jnp.where(after, core.PICKUP_I, second_kind), -1)
+    c0_obj = jnp.where(is_seq & after, b, a)
+    c1_obj = jnp.where(after, a, b)
+    desc_obj = jnp.array([[0, 0], [0, 0]]).at[0, 0].set(c0_obj).at[0, 1].set(b).at[1, 0].set(c1_obj)
+    d_type = otype[desc_obj]
+    d_color = ocolor[desc_obj]
+    d_type = d_type.at[0, 0].set(jnp.where(is_open, P.DOOR, d_type[0, 0]))
+    d_color = d_color.at[0, 0].set(jnp.where(is_open, jnp.where(named, door_color, -1), d_color[0, 0]))
+    used = jnp.array([[True, False], [False, False]]).at[0, 1].set(kind == k["putnext"]).at[1, 0].set(is_seq)
+    match = ((otype[None, None, :] == d_type[..., None]) & ((d_color[..., None] < 0)
+             | (ocolor[None, None, :] == d_color[..., None])) & (otype[None, None, :] > 0) & used[..., None])
+    d_the = match.sum(-1) == 1
+    excluded = jnp.asarray(EXCLUDED)[filt][jnp.maximum(d_color, 0), d_type] & (d_color >= 0) & used
+    pos, on = core.object_positions(cell, M)
+    # PutNext: distinct descriptions, no moved object already next to a fixed one
+    adj = (jnp.abs(pos[:, None, :] - pos[None, :, :]).sum(-1) == 1) & on[:, None] & on[None, :]
+    put_bad = (kind == k["putnext"]) & (((match[0, 0] & match[0, 1]).any())
+                                        | (match[0, 0][:, None] & match[0, 1][None, :] & adj).any())
+    valid = enough & placed_agent & reachable & ~excluded.any() & ~put_bad
+
+    navs = jnp.where(two_objs, 2, 1)
+    max_steps = jnp.where(params.max_steps > 0, params.max_steps, navs * R * R * cols)
+    instr = core.Instr(seq=seq.astype(jnp.int32), sub_kind=jnp.stack([c0_kind, c1_kind]).astype(jnp.int32),
+                       desc_type=d_type.astype(jnp.int32), desc_color=d_color.astype(jnp.int32),
+                       desc_loc=jnp.full((2, 2), -1, jnp.int32), desc_the=d_the, desc_set=match)
+    state = core.EnvState(
+        wall=wall, cell=cell, obj_type=otype, obj_color=ocolor, obj_state=ostate, agent_pos=agent_pos,
+        agent_dir=agent_dir, carry=jnp.int32(-1), step_count=jnp.int32(0), max_steps=max_steps.astype(jnp.int32),
+        instr=instr, sub_done=jnp.zeros(2, bool), pre_carry=jnp.full(2, -1, jnp.int32),
+        poss=jnp.broadcast_to(pos, (2, 2, M, 2)), poss_valid=match & on, mission=core.mission_pieces(
+            instr, config.mission_pieces), kind=kind, done=jnp.asarray(False))
+    return state, valid
+
+
+def generate(key: jax.Array, params: EnvParams, config: core.StaticConfig = core.StaticConfig()
+             ) -> tuple[core.EnvState, jax.Array]:
+    """A new episode's state by rejection sampling (see module doc): ``(state, attempts)``;
+    ``attempts > MAX_ATTEMPTS`` means no valid layout was found (the last draw is returned).
+
+    The task kind is drawn once, before the layouts (as a Mixed level keeps its kind while it
+    resamples), so rejection does not bias the kind mixture."""
+    key, k_kind, sub = jax.random.split(key, 3)
+    kind = jax.random.categorical(k_kind, jnp.log(params.kind_probs)).astype(jnp.int32)
+
+    def body(c):
+        key, _, n, _ = c
+        key, sub = jax.random.split(key)
+        state, ok = _attempt(sub, kind, params, config)
+        return key, state, n + 1, ok
+
+    state, ok = _attempt(sub, kind, params, config)
+    _, state, n, ok = jax.lax.while_loop(lambda c: ~c[3] & (c[2] <= MAX_ATTEMPTS), body, (key, state, jnp.int32(1), ok))
+    return state, jnp.where(ok, n, MAX_ATTEMPTS + 1)

@@ -1,0 +1,209 @@
+"""GLAM's BabyAI-Text prompt as token ids, built inside ``jit``.
+
+``History`` holds GLAM's deques as arrays (the last 3 observations as sentence piece slots, the
+last 2 actions). ``PromptTables.from_tokenizer(tok)`` encodes every piece of ``phrases.PIECES``
+once; ``build_prompt(tables, mission, history)`` then lays the prompt's pieces out in order
+(header, goal, mission words, then per observation its header, sentences, action header and
+action), gathers their token rows and compacts them into a fixed-length buffer with a cumulative
+sum: no strings, no host round trip.
+
+Why concatenating per-piece encodings gives the tokenizer's own encoding: pieces are cut just
+before a space that starts a word (``phrases``), which is a pre-tokenizer boundary for byte-level
+BPE (GPT-2 / Llama 3 / SmolLM2 regexes) and for Metaspace tokenizers (SentencePiece style,
+``prepend_scheme`` "always" or "first"). Two places where that does not hold by itself, found by
+comparing with the tokenizer on real prompts, are handled:
+
+* an observation with no sentences puts two headers together, ``": \\n Action"``: still a
+  boundary (the ``":"`` is its own pre-token), checked;
+* a SentencePiece tokenizer with a dummy prefix (``add_dummy_prefix`` / prepend "first") adds
+  "▁" to the *first* piece only: pieces are encoded after a fixed anchor word and the anchor's
+  tokens are cut off, so every piece is encoded as it appears mid-prompt, and the header as the
+  first.
+
+``PromptTables.check(tok, prompts)`` compares built ids with ``tok`` on given prompts and names the
+first difference; the tests run it on thousands of states for each tokenizer the project ships.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from londi_jax.envs.babyai_jax import core
+from londi_jax.envs.babyai_jax import phrases as P
+from londi_jax.envs.babyai_text.prompt import HISTORY_ACTIONS, HISTORY_OBS
+from londi_jax.utils.errors import LondiError
+
+
+class PromptTokenError(LondiError, ValueError):
+    """The tokenizer cannot be used piecewise (its encoding of a prompt differs from the pieces')."""
+
+
+@struct.dataclass
+class History:
+    """GLAM's per-episode deques: ``obs[3, 53]`` sentence piece slots (oldest first, ``n_obs``
+    used), ``acts[2]`` action indices taken after ``obs[0]`` and ``obs[1]`` (-1: none)."""
+
+    obs: jax.Array
+    acts: jax.Array
+    n_obs: jax.Array
+
+
+def history_start(slots: jax.Array) -> History:
+    """A new episode's history: its first observation only."""
+    obs = jnp.zeros((HISTORY_OBS, slots.shape[-1]), jnp.int32).at[0].set(slots)
+    return History(obs=obs, acts=jnp.full(HISTORY_ACTIONS, -1, jnp.int32), n_obs=jnp.int32(1))
+
+
+def history_push(h: History, action: jax.Array, slots: jax.Array) -> History:
+    """Record the action taken and the observation that followed (deques of 3 and 2)."""
+    full = h.n_obs >= HISTORY_OBS
+    obs = jnp.where(full, jnp.roll(h.obs, -1, axis=0), h.obs)
+    obs = obs.at[jnp.minimum(h.n_obs, HISTORY_OBS - 1)].set(slots)
+    n_act = h.n_obs - 1  # actions stored before this push
+    acts = jnp.where(n_act >= HISTORY_ACTIONS, jnp.roll(h.acts, -1), h.acts)
+    acts = acts.at[jnp.minimum(n_act, HISTORY_ACTIONS - 1)].set(jnp.asarray(action, jnp.int32))
+    return History(obs=obs, acts=acts, n_obs=jnp.minimum(h.n_obs + 1, HISTORY_OBS))
+
+
+def prompt_pieces(mission: jax.Array, h: History) -> tuple[jax.Array, jax.Array]:
+    """The prompt as a fixed layout of piece ids with a validity mask (``[N]`` each)."""
+    pieces, valid = [jnp.int32(P.piece(P.HEADER)), jnp.int32(P.piece(P.GOAL))], [True, True]
+    pieces += list(mission)
+    valid += [m > 0 for m in mission]
+    acts = jnp.asarray([P.piece(a) for a in P.ACTION_PIECES], jnp.int32)
+    for k in range(HISTORY_OBS):
+        here = k < h.n_obs
+        pieces.append(jnp.int32(P.piece(P.OBS_HEADERS[k])))
+        valid.append(here)
+        pieces += list(h.obs[k])
+        valid += [here & (s > 0) for s in h.obs[k]]
+        pieces.append(jnp.int32(P.piece(P.ACT_HEADERS[k])))
+        valid.append(here)
+        last = k == h.n_obs - 1
+        act = h.acts[min(k, HISTORY_ACTIONS - 1)] if k < HISTORY_ACTIONS else jnp.int32(-1)
+        pieces.append(jnp.where(last, P.piece(P.TRAILING_SPACE), acts[jnp.maximum(act, 0)]))
+        valid.append(here & (last | (act >= 0)))
+    return jnp.stack([jnp.asarray(p, jnp.int32) for p in pieces]), jnp.stack([jnp.asarray(v) for v in valid])
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTables:
+    """Token rows of every piece for one tokenizer: ``tokens[P, L]`` (right-padded), ``lengths[P]``,
+    the special tokens the tokenizer adds around a text (``prefix`` / ``suffix``, e.g. BOS)."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any) -> PromptTables:
+        """Encode every piece with ``tok`` (a transformers tokenizer, or anything with
+        ``encode(text, add_special_tokens=...)``), each in its mid-prompt context."""
+        def enc(text: str, special: bool = False) -> list[int]:
+            return list(tok.encode(text, add_special_tokens=special))
+
+        anchor = "Goal"  # a word; pieces are encoded after it, its tokens cut off
+        base = enc(anchor)
+        rows = [[]]
+        for p in P.PIECES[1:]:
+            if p == P.HEADER:
+                rows.append(enc(p))
+                continue
+            ids = enc(anchor + p)
+            if ids[:len(base)] != base:
+                raise PromptTokenError(f"the tokenizer merges across the word boundary before {p!r}; "
+                                       "it cannot build BabyAI-Text prompts piece by piece")
+            rows.append(ids[len(base):])
+        probe = "Goal of the agent"
+        plain, full = enc(probe), enc(probe, special=True)
+        start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+        if start is None:
+            raise PromptTokenError("the tokenizer's special tokens are not a prefix/suffix of the text's tokens")
+        prefix, suffix = tuple(full[:start]), tuple(full[start + len(plain):])
+        L = max(len(r) for r in rows)
+        tokens = np.zeros((len(rows), L), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)] = r
+        return cls(tokens=tokens, lengths=np.array([len(r) for r in rows], np.int32), prefix=prefix, suffix=suffix)
+
+    def max_prompt_tokens(self, n_sentences: int = 16) -> int:
+        """A buffer size that holds every prompt whose observations have at most ``n_sentences``
+        sentences each (the longest piece of each kind assumed everywhere)."""
+        lens = self.lengths
+        longest = lambda texts: max(int(lens[P.piece(t)]) for t in texts)  # noqa: E731
+        words = max(int(lens[i]) for i in range(1, P.SENTENCE_START) if P.PIECES[i] not in P.OBS_HEADERS)
+        per_obs = (longest(P.OBS_HEADERS) + longest(P.ACT_HEADERS) + longest((*P.ACTION_PIECES, P.TRAILING_SPACE))
+                   + n_sentences * int(lens[P.SENTENCE_START:].max()))
+        return (len(self.prefix) + len(self.suffix) + int(lens[P.piece(P.HEADER)]) + int(lens[P.piece(P.GOAL)])
+                + core.StaticConfig.mission_pieces * words + HISTORY_OBS * per_obs)
+
+    def build(self, mission: jax.Array, h: History, max_len: int) -> tuple[jax.Array, jax.Array]:
+        """The prompt's token ids, right-padded with 0: ``(ids[max_len], length)``; ``length >
+        max_len`` means the prompt was cut (raise ``max_len``). jit/vmap-able."""
+        pieces, valid = prompt_pieces(mission, h)
+        tok, lens = jnp.asarray(self.tokens), jnp.asarray(self.lengths)
+        n = jnp.where(valid, lens[pieces], 0)
+        start = jnp.cumsum(n) - n + len(self.prefix)
+        L = tok.shape[1]
+        t = jnp.arange(L)
+        dest = jnp.where(t[None, :] < n[:, None], start[:, None] + t[None, :], max_len)
+        buf = jnp.zeros(max_len, jnp.int32)
+        if self.prefix:
+            buf = buf.at[jnp.arange(len(self.prefix))].set(jnp.asarray(self.prefix, jnp.int32), mode="drop")
+        buf = buf.at[dest.reshape(-1)].set(tok[pieces].reshape(-1), mode="drop")
+        end = len(self.prefix) + n.sum()
+        if self.suffix:
+            buf = buf.at[end + jnp.arange(len(self.suffix))].set(jnp.asarray(self.suffix, jnp.int32), mode="drop")
+        return buf, end + len(self.suffix)
+
+    def check(self, tok: Any, missions: np.ndarray, histories: History, max_len: int,
+              special: bool = True) -> int:
+        """Build the prompts of a batch (``missions[B, Lm]``, histories batched) and compare with
+        ``tok``'s own encoding of their text (``render_prompt``); returns the count compared.
+        Raises ``PromptTokenError`` naming the first prompt that differs."""
+        ids, n = jax.jit(jax.vmap(lambda m, h: self.build(m, h, max_len)))(jnp.asarray(missions), histories)
+        ids, n = np.asarray(ids), np.asarray(n)
+        for b in range(len(n)):
+            h = jax.tree.map(lambda x: np.asarray(x)[b], histories)
+            text = render_prompt(missions[b], h)
+            want = list(tok.encode(text, add_special_tokens=special))
+            got = list(ids[b, :n[b]]) if special else list(ids[b, len(self.prefix):n[b] - len(self.suffix)])
+            if got != want:
+                first = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+                raise PromptTokenError(f"prompt {b} differs from the tokenizer's encoding at token {first}: "
+                                       f"built {got[first:first + 6]}, tokenizer {want[first:first + 6]}; "
+                                       f"text: {text!r}")
+        return len(n)
+
+
+def render_prompt(mission: Any, h: History) -> str:
+    """The prompt's text (host side, for inspection and checks): exactly
+    ``envs.babyai_text.prompt.build_glam_prompt`` of the same episode."""
+    pieces, valid = prompt_pieces(jnp.asarray(mission), jax.tree.map(jnp.asarray, h))
+    return "".join(P.PIECES[int(p)] for p, v in zip(np.asarray(pieces), np.asarray(valid)) if v)
+
+
+def decode(tok: Any, ids: Any, length: Any) -> str:
+    """Text of built ids (host side): ``tok.decode`` of the used part, special tokens skipped."""
+    return tok.decode([int(i) for i in np.asarray(ids)[: int(length)]], skip_special_tokens=True)
+
+
+def history_from_lists(observations: Sequence[np.ndarray], actions: Sequence[int]) -> History:
+    """A ``History`` from an episode's observation slots (oldest first) and action indices, as
+    GLAM's deques keep them (last 3 and last 2)."""
+    h = history_start(jnp.asarray(observations[0]))
+    for a, o in zip(actions, observations[1:]):
+        h = history_push(h, jnp.int32(a), jnp.asarray(o))
+    return h
+
+
+__all__ = ["History", "PromptTables", "PromptTokenError", "decode", "history_from_lists", "history_push",
+           "history_start", "prompt_pieces", "render_prompt"]
