@@ -4,13 +4,15 @@
 instruction's verifier state (matching object sets, tracked positions, preCarrying, which clause
 of a sequence is done) so that stepping the JAX state gives what stepping the Python env gives
 (``tests/envs/test_babyai_jax.py``). It works mid-episode.
+(The state's arrays are NumPy: stack many with ``jax.tree.map(np.stack, ...)`` before a
+``vmap``.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from minigrid.envs.babyai.core.verifier import (
@@ -117,13 +119,15 @@ def from_minigrid(env: Any, config: core.StaticConfig = core.StaticConfig()) -> 
             pre_carry[s] = slot[id(pre)] if id(pre) in slot else add(pre)
     if seq != core.SINGLE:
         sub_done[0 if seq == core.BEFORE else 1] = first_done
-    ins = core.Instr(seq=jnp.int32(seq), sub_kind=jnp.asarray(sub_kind), desc_type=jnp.asarray(d_type),
-                     desc_color=jnp.asarray(d_color), desc_loc=jnp.asarray(d_loc), desc_the=jnp.asarray(d_the),
-                     desc_set=jnp.asarray(d_set))
+    i32 = np.int32
+    ins = core.Instr(seq=i32(seq), sub_kind=sub_kind, desc_type=d_type, desc_color=d_color, desc_loc=d_loc,
+                     desc_the=d_the, desc_set=d_set)
     return core.EnvState(
-        wall=jnp.asarray(wall), cell=jnp.asarray(cell), obj_type=jnp.asarray(otype), obj_color=jnp.asarray(ocolor),
-        obj_state=jnp.asarray(ostate), agent_pos=jnp.asarray(np.asarray(base.agent_pos, np.int32)),
-        agent_dir=jnp.int32(base.agent_dir), carry=jnp.int32(carry), step_count=jnp.int32(base.step_count),
-        max_steps=jnp.int32(base.max_steps), instr=ins, sub_done=jnp.asarray(sub_done),
-        pre_carry=jnp.asarray(pre_carry), poss=jnp.asarray(poss), poss_valid=jnp.asarray(poss_valid),
-        mission=core.mission_pieces(ins, config.mission_pieces), kind=jnp.int32(-1), done=jnp.asarray(False))
+        wall=wall, cell=cell, obj_type=otype, obj_color=ocolor, obj_state=ostate,
+        agent_pos=np.asarray(base.agent_pos, i32), agent_dir=i32(base.agent_dir), carry=i32(carry),
+        step_count=i32(base.step_count), max_steps=i32(base.max_steps), instr=ins, sub_done=sub_done,
+        pre_carry=pre_carry, poss=poss, poss_valid=poss_valid,
+        mission=np.asarray(_mission_pieces(ins, config.mission_pieces)), kind=i32(-1), done=np.bool_(False))
+
+
+_mission_pieces = jax.jit(core.mission_pieces, static_argnums=1)

@@ -150,30 +150,41 @@ def view_world_coords(pos: jax.Array, direction: jax.Array) -> tuple[jax.Array, 
     return pos[0] + i * r[0] + d * f[0], pos[1] + i * r[1] + d * f[1]
 
 
+def _sweep(m: jax.Array, sb: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One left-to-right pass of ``process_vis`` over a row: cell i+1 is lit when cell i is lit
+    and can be seen through. Returns (the row after the pass, ``go[i]``: lit and see-through).
+
+    A cell is lit after the pass iff some lit cell k <= i has only see-through cells in [k, i):
+    counted with a prefix sum of the blocking cells, for all (k, i) at once."""
+    V = m.shape[-1]
+    blocks = jnp.concatenate([jnp.zeros(m.shape[:-1] + (1,), jnp.int32), jnp.cumsum(~sb, axis=-1)], axis=-1)
+    k, i = jnp.arange(V)[:, None], jnp.arange(V)[None, :]
+    clear = (blocks[..., None, :V] == blocks[..., :V, None])  # [k, i]: no blocker in [k, i) (for k <= i)
+    lit = (m[..., :, None] & (k <= i) & clear).any(axis=-2)
+    return lit, lit & sb
+
+
 def visibility(see_behind: jax.Array) -> jax.Array:
     """``Grid.process_vis`` for the agent at view cell (3, 6): ``see_behind[7, 7]`` -> mask.
 
-    The same sweep as minigrid: rows from near to far, a left-to-right then a right-to-left pass
-    per row, each visible cell that can be seen through lighting its neighbours (static loops:
-    98 tiny updates, vectorised over any batch)."""
+    The same sweep as minigrid: rows from near to far; in each row a left-to-right then a
+    right-to-left pass in which every lit see-through cell lights its neighbour in the pass's
+    direction and the two cells ahead of it in the next row (``_sweep`` vectorises a pass)."""
     V = P.VIEW
-    mask = [[False] * V for _ in range(V)]  # mask[i][j], entries become traced bools
-    mask[V // 2][V - 1] = True
-    m = [[jnp.asarray(mask[i][j]) for j in range(V)] for i in range(V)]
+    rows = [jnp.zeros(V, bool) for _ in range(V)]  # rows[j][i]
+    rows[V - 1] = rows[V - 1].at[V // 2].set(True)
     for j in reversed(range(V)):
-        for i in range(V - 1):
-            go = m[i][j] & see_behind[i, j]
-            m[i + 1][j] = m[i + 1][j] | go
-            if j > 0:
-                m[i + 1][j - 1] = m[i + 1][j - 1] | go
-                m[i][j - 1] = m[i][j - 1] | go
-        for i in reversed(range(1, V)):
-            go = m[i][j] & see_behind[i, j]
-            m[i - 1][j] = m[i - 1][j] | go
-            if j > 0:
-                m[i - 1][j - 1] = m[i - 1][j - 1] | go
-                m[i][j - 1] = m[i][j - 1] | go
-    return jnp.stack([jnp.stack(col) for col in m])
+        sb = see_behind[:, j]
+        lit, go = _sweep(rows[j], sb)                    # left to right: go[i] lights i+1
+        nxt = jnp.zeros(V, bool)
+        nxt = nxt | jnp.concatenate([jnp.zeros(1, bool), go[:-1]]) | jnp.concatenate([go[:-1], jnp.zeros(1, bool)])
+        lit_r, go_r = _sweep(lit[::-1], sb[::-1])        # right to left, as a reversed left-to-right
+        lit_r, go_r = lit_r[::-1], go_r[::-1]            # go_r[i] lights i-1 (i >= 1)
+        nxt = nxt | jnp.concatenate([go_r[1:], jnp.zeros(1, bool)]) | jnp.concatenate([jnp.zeros(1, bool), go_r[1:]])
+        rows[j] = lit_r
+        if j > 0:
+            rows[j - 1] = rows[j - 1] | nxt
+    return jnp.stack(rows, axis=1)
 
 
 def observe_image(state: EnvState) -> jax.Array:

@@ -132,15 +132,38 @@ def _reachable(passable: jax.Array, start: jax.Array) -> jax.Array:
     return jax.lax.while_loop(lambda c: c[1], grow, (seen, jnp.asarray(True)))[0]
 
 
-def _pick(key: jax.Array, weights: jax.Array) -> jax.Array:
-    """A uniform index among ``weights > 0`` (0 when none)."""
-    return jax.random.categorical(key, jnp.where(weights > 0, 0.0, -jnp.inf)).astype(jnp.int32)
+def _pick(u: jax.Array, weights: jax.Array) -> jax.Array:
+    """A uniform index among ``weights > 0`` (0 when none): the argmax of iid uniforms ``u`` over them."""
+    return jnp.argmax(jnp.where(weights > 0, u, -1.0)).astype(jnp.int32)
+
+
+class _Uniforms:
+    """Slices of one uniform draw: a layout takes all its random numbers from a single
+    ``jax.random.uniform`` call (each call is its own unrolled Threefry in the compiled program;
+    one call instead of fourteen cuts the compile time)."""
+
+    def __init__(self, key: jax.Array, sizes: dict[str, int]):
+        self.offsets, off = {}, 0
+        for name, n in sizes.items():
+            self.offsets[name] = (off, n)
+            off += n
+        self.u = jax.random.uniform(key, (off,))
+
+    def __call__(self, name: str, shape: tuple[int, ...] = ()) -> jax.Array:
+        off, n = self.offsets[name]
+        return self.u[off:off + n].reshape(shape)
+
+    def int(self, name: str, lo, hi, shape: tuple[int, ...] = ()) -> jax.Array:
+        """Uniform integers in [lo, hi)."""
+        return jnp.minimum(lo + jnp.floor(self(name, shape) * (hi - lo)).astype(jnp.int32), hi - 1)
 
 
 def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.StaticConfig
              ) -> tuple[core.EnvState, jax.Array]:
     H, W, M = config.height, config.width, config.max_objects
-    ks = jax.random.split(key, 16)
+    C, HW = len(P.COLORS), H * W
+    u = _Uniforms(key, {"door_y": 1, "locked_col": 1, "door_color": C, "agent_cell": HW, "prio": HW,
+                        "types": M, "colors": M, "pair": 4 * HW, "dir": 1, "a": M, "b": M, "coin": 1, "named": 1})
     R = params.room_size
     is_open = kind == KINDS.index("open")
     two_objs = ~is_open & (kind != KINDS.index("goto")) & (kind != KINDS.index("pickup"))
@@ -154,9 +177,9 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
 
     # open: the locked door (slot 0) on the shared wall, its room, the key's colour
     filt = params.phrase_filter
-    door_y = jax.random.randint(ks[1], (), 1, R - 1)
-    locked_col = jax.random.randint(ks[2], (), 0, 2)
-    door_color = _pick(ks[3], jnp.asarray(DOOR_COLORS)[filt])
+    door_y = u.int("door_y", 1, R - 1)
+    locked_col = u.int("locked_col", 0, 2)
+    door_color = _pick(u("door_color", (C,)), jnp.asarray(DOOR_COLORS)[filt])
     wall = jnp.where(is_open & (xs == R - 1) & (ys == door_y), False, wall)
     cell = jnp.where(is_open & (xs == R - 1) & (ys == door_y), 0, cell)
     otype = otype.at[0].set(jnp.where(is_open, P.DOOR, 0))
@@ -167,18 +190,25 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
     # the room the objects go in, and the position they must keep away from
     room_x0 = jnp.where(is_open, (1 - locked_col) * (R - 1), 0)
     interior = (xs > room_x0) & (xs < room_x0 + R - 1) & (ys > 0) & (ys < R - 1)
-    a_cell = _pick(ks[4], interior.reshape(-1))  # single room: the agent comes first
+    a_cell = _pick(u("agent_cell", (HW,)), interior.reshape(-1))  # single room: the agent comes first
     single_pos = jnp.stack([a_cell % W, a_cell // W])
     centre = jnp.stack([(cols // 2) * (R - 1) + R // 2, R // 2])
     avoid = jnp.where(is_open, centre, single_pos)
     far = (jnp.abs(xs - avoid[0]) + jnp.abs(ys - avoid[1])) >= 2
     free = interior & far & ~wall & (cell < 0)
     n_objs = params.num_dists + jnp.where(two_objs, 2, 1)
-    prio = jnp.where(free, jax.random.uniform(ks[5], (H, W)), -1.0).reshape(-1)
-    order = jnp.argsort(-prio)  # a uniform random order of the free cells first
+    prio = jnp.where(free, u("prio", (H, W)), -1.0).reshape(-1)
+    # the first M cells of a uniform random order of the free cells: repeated argmax of the keys
+    # (XLA's CPU sort of 120 keys costs ~20 us per env, 16 argmax passes far less)
+    def take(s, c):
+        prio, order = c
+        best = jnp.argmax(prio)
+        return prio.at[best].set(-2.0), order.at[s].set(best)
+
+    order = jax.lax.fori_loop(0, M, take, (prio, jnp.zeros(M, jnp.int32)))[1]
     enough = free.sum() >= n_objs
-    types = jnp.asarray(_OBJ_TYPES)[jax.random.randint(ks[6], (M,), 0, 3)]
-    colors = jax.random.randint(ks[7], (M,), 0, len(P.COLORS))
+    types = jnp.asarray(_OBJ_TYPES)[u.int("types", 0, 3, (M,))]
+    colors = u.int("colors", 0, C, (M,))
     slots = jnp.arange(M)
     placed = (slots >= first_slot) & (slots < first_slot + n_objs)
     key_slot = is_open & (slots == 1)  # open: the key to the door, first
@@ -187,7 +217,7 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
     otype = jnp.where(placed, types, otype)
     ocolor = jnp.where(placed, colors, ocolor)
     ostate = jnp.where(placed, 0, ostate)
-    where = order[jnp.clip(slots - first_slot, 0, H * W - 1)]
+    where = order[jnp.clip(slots - first_slot, 0, M - 1)]
     flat = cell.reshape(-1).at[jnp.where(placed, where, H * W)].set(slots, mode="drop")
     cell = flat.reshape(H, W)
 
@@ -197,10 +227,10 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
     fy = jnp.clip(ys[None] + dvec[:, 1, None, None], 0, H - 1)
     front_ok = wall[fy, fx] | (cell[fy, fx] < 0)  # [4, H, W]
     pairs = (interior & (cell < 0))[None] & front_ok
-    pair = _pick(ks[8], pairs.reshape(-1))
+    pair = _pick(u("pair", (4 * HW,)), pairs.reshape(-1))
     open_dir, open_cell = pair // (H * W), pair % (H * W)
     agent_pos = jnp.where(is_open, jnp.stack([open_cell % W, open_cell // W]), single_pos).astype(jnp.int32)
-    agent_dir = jnp.where(is_open, open_dir, jax.random.randint(ks[9], (), 0, 4)).astype(jnp.int32)
+    agent_dir = jnp.where(is_open, open_dir, u.int("dir", 0, 4)).astype(jnp.int32)
     placed_agent = jnp.where(is_open, pairs.any(), True)
 
     # every object reachable without moving another one (doors pass)
@@ -209,12 +239,12 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
 
     # the instruction
     movable = placed
-    a = _pick(ks[10], movable.astype(jnp.float32))
+    a = _pick(u("a", (M,)), movable)
     same_a = (otype == otype[a]) & (ocolor == ocolor[a]) & movable
     b_pool = jnp.where(same_a.sum() >= 2, movable, movable & ~same_a)
-    b = _pick(ks[11], b_pool.astype(jnp.float32))
-    coin = jax.random.bernoulli(ks[12])
-    named = jax.random.uniform(ks[13]) < jnp.asarray(NAME_OPEN_COLOR)[filt]
+    b = _pick(u("b", (M,)), b_pool)
+    coin = u("coin") < 0.5
+    named = u("named") < jnp.asarray(NAME_OPEN_COLOR)[filt]
     k = {name: KINDS.index(name) for name in KINDS}
     # clause 0 / clause 1 as written in the mission; Before: "0, then 1"; After: "0 after you 1"
     seq_pick_goto = kind == k["pick up seq go to"]
@@ -259,6 +289,48 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
         poss=jnp.broadcast_to(pos, (2, 2, M, 2)), poss_valid=match & on, mission=core.mission_pieces(
             instr, config.mission_pieces), kind=kind, done=jnp.asarray(False))
     return state, valid
+
+
+def _tries(keys: jax.Array, kinds: jax.Array, params: EnvParams, config: core.StaticConfig
+           ) -> tuple[core.EnvState, jax.Array, jax.Array]:
+    """K layouts per env (``keys[m, K]``, ``kinds[m]``); each env keeps its first valid one
+    (the same law as drawing them one after another): ``(states[m], ok[m], draws[m])``."""
+    m, K = keys.shape[:2]
+    att = jax.vmap(jax.vmap(_attempt, (0, None, None, None)), (0, 0, None, None))
+    states, ok = att(keys, kinds, params, config)
+    first = jnp.argmax(ok, axis=1)
+    chosen = jax.tree.map(lambda x: x[jnp.arange(m), first], states)
+    return chosen, ok.any(axis=1), jnp.where(ok.any(axis=1), first + 1, K)
+
+
+def generate_batch(key: jax.Array, params: EnvParams, n: int, config: core.StaticConfig = core.StaticConfig(),
+                   candidates: int = 4, retry_candidates: int = 16) -> tuple[core.EnvState, jax.Array]:
+    """``n`` new episodes at once: ``(states[n], attempts[n])``, each with the law of
+    ``generate``. Every env draws ``candidates`` layouts in parallel and keeps its first valid
+    one; those that drew none are redrawn, up to ``n // 8`` envs at a time with
+    ``retry_candidates`` layouts each, in a loop over the batch (not a ``vmap``-ed loop, in which
+    every env would wait for the unluckiest) until each has a layout or ``MAX_ATTEMPTS`` draws."""
+    k_kind, k_first, k_more = jax.random.split(key, 3)
+    kinds = jax.random.categorical(k_kind, jnp.log(params.kind_probs), shape=(n,)).astype(jnp.int32)
+    states, ok, draws = _tries(jax.random.split(k_first, (n, candidates)), kinds, params, config)
+    R, K = max(1, n // 8), retry_candidates
+
+    def pending(ok, draws):
+        return ~ok & (draws < MAX_ATTEMPTS)
+
+    def body(c):
+        key, states, ok, draws = c
+        key, sub = jax.random.split(key)
+        idx = jnp.nonzero(pending(ok, draws), size=R, fill_value=n)[0]
+        real = idx < n
+        new, new_ok, new_draws = _tries(jax.random.split(sub, (R, K)), kinds[jnp.minimum(idx, n - 1)], params, config)
+        take = jnp.where(real & new_ok, idx, n)
+        states = jax.tree.map(lambda s, x: s.at[take].set(x, mode="drop"), states, new)
+        draws = draws.at[jnp.where(real, idx, n)].add(new_draws, mode="drop")
+        return key, states, ok.at[take].set(True, mode="drop"), draws
+
+    _, states, ok, draws = jax.lax.while_loop(lambda c: pending(c[2], c[3]).any(), body, (k_more, states, ok, draws))
+    return states, jnp.where(ok, draws, MAX_ATTEMPTS + 1)
 
 
 def generate(key: jax.Array, params: EnvParams, config: core.StaticConfig = core.StaticConfig()

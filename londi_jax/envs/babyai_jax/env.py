@@ -1,0 +1,81 @@
+"""The gymnax-style face of the JAX BabyAI-Text env.
+
+``reset(key, params) -> (obs, state)`` and ``step(key, state, action, params) -> (obs, state,
+reward, terminated, truncated, info)``, pure and ``vmap``-able. ``step`` auto-resets: after an
+episode ends it returns the *next* episode's first observation and state (as GLAM's parallel
+envs do), with the ended episode's reward and flags; ``info["success"]`` says it succeeded.
+
+A reset draws a level by rejection sampling (``levels.generate``), which costs far more than a
+step. Under ``vmap`` a ``lax.cond`` computes both branches, so a per-env auto-reset would
+generate a level at every step; ``step_batch`` instead generates ``resets`` levels per call for
+the whole batch and hands them to the envs that ended (``resets`` >= the number of envs that can
+end in one step keeps it exact; ``resets = n_envs`` always is).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from londi_jax.envs.babyai_jax import core, levels
+from londi_jax.envs.babyai_jax.core import EnvState, Obs, StaticConfig
+from londi_jax.envs.babyai_jax.levels import EnvParams
+
+
+def reset(key: jax.Array, params: EnvParams, config: StaticConfig = StaticConfig()) -> tuple[Obs, EnvState]:
+    """A new episode: ``(obs, state)``."""
+    state, _ = levels.generate(key, params, config)
+    return core.observe(state), state
+
+
+def step_env(state: EnvState, action: jax.Array) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array]:
+    """One step, no auto-reset: ``(obs, state, reward, terminated, truncated)``."""
+    state, reward, terminated, truncated = core.step_world(state, action)
+    return core.observe(state), state, reward, terminated, truncated
+
+
+def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams,
+         config: StaticConfig = StaticConfig()) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array, dict[str, Any]]:
+    """One step with auto-reset (per env; see the module doc for batches)."""
+    obs, state, reward, terminated, truncated = step_env(state, action)
+    done = terminated | truncated
+    new_obs, new_state = jax.lax.cond(done, lambda: reset(key, params, config), lambda: (obs, state))
+    info = {"success": terminated, "done": done}
+    return new_obs, new_state, reward, terminated, truncated, info
+
+
+def step_batch(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams,
+               config: StaticConfig = StaticConfig(), resets: int | None = None
+               ) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array, dict[str, Any]]:
+    """``step`` for a batch of envs (leading axis N) with ``resets`` fresh levels per call
+    (default N). The k-th env that ended (in batch order) gets fresh level ``k mod resets``:
+    with ``resets`` below the number that ended, some share a layout; ``info["reset_shortfall"]``
+    counts them (0 means every new episode is independent)."""
+    n = action.shape[0]
+    resets = n if resets is None else int(resets)
+    obs, state, reward, terminated, truncated = jax.vmap(step_env)(state, action)
+    done = terminated | truncated
+    # generate only on calls where an episode ended (a real branch: this cond is outside vmap)
+    fresh_obs, fresh = jax.lax.cond(
+        done.any(), lambda: reset_batch(key, params, resets, config),
+        lambda: jax.tree.map(lambda x: x[jnp.arange(resets) % n], (obs, state)))
+    rank = jnp.cumsum(done) - 1
+    pick = jnp.where(done, rank % resets, 0)
+
+    def choose(new, old):
+        sel = new[pick]
+        return jnp.where(done.reshape((-1,) + (1,) * (old.ndim - 1)), sel, old)
+
+    state = jax.tree.map(choose, fresh, state)
+    obs = jax.tree.map(choose, fresh_obs, obs)
+    info = {"success": terminated, "done": done, "reset_shortfall": jnp.maximum(done.sum() - resets, 0)}
+    return obs, state, reward, terminated, truncated, info
+
+
+def reset_batch(key: jax.Array, params: EnvParams, n: int, config: StaticConfig = StaticConfig()
+                ) -> tuple[Obs, EnvState]:
+    """N independent new episodes (``levels.generate_batch``: no env waits for the unluckiest)."""
+    state, _ = levels.generate_batch(key, params, n, config)
+    return jax.vmap(core.observe)(state), state
