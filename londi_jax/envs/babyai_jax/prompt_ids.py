@@ -185,10 +185,14 @@ class PromptTables:
 
 
 def render_prompt(mission: Any, h: History) -> str:
-    """The prompt's text (host side, for inspection and checks): exactly
-    ``envs.babyai_text.prompt.build_glam_prompt`` of the same episode."""
-    pieces, valid = prompt_pieces(jnp.asarray(mission), jax.tree.map(jnp.asarray, h))
-    return "".join(P.PIECES[int(p)] for p, v in zip(np.asarray(pieces), np.asarray(valid)) if v)
+    """The prompt's text (host side, plain NumPy: for inspection and checks), laid out as GLAM's
+    ``build_glam_prompt`` lays it out; ``build`` must encode exactly this text."""
+    mission, obs, acts, n = (np.asarray(mission), np.asarray(h.obs), np.asarray(h.acts), int(h.n_obs))
+    parts = [P.HEADER, P.GOAL, P.render_pieces(mission)]
+    for k in range(n):
+        parts += [P.OBS_HEADERS[k], P.render_pieces(obs[k]), P.ACT_HEADERS[k]]
+        parts.append(P.TRAILING_SPACE if k == n - 1 else P.ACTION_PIECES[int(acts[k])])
+    return "".join(parts)
 
 
 def decode(tok: Any, ids: Any, length: Any) -> str:
