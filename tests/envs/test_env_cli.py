@@ -188,3 +188,47 @@ def test_demos_out_checked_before_work(capsys, tmp_path):
     blocker.write_text("x")
     code, _, err = run(capsys, "env", "demos", "--level", "GoToLocal", "--episodes", "1", "--out", str(blocker / "d"))
     assert code == 2 and "is a file" in err and "Traceback" not in err
+
+
+# -- babyai-jax ------------------------------------------------------------------------------
+JAX_SHOW_CASES = [("BabyAI-MixedTrainLocal-v0", 4, None, "turn left,go forward,go forward,pick up"),
+                  ("BabyAI-MixedTestLocal-v0", 1, "putnext", "turn right,go forward,pick up,turn left,drop"),
+                  ("BabyAI-PutNextLocal-v0", 2, None, "go forward,toggle,turn left,go forward"),
+                  ("BabyAI-GoToAfterPickUpLocal-v0", 0, None, "")]
+
+
+@pytest.mark.parametrize("level,seed,kind,actions", JAX_SHOW_CASES)
+def test_show_babyai_jax_from_minigrid_equals_babyai_text(level, seed, kind, actions):
+    from londi_jax.envs.cli import babyai_jax_show, babyai_show
+
+    want = babyai_show(level, seed=seed, kind=kind, actions=actions)
+    got = babyai_jax_show(level, seed=seed, kind=kind, actions=actions, from_minigrid=True)
+    assert (got["env"], got["layout"]) == ("babyai-jax", "minigrid")
+    assert {k: got[k] for k in want if k != "env"} == {k: v for k, v in want.items() if k != "env"}
+
+
+def test_show_babyai_jax_cli_with_its_own_layout(capsys):
+    code, out, _ = run(capsys, "env", "show", "--env", "babyai-jax", "--level", "MixedTrainLocal", "--kind", "pickup",
+                       "--seed", "3", "--actions", "turn left,turn left", "--json")
+    r = json.loads(out)
+    assert code == 0 and r["layout"] == "jax" and r["task_kind"] == "pickup" and r["mission"].startswith("pick up ")
+    assert r["actions"] == ["turn left", "turn left"] and r["prompt"].count("\n Action ") == 3
+    assert r["prompt"].endswith(", \n Action 2: ") or r["prompt"].endswith(": \n Action 2: ")
+    assert r["prompt_tokens"] > 50 and r["max_steps"] == 64
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--env", "babyai-jax", "--actions", "turn left,jump"], "invalid BabyAI-Text action 'jump'"),
+    (["--env", "babyai-jax", "--level", "GoToLocal"], "use --from-minigrid"),
+    (["--env", "babyai-jax", "--tokenizer", "no-such-tok"], "unknown tokenizer 'no-such-tok'"),
+    (["--env", "babyai-text", "--from-minigrid"], "babyai-jax option"),
+])
+def test_show_babyai_jax_bad_input_is_a_clear_error(capsys, argv, message):
+    code, _, err = run(capsys, "env", "show", *argv)
+    assert code == 2 and message in err
+
+
+def test_show_refuses_actions_past_the_end(capsys):
+    # GoToLocal seed 0: "go to the green ball"; max_steps 64, so 65 turns run past the time limit
+    code, _, err = run(capsys, "env", "show", "--level", "GoToLocal", "--actions", ",".join(["turn left"] * 66))
+    assert code == 2 and "the episode ended after action 64 of 66" in err
