@@ -72,25 +72,37 @@ def history_push(h: History, action: jax.Array, slots: jax.Array) -> History:
     return History(obs=obs, acts=acts, n_obs=jnp.minimum(h.n_obs + 1, HISTORY_OBS))
 
 
-def prompt_pieces(mission: jax.Array, h: History) -> tuple[jax.Array, jax.Array]:
-    """The prompt as a fixed layout of piece ids with a validity mask (``[N]`` each)."""
-    pieces, valid = [jnp.int32(P.piece(P.HEADER)), jnp.int32(P.piece(P.GOAL))], [True, True]
-    pieces += list(mission)
-    valid += [m > 0 for m in mission]
+MAX_SENTENCES = 24
+"""Sentences per observation the prompt keeps (static): BabyAI-Text views hold at most 1 carry + 3
+walls + the objects in a room (GLAM: 10 objects, 1 door), so 24 is never reached in its levels;
+``build`` reports a cut prompt if it were."""
+
+
+def prompt_pieces(mission: jax.Array, h: History, max_sentences: int = MAX_SENTENCES
+                  ) -> tuple[jax.Array, jax.Array]:
+    """The prompt after its fixed header and goal line, as a layout of piece ids with a validity
+    mask (``[N]`` each): mission words, then per observation its header, its sentences (the used
+    slots moved to the front, at most ``max_sentences``), the action header and the action.
+    Returns ``(pieces, valid, cut)``; ``cut``: an observation had more sentences than that."""
+    pieces, valid = list(mission), [m > 0 for m in mission]
+    cut = jnp.asarray(False)
     acts = jnp.asarray([P.piece(a) for a in P.ACTION_PIECES], jnp.int32)
     for k in range(HISTORY_OBS):
         here = k < h.n_obs
         pieces.append(jnp.int32(P.piece(P.OBS_HEADERS[k])))
         valid.append(here)
-        pieces += list(h.obs[k])
-        valid += [here & (s > 0) for s in h.obs[k]]
+        sent, count = core.compact(h.obs[k], h.obs[k] > 0, max_sentences)
+        pieces += list(sent)
+        valid += [here & (s > 0) for s in sent]
+        cut = cut | (here & (count > max_sentences))
         pieces.append(jnp.int32(P.piece(P.ACT_HEADERS[k])))
         valid.append(here)
         last = k == h.n_obs - 1
         act = h.acts[min(k, HISTORY_ACTIONS - 1)] if k < HISTORY_ACTIONS else jnp.int32(-1)
         pieces.append(jnp.where(last, P.piece(P.TRAILING_SPACE), acts[jnp.maximum(act, 0)]))
         valid.append(here & (last | (act >= 0)))
-    return jnp.stack([jnp.asarray(p, jnp.int32) for p in pieces]), jnp.stack([jnp.asarray(v) for v in valid])
+    return (jnp.stack([jnp.asarray(p, jnp.int32) for p in pieces]), jnp.stack([jnp.asarray(v) for v in valid]),
+            cut)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,28 +153,35 @@ class PromptTables:
         longest = lambda texts: max(int(lens[P.piece(t)]) for t in texts)  # noqa: E731
         words = max(int(lens[i]) for i in range(1, P.SENTENCE_START) if P.PIECES[i] not in P.OBS_HEADERS)
         per_obs = (longest(P.OBS_HEADERS) + longest(P.ACT_HEADERS) + longest((*P.ACTION_PIECES, P.TRAILING_SPACE))
-                   + n_sentences * int(lens[P.SENTENCE_START:].max()))
+                   + min(n_sentences, MAX_SENTENCES) * int(lens[P.SENTENCE_START:].max()))
         return (len(self.prefix) + len(self.suffix) + int(lens[P.piece(P.HEADER)]) + int(lens[P.piece(P.GOAL)])
                 + core.StaticConfig.mission_pieces * words + HISTORY_OBS * per_obs)
 
     def build(self, mission: jax.Array, h: History, max_len: int) -> tuple[jax.Array, jax.Array]:
         """The prompt's token ids, right-padded with 0: ``(ids[max_len], length)``; ``length >
-        max_len`` means the prompt was cut (raise ``max_len``). jit/vmap-able."""
-        pieces, valid = prompt_pieces(mission, h)
-        tok, lens = jnp.asarray(self.tokens), jnp.asarray(self.lengths)
+        max_len`` means the prompt was cut (raise ``max_len``; an observation with more than
+        ``MAX_SENTENCES`` sentences also reports ``max_len + 1``). jit/vmap-able.
+
+        The special prefix, header and goal line are one constant row; the rest is gathered from
+        the table cut to the longest of its pieces and scattered after a cumulative sum."""
+        pieces, valid, cut = prompt_pieces(mission, h)
+        head = np.concatenate([np.asarray(self.prefix, np.int32), self.tokens[P.piece(P.HEADER), :self.lengths[P.piece(P.HEADER)]],
+                               self.tokens[P.piece(P.GOAL), :self.lengths[P.piece(P.GOAL)]]]).astype(np.int32)
+        body = np.ones(len(self.lengths), bool)
+        body[[P.piece(P.HEADER), P.piece(P.GOAL)]] = False
+        width = max(int(self.lengths[body].max()), 1)
+        tok, lens = jnp.asarray(self.tokens[:, :width]), jnp.asarray(self.lengths)
         n = jnp.where(valid, lens[pieces], 0)
-        start = jnp.cumsum(n) - n + len(self.prefix)
-        L = tok.shape[1]
-        t = jnp.arange(L)
+        start = jnp.cumsum(n) - n + len(head)
+        t = jnp.arange(width)
         dest = jnp.where(t[None, :] < n[:, None], start[:, None] + t[None, :], max_len)
-        buf = jnp.zeros(max_len, jnp.int32)
-        if self.prefix:
-            buf = buf.at[jnp.arange(len(self.prefix))].set(jnp.asarray(self.prefix, jnp.int32), mode="drop")
+        buf = jnp.zeros(max_len, jnp.int32).at[: min(len(head), max_len)].set(jnp.asarray(head[:max_len]))
         buf = buf.at[dest.reshape(-1)].set(tok[pieces].reshape(-1), mode="drop")
-        end = len(self.prefix) + n.sum()
+        end = len(head) + n.sum()
         if self.suffix:
             buf = buf.at[end + jnp.arange(len(self.suffix))].set(jnp.asarray(self.suffix, jnp.int32), mode="drop")
-        return buf, end + len(self.suffix)
+        length = end + len(self.suffix)
+        return buf, jnp.where(cut, jnp.maximum(length, max_len + 1), length)
 
     def check(self, tok: Any, missions: np.ndarray, histories: History, max_len: int,
               special: bool = True) -> int:
