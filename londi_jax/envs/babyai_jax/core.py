@@ -150,17 +150,23 @@ def view_world_coords(pos: jax.Array, direction: jax.Array) -> tuple[jax.Array, 
     return pos[0] + i * r[0] + d * f[0], pos[1] + i * r[1] + d * f[1]
 
 
+def _shift(x: jax.Array, k: int, fill) -> jax.Array:
+    """``out[i] = x[i - k]`` along the last axis (``fill`` shifted in)."""
+    pad = jnp.full(x.shape[:-1] + (k,), fill, x.dtype)
+    return jnp.concatenate([pad, x[..., :-k]], axis=-1)
+
+
 def _sweep(m: jax.Array, sb: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One left-to-right pass of ``process_vis`` over a row: cell i+1 is lit when cell i is lit
     and can be seen through. Returns (the row after the pass, ``go[i]``: lit and see-through).
 
-    A cell is lit after the pass iff some lit cell k <= i has only see-through cells in [k, i):
-    counted with a prefix sum of the blocking cells, for all (k, i) at once."""
-    V = m.shape[-1]
-    blocks = jnp.concatenate([jnp.zeros(m.shape[:-1] + (1,), jnp.int32), jnp.cumsum(~sb, axis=-1)], axis=-1)
-    k, i = jnp.arange(V)[:, None], jnp.arange(V)[None, :]
-    clear = (blocks[..., None, :V] == blocks[..., :V, None])  # [k, i]: no blocker in [k, i) (for k <= i)
-    lit = (m[..., :, None] & (k <= i) & clear).any(axis=-2)
+    A prefix scan by doubling (spans 1, 2, 4 cover the 7 cells): a few whole-row operations."""
+    # lit[i] = m[i] | (sb[i-1] & lit[i-1]): a linear OR/AND recurrence, scanned by doubling
+    a, b = m, _shift(sb, 1, False)
+    for k in (1, 2, 4):
+        a = a | (b & _shift(a, k, False))
+        b = b & _shift(b, k, False)
+    lit = a
     return lit, lit & sb
 
 
@@ -189,9 +195,18 @@ def visibility(see_behind: jax.Array) -> jax.Array:
 
 def observe_image(state: EnvState) -> jax.Array:
     """minigrid's ``obs["image"]``: the encoded 7x7 view with occlusion, carried object in the
-    agent's cell. int32 ``[7, 7, 3]``."""
+    agent's cell. int32 ``[7, 7, 3]``.
+
+    The grid is encoded once as one packed int per cell (``t * 64 + c * 4 + s``) inside a border
+    of walls 6 cells wide, so the view is one gather of 49 cells (no bounds clipping)."""
+    H, W = state.wall.shape
+    ys, xs = jnp.meshgrid(jnp.arange(H), jnp.arange(W), indexing="ij")
+    gt, gc, gs = cell_encoding(state, xs, ys)
+    B = P.VIEW - 1
+    packed = jnp.pad(gt * 64 + gc * 4 + gs, B, constant_values=P.WALL * 64 + P.GREY * 4)
     x, y = view_world_coords(state.agent_pos, state.agent_dir)
-    t, c, s = cell_encoding(state, x, y)
+    v = packed[y + B, x + B]
+    t, c, s = v // 64, (v // 4) % 16, v % 4
     see_behind = (t != P.WALL) & ((t != P.DOOR) | (s == P.OPEN))
     vis = visibility(see_behind)
     img = jnp.stack([t, c, s], axis=-1) * vis[..., None]
@@ -219,9 +234,11 @@ def describe_slots(image: jax.Array) -> jax.Array:
         first = jnp.argmax(stop)
         is_wall = stop.any() & (t[cells][first] == P.WALL)
         rays.append(jnp.where(is_wall, jnp.asarray(P.WALL_SENTENCE)[r, first + 1], 0))
-    key = ((t * P.N_COLORS + c) * P.N_STATES + s) * P.N_CELLS + jnp.arange(P.N_CELLS)
-    objs = jnp.where((t > P.WALL) & (jnp.arange(P.N_CELLS) != P.AGENT_CELL),
-                     jnp.asarray(P.OBJ_SENTENCE)[jnp.clip(key, 0, len(P.OBJ_SENTENCE) - 1)], 0)
+    k = jnp.arange(P.N_CELLS)
+    tt = jnp.clip(t, 0, P.N_TYPES - 1)
+    piece = (P.SENTENCE_START + jnp.asarray(P.OBJ_TYPE_OFFSET)[tt]
+             + (c * jnp.asarray(P.OBJ_TYPE_STATES)[tt] + s) * (P.N_CELLS - 1) + k - (k > P.AGENT_CELL))
+    objs = jnp.where((t > P.WALL) & (t <= P.BOX) & (k != P.AGENT_CELL), piece, 0)
     return jnp.concatenate([carry[None], jnp.stack(rays), objs]).astype(jnp.int32)
 
 

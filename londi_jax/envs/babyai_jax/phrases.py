@@ -112,6 +112,19 @@ def _sentence_lookup() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 OBJ_SENTENCE, CARRY_SENTENCE, WALL_SENTENCE = _sentence_lookup()
+
+# The object sentences are added in ``text.all_sentences``' order (type door, key, ball, box; colour;
+# door state; view cell, the agent's skipped), so their piece ids are arithmetic in (t, c, s, k):
+# ``SENTENCE_START + OBJ_TYPE_OFFSET[t] + (c * OBJ_TYPE_STATES[t] + s) * 48 + k - (k > AGENT_CELL)``
+# (``core.describe_slots`` computes them so, with no gather from the 9,702-entry table; a test checks
+# the two agree on every key).
+OBJ_TYPE_OFFSET = np.zeros(N_TYPES, np.int32)
+OBJ_TYPE_STATES = np.ones(N_TYPES, np.int32)
+_off = 0
+for _t in (DOOR, KEY, BALL, BOX):
+    OBJ_TYPE_OFFSET[_t] = _off
+    OBJ_TYPE_STATES[_t] = N_STATES if _t == DOOR else 1
+    _off += N_COLORS * int(OBJ_TYPE_STATES[_t]) * (N_CELLS - 1)
 RAY_CELLS = np.array([list(ray) + [ray[-1]] * (VIEW - 1 - len(ray)) for _, ray in _text._RAYS], np.int32)
 """Flat view cells (``i * 7 + j``) of the forward/left/right rays, nearest first (left/right padded)."""
 RAY_LENGTHS = np.array([len(ray) for _, ray in _text._RAYS], np.int32)

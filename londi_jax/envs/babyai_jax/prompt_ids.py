@@ -72,10 +72,17 @@ def history_push(h: History, action: jax.Array, slots: jax.Array) -> History:
     return History(obs=obs, acts=acts, n_obs=jnp.minimum(h.n_obs + 1, HISTORY_OBS))
 
 
-MAX_SENTENCES = 24
-"""Sentences per observation the prompt keeps (static): BabyAI-Text views hold at most 1 carry + 3
-walls + the objects in a room (GLAM: 10 objects, 1 door), so 24 is never reached in its levels;
-``build`` reports a cut prompt if it were."""
+MAX_SENTENCES = 16
+"""Sentences per observation the prompt keeps (static): a GLAM view holds at most 1 carry + 3 walls +
+the objects in sight (10 objects and 1 door in its levels), so 16 is not reached there; ``build``
+reports a cut prompt if it were (larger converted levels: pass a larger ``max_sentences``)."""
+
+
+def _layout(mission_len: int, max_sentences: int) -> np.ndarray:
+    """The category of each entry of ``prompt_pieces``' layout: 0 mission word, 1 header, 2
+    sentence, 3 action (``build`` gathers each with its own width)."""
+    per_obs = [1] + [2] * max_sentences + [1, 3]
+    return np.array([0] * mission_len + per_obs * HISTORY_OBS, np.int32)
 
 
 def prompt_pieces(mission: jax.Array, h: History, max_sentences: int = MAX_SENTENCES
@@ -103,6 +110,16 @@ def prompt_pieces(mission: jax.Array, h: History, max_sentences: int = MAX_SENTE
         valid.append(here & (last | (act >= 0)))
     return (jnp.stack([jnp.asarray(p, jnp.int32) for p in pieces]), jnp.stack([jnp.asarray(v) for v in valid]),
             cut)
+
+
+_CATEGORY_PIECES = (
+    np.array([P.piece(w) for w in (*P.VERBS.values(), *P.LINKS.values(), *P.ARTICLES, *P.TYPE_WORDS.values(),
+                                   *P.COLOR_WORDS, *P.LOC_WORDS, *(w + "," for w in (*P.TYPE_WORDS.values(),
+                                                                                    *P.LOC_WORDS)))] + [0]),
+    np.array([P.piece(w) for w in (*P.OBS_HEADERS, *P.ACT_HEADERS)] + [0]),
+    np.arange(P.SENTENCE_START, len(P.PIECES)),
+    np.array([P.piece(w) for w in (*P.ACTION_PIECES, P.TRAILING_SPACE)] + [0]),
+)  # the pieces each layout category can hold (``_layout``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,26 +174,35 @@ class PromptTables:
         return (len(self.prefix) + len(self.suffix) + int(lens[P.piece(P.HEADER)]) + int(lens[P.piece(P.GOAL)])
                 + core.StaticConfig.mission_pieces * words + HISTORY_OBS * per_obs)
 
-    def build(self, mission: jax.Array, h: History, max_len: int) -> tuple[jax.Array, jax.Array]:
+    def build(self, mission: jax.Array, h: History, max_len: int, max_sentences: int = MAX_SENTENCES
+              ) -> tuple[jax.Array, jax.Array]:
         """The prompt's token ids, right-padded with 0: ``(ids[max_len], length)``; ``length >
         max_len`` means the prompt was cut (raise ``max_len``; an observation with more than
-        ``MAX_SENTENCES`` sentences also reports ``max_len + 1``). jit/vmap-able.
+        ``max_sentences`` sentences also reports ``max_len + 1``). jit/vmap-able.
 
-        The special prefix, header and goal line are one constant row; the rest is gathered from
-        the table cut to the longest of its pieces and scattered after a cumulative sum."""
-        pieces, valid, cut = prompt_pieces(mission, h)
-        head = np.concatenate([np.asarray(self.prefix, np.int32), self.tokens[P.piece(P.HEADER), :self.lengths[P.piece(P.HEADER)]],
-                               self.tokens[P.piece(P.GOAL), :self.lengths[P.piece(P.GOAL)]]]).astype(np.int32)
-        body = np.ones(len(self.lengths), bool)
-        body[[P.piece(P.HEADER), P.piece(P.GOAL)]] = False
-        width = max(int(self.lengths[body].max()), 1)
-        tok, lens = jnp.asarray(self.tokens[:, :width]), jnp.asarray(self.lengths)
+        The special prefix, header and goal line are one constant row. Every other piece is
+        gathered from the table cut to the longest piece of its kind (mission words, headers,
+        sentences, actions: a sentence row is ~14 tokens, a word 1-2) and scattered to its place
+        after a cumulative sum of the lengths."""
+        pieces, valid, cut = prompt_pieces(mission, h, max_sentences)
+        H, G = P.piece(P.HEADER), P.piece(P.GOAL)
+        head = np.concatenate([np.asarray(self.prefix, np.int32), self.tokens[H, :self.lengths[H]],
+                               self.tokens[G, :self.lengths[G]]]).astype(np.int32)
+        lens = jnp.asarray(self.lengths)
         n = jnp.where(valid, lens[pieces], 0)
         start = jnp.cumsum(n) - n + len(head)
-        t = jnp.arange(width)
-        dest = jnp.where(t[None, :] < n[:, None], start[:, None] + t[None, :], max_len)
+        layout = _layout(mission.shape[0], max_sentences)
+        dests, toks = [], []
+        for cat, members in enumerate(_CATEGORY_PIECES):
+            idx = np.nonzero(layout == cat)[0]
+            width = max(int(self.lengths[members].max()), 1)
+            t = jnp.arange(width)
+            p_cat = pieces[idx]
+            d = jnp.where(t[None, :] < n[idx][:, None], start[idx][:, None] + t[None, :], max_len)
+            dests.append(d.reshape(-1))
+            toks.append(jnp.asarray(self.tokens[:, :width])[p_cat].reshape(-1))
         buf = jnp.zeros(max_len, jnp.int32).at[: min(len(head), max_len)].set(jnp.asarray(head[:max_len]))
-        buf = buf.at[dest.reshape(-1)].set(tok[pieces].reshape(-1), mode="drop")
+        buf = buf.at[jnp.concatenate(dests)].set(jnp.concatenate(toks), mode="drop")
         end = len(head) + n.sum()
         if self.suffix:
             buf = buf.at[end + jnp.arange(len(self.suffix))].set(jnp.asarray(self.suffix, jnp.int32), mode="drop")
