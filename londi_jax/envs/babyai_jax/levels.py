@@ -133,8 +133,11 @@ def _reachable(passable: jax.Array, start: jax.Array) -> jax.Array:
 
 
 def _pick(u: jax.Array, weights: jax.Array) -> jax.Array:
-    """A uniform index among ``weights > 0`` (0 when none): the argmax of iid uniforms ``u`` over them."""
-    return jnp.argmax(jnp.where(weights > 0, u, -1.0)).astype(jnp.int32)
+    """A uniform index among ``weights > 0`` from one uniform ``u`` in [0, 1): the k-th allowed
+    index, k = floor(u * count) (0 when none is allowed)."""
+    c = jnp.cumsum((weights > 0).astype(jnp.int32))
+    k = jnp.minimum(jnp.floor(u * c[-1]).astype(jnp.int32), c[-1] - 1)
+    return jnp.argmax(c > k).astype(jnp.int32)
 
 
 class _Uniforms:
@@ -162,8 +165,8 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
              ) -> tuple[core.EnvState, jax.Array]:
     H, W, M = config.height, config.width, config.max_objects
     C, HW = len(P.COLORS), H * W
-    u = _Uniforms(key, {"door_y": 1, "locked_col": 1, "door_color": C, "agent_cell": HW, "prio": HW,
-                        "types": M, "colors": M, "pair": 4 * HW, "dir": 1, "a": M, "b": M, "coin": 1, "named": 1})
+    u = _Uniforms(key, {"door_y": 1, "locked_col": 1, "door_color": 1, "agent_x": 1, "agent_y": 1, "prio": HW,
+                        "objects": M, "pair": 1, "dir": 1, "a": 1, "b": 1, "coin": 1, "named": 1})
     R = params.room_size
     is_open = kind == KINDS.index("open")
     two_objs = ~is_open & (kind != KINDS.index("goto")) & (kind != KINDS.index("pickup"))
@@ -179,7 +182,7 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
     filt = params.phrase_filter
     door_y = u.int("door_y", 1, R - 1)
     locked_col = u.int("locked_col", 0, 2)
-    door_color = _pick(u("door_color", (C,)), jnp.asarray(DOOR_COLORS)[filt])
+    door_color = _pick(u("door_color"), jnp.asarray(DOOR_COLORS)[filt])
     wall = jnp.where(is_open & (xs == R - 1) & (ys == door_y), False, wall)
     cell = jnp.where(is_open & (xs == R - 1) & (ys == door_y), 0, cell)
     otype = otype.at[0].set(jnp.where(is_open, P.DOOR, 0))
@@ -190,25 +193,21 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
     # the room the objects go in, and the position they must keep away from
     room_x0 = jnp.where(is_open, (1 - locked_col) * (R - 1), 0)
     interior = (xs > room_x0) & (xs < room_x0 + R - 1) & (ys > 0) & (ys < R - 1)
-    a_cell = _pick(u("agent_cell", (HW,)), interior.reshape(-1))  # single room: the agent comes first
-    single_pos = jnp.stack([a_cell % W, a_cell // W])
+    # single room: the agent comes first, on a uniform interior cell
+    single_pos = jnp.stack([u.int("agent_x", 1, R - 1), u.int("agent_y", 1, R - 1)])
     centre = jnp.stack([(cols // 2) * (R - 1) + R // 2, R // 2])
     avoid = jnp.where(is_open, centre, single_pos)
     far = (jnp.abs(xs - avoid[0]) + jnp.abs(ys - avoid[1])) >= 2
     free = interior & far & ~wall & (cell < 0)
     n_objs = params.num_dists + jnp.where(two_objs, 2, 1)
     prio = jnp.where(free, u("prio", (H, W)), -1.0).reshape(-1)
-    # the first M cells of a uniform random order of the free cells: repeated argmax of the keys
-    # (XLA's CPU sort of 120 keys costs ~20 us per env, 16 argmax passes far less)
-    def take(s, c):
-        prio, order = c
-        best = jnp.argmax(prio)
-        return prio.at[best].set(-2.0), order.at[s].set(best)
-
-    order = jax.lax.fori_loop(0, M, take, (prio, jnp.zeros(M, jnp.int32)))[1]
+    # the first M cells of a uniform random order of the free cells (top_k of iid uniform keys;
+    # XLA's CPU top_k is ~3x cheaper than M argmax passes and ~8x cheaper than a full sort)
+    order = jax.lax.top_k(prio, M)[1]
     enough = free.sum() >= n_objs
-    types = jnp.asarray(_OBJ_TYPES)[u.int("types", 0, 3, (M,))]
-    colors = u.int("colors", 0, C, (M,))
+    kinds_colors = u.int("objects", 0, 3 * C, (M,))  # type and colour, independent and uniform
+    types = jnp.asarray(_OBJ_TYPES)[kinds_colors // C]
+    colors = kinds_colors % C
     slots = jnp.arange(M)
     placed = (slots >= first_slot) & (slots < first_slot + n_objs)
     key_slot = is_open & (slots == 1)  # open: the key to the door, first
@@ -222,12 +221,13 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
     cell = flat.reshape(H, W)
 
     # open: the agent after the objects, in the unlocked room, facing an empty cell or a wall
-    dvec = jnp.asarray(core.DIR_TO_VEC)
-    fx = jnp.clip(xs[None] + dvec[:, 0, None, None], 0, W - 1)
-    fy = jnp.clip(ys[None] + dvec[:, 1, None, None], 0, H - 1)
-    front_ok = wall[fy, fx] | (cell[fy, fx] < 0)  # [4, H, W]
+    # the cell in front for each direction (east, south, west, north) by shifting the grid (the
+    # grid's border is walls, so the shifted-in edge is never read for an interior cell)
+    ok = wall | (cell < 0)
+    pad = jnp.pad(ok, 1, constant_values=True)
+    front_ok = jnp.stack([pad[1:-1, 2:], pad[2:, 1:-1], pad[1:-1, :-2], pad[:-2, 1:-1]])  # [4, H, W]
     pairs = (interior & (cell < 0))[None] & front_ok
-    pair = _pick(u("pair", (4 * HW,)), pairs.reshape(-1))
+    pair = _pick(u("pair"), pairs.reshape(-1))
     open_dir, open_cell = pair // (H * W), pair % (H * W)
     agent_pos = jnp.where(is_open, jnp.stack([open_cell % W, open_cell // W]), single_pos).astype(jnp.int32)
     agent_dir = jnp.where(is_open, open_dir, u.int("dir", 0, 4)).astype(jnp.int32)
@@ -239,10 +239,10 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
 
     # the instruction
     movable = placed
-    a = _pick(u("a", (M,)), movable)
+    a = _pick(u("a"), movable)
     same_a = (otype == otype[a]) & (ocolor == ocolor[a]) & movable
     b_pool = jnp.where(same_a.sum() >= 2, movable, movable & ~same_a)
-    b = _pick(u("b", (M,)), b_pool)
+    b = _pick(u("b"), b_pool)
     coin = u("coin") < 0.5
     named = u("named") < jnp.asarray(NAME_OPEN_COLOR)[filt]
     k = {name: KINDS.index(name) for name in KINDS}
