@@ -287,3 +287,16 @@ def test_step_batch_auto_resets_and_counts_shortfall():
     assert all(np.array_equal(cells[k], cells[k + 4]) for k in range(4))
     assert len({cells[k].tobytes() for k in range(4)}) == 4
     assert np.array_equal(np.asarray(obs.slots), np.asarray(jax.vmap(core.observe)(st).slots))
+
+
+def test_single_env_step_auto_resets():
+    params = levels.make_params(kinds=("pickup",), room_size=5, num_dists=1, max_steps=2)
+    obs, st = jax.jit(jenv.reset)(jax.random.key(3), params)
+    step = jax.jit(jenv.step)
+    obs1, st1, r, te, tr, info = step(jax.random.key(4), st, jnp.int32(0), params)
+    assert int(st1.step_count) == 1 and not bool(info["done"])
+    obs2, st2, r, te, tr, info = step(jax.random.key(5), st1, jnp.int32(0), params)
+    # the step limit ends the episode: the returned state is the next episode's first
+    assert bool(tr) and bool(info["done"]) and int(st2.step_count) == 0
+    assert np.array_equal(np.asarray(obs2.slots), np.asarray(core.observe(st2).slots))
+    assert core.mission_text(np.asarray(st2.mission)).startswith("pick up ")
