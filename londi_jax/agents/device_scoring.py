@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from londi_jax.lm.engine import score_candidates
+from londi_jax.utils.errors import LondiError
 
 
 def left_pad(ids: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -36,9 +37,12 @@ def left_pad(ids: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
 def candidate_block(tokenizer: Any, actions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The actions' token ids as a right-padded ``(tok [K, Lc], valid [K, Lc])`` block, encoded as
     ``LMPolicy`` encodes them (no special tokens)."""
+    if not actions:
+        raise LondiError("candidate_block needs at least one action")
     rows = [list(tokenizer.encode(a, add_special_tokens=False)) for a in actions]
-    if any(not r for r in rows):
-        raise ValueError(f"an action tokenizes to zero tokens: {actions}")
+    for a, r in zip(actions, rows):
+        if not r:
+            raise LondiError(f"action {a!r} tokenizes to zero tokens with this tokenizer")
     Lc = max(len(r) for r in rows)
     tok = np.zeros((len(rows), Lc), np.int32)
     valid = np.zeros((len(rows), Lc), bool)
@@ -60,8 +64,12 @@ def score_actions(model: Any, ids: jax.Array, length: jax.Array, cand_tok: jax.A
 
 
 def compact_rows(mask: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The first ``capacity`` rows where ``mask [B]`` is set: ``(rows [capacity], used [capacity],
-    overflow)``; ``overflow`` counts the set rows that did not fit."""
+    """The first ``capacity`` rows where ``mask [B]`` is set (any nonzero value counts as set):
+    ``(rows [capacity], used [capacity], overflow)``; ``overflow`` counts the set rows that did not
+    fit. ``capacity`` must be an int >= 0 (``LondiError``)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 0:
+        raise LondiError(f"capacity must be an int >= 0, got {capacity!r}")
+    mask = jnp.asarray(mask) != 0
     rows = jnp.nonzero(mask, size=capacity, fill_value=0)[0].astype(jnp.int32)
     used = jnp.arange(capacity) < mask.sum()
     return rows, used, jnp.maximum(mask.sum() - capacity, 0).astype(jnp.int32)

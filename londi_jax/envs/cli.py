@@ -121,7 +121,13 @@ def load_prompt_tokenizer(spec: str) -> Any:
     if path.is_dir():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path))
+        if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise LondiError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json / tokenizer.model); give "
+                             f"a Hugging Face model directory, a GGUF file, {WORD_TOKENIZER} or a registered model")
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            raise LondiError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
     from londi_jax.lm.gguf_loader import read_gguf
 
     return read_gguf(path).tokenizer()
@@ -158,6 +164,10 @@ def babyai_jax_show(level: str, seed: int = 0, kind: str | None = None, actions:
         if kind is not None and name not in MIXED_LEVELS:
             raise LondiError(f"--kind only applies to the Mixed levels ({', '.join(MIXED_LEVELS)}), not {name}")
         glam = GLAM_LEVELS[name]
+        if kind is not None and kind not in levels.py_levels.MIXED_KINDS:
+            from londi_jax.utils.errors import UnknownNameError
+
+            raise UnknownNameError("Mixed task kind", kind, levels.py_levels.MIXED_KINDS)
         kinds = (kind,) if kind else (levels.py_levels.MIXED_KINDS if name in MIXED_LEVELS else (glam().kind,))
         filt = "test" if name == "BabyAI-MixedTestLocal-v0" else "train"
         params = levels.make_params(kinds=kinds, phrase_filter=filt)

@@ -49,7 +49,8 @@ def count(lo: int = 1) -> Callable[[str], int]:
 
 
 nonneg_int = checked(int, at_least(0))  # budgets, indices
-seed = checked(int, at_least(0))  # random seeds (numpy and minigrid refuse negative ones)
+seed = checked(int, at_least(0), Rule("below 2**63", lambda v: v < 2**63))  # random seeds (numpy and minigrid
+# refuse negative ones; JAX keys take 64-bit ones)
 nonneg_float = checked(float, at_least(0))  # costs, temperatures
 pos_float = checked(float, above(0))  # learning rates
 unit_interval = checked(float, within(0.0, 1.0))  # probabilities, rates

@@ -73,3 +73,12 @@ def test_deepthink_scores_only_the_selected_rows_and_counts_overflow(setup):
     f_small = (f_small[0] if isinstance(f_small, list) else f_small)["flops"]
     f_full = (f_full[0] if isinstance(f_full, list) else f_full)["flops"]
     assert f_small < 0.5 * f_full
+
+
+def test_compact_rows_counts_any_nonzero_mask_and_checks_capacity():
+    from londi_jax.utils.errors import LondiError
+
+    rows, used, overflow = ds.compact_rows(jnp.array([0, 2, 5]), 1)
+    assert np.asarray(rows).tolist() == [1] and np.asarray(used).tolist() == [True] and int(overflow) == 1
+    with pytest.raises(LondiError, match="capacity must be an int >= 0"):
+        ds.compact_rows(jnp.array([True]), -1)

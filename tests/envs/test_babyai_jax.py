@@ -300,3 +300,39 @@ def test_single_env_step_auto_resets():
     assert bool(tr) and bool(info["done"]) and int(st2.step_count) == 0
     assert np.array_equal(np.asarray(obs2.slots), np.asarray(core.observe(st2).slots))
     assert core.mission_text(np.asarray(st2.mission)).startswith("pick up ")
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    from londi_jax.utils.errors import LondiError
+
+    for kinds, msg in [((), "non-empty tuple"), (None, "non-empty tuple"), (("goto", "goto"), "repeats a kind")]:
+        with pytest.raises(LevelParamError, match=msg):
+            levels.make_params(kinds=kinds)
+    with pytest.raises(LevelParamError, match="below 2\\*\\*31"):
+        levels.make_params(max_steps=2**40)
+    with pytest.raises(LevelParamError, match="max_objects=200 exceeds"):
+        core.StaticConfig(max_objects=200)
+    params = levels.make_params(kinds=("open",))
+    with pytest.raises(LevelParamError, match="checked for StaticConfig"):
+        levels.generate(jax.random.key(0), params, core.StaticConfig(width=8))
+    with pytest.raises(LevelParamError, match="int >= 1"):
+        jenv.reset_batch(jax.random.key(0), params, 0)
+    state = jax.tree.map(lambda x: np.stack([x, x]), convert.from_minigrid(_env_at_reset(), CONFIG))
+    for action, msg in [(np.array([1.7, 0.2]), "integer ids"), (np.array([0, 6]), "in \\[0, 6\\)"),
+                        (np.array([0, 1, 2]), "shape \\(2,\\)"), (3, "shape \\(2,\\)")]:
+        with pytest.raises(LondiError, match=msg):
+            jenv.step_batch(jax.random.key(0), state, action, params)
+    with pytest.raises(LondiError, match="resets must be an int >= 1"):
+        jenv.step_batch(jax.random.key(0), state, np.array([0, 1]), params, resets=0)
+    env = make_babyai_text("BabyAI-GoToLocal-v0", seed=0)
+    env.reset()
+    for _ in range(64):
+        env.step("turn left")
+    with pytest.raises(convert.ConversionError, match="episode is over"):
+        convert.from_minigrid(env, CONFIG)
+
+
+def _env_at_reset():
+    env = make_babyai_text("BabyAI-MixedTrainLocal-v0", seed=0, kind="goto")
+    env.reset()
+    return env

@@ -232,3 +232,13 @@ def test_show_refuses_actions_past_the_end(capsys):
     # GoToLocal seed 0: "go to the green ball"; max_steps 64, so 65 turns run past the time limit
     code, _, err = run(capsys, "env", "show", "--level", "GoToLocal", "--actions", ",".join(["turn left"] * 66))
     assert code == 2 and "the episode ended after action 64 of 66" in err
+
+
+def test_show_babyai_jax_more_bad_input(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:  # refused while the command line is read
+        run(capsys, "env", "show", "--env", "babyai-jax", "--seed", str(10**20))
+    assert exc.value.code == 2 and "below 2**63" in capsys.readouterr().err
+    code, _, err = run(capsys, "env", "show", "--env", "babyai-jax", "--tokenizer", str(tmp_path))
+    assert code == 2 and "has no tokenizer" in err
+    code, _, err = run(capsys, "env", "show", "--env", "babyai-jax", "--kind", "pick up then go to")
+    assert code == 2 and "unknown Mixed task kind" in err

@@ -45,11 +45,14 @@ def from_minigrid(env: Any, config: core.StaticConfig = core.StaticConfig()) -> 
     base = getattr(env, "unwrapped", env)
     if not hasattr(base, "grid") or not hasattr(base, "instrs"):
         raise ConversionError(f"from_minigrid needs a BabyAI level after reset(), got {type(env).__name__}")
+    if base.step_count >= base.max_steps:
+        raise ConversionError(f"the episode is over (step {base.step_count} of {base.max_steps}); "
+                              "convert during an episode, e.g. after reset()")
     H, W, M = config.height, config.width, config.max_objects
     gw, gh = base.grid.width, base.grid.height
     if gw > W or gh > H:
         raise ConversionError(f"grid {gw}x{gh} does not fit StaticConfig(width={W}, height={H}); "
-                              "use a larger StaticConfig")
+                              "use a larger StaticConfig (Python API: convert.from_minigrid(env, StaticConfig(...)))")
     wall = np.ones((H, W), bool)
     cell = np.full((H, W), -1, np.int32)
     otype, ocolor, ostate = np.zeros(M, np.int32), np.zeros(M, np.int32), np.zeros(M, np.int32)
@@ -119,6 +122,14 @@ def from_minigrid(env: Any, config: core.StaticConfig = core.StaticConfig()) -> 
             pre_carry[s] = slot[id(pre)] if id(pre) in slot else add(pre)
     if seq != core.SINGLE:
         sub_done[0 if seq == core.BEFORE else 1] = first_done
+    n_pieces = 0
+    for s_, clause in enumerate(clauses):
+        n_pieces += 1 + sum(2 + (d_color[s_, d] >= 0) + (d_loc[s_, d] >= 0) for d in range(1 + (sub_kind[s_] == core.PUTNEXT)))
+        n_pieces += sub_kind[s_] == core.PUTNEXT
+    n_pieces += {core.SINGLE: 0, core.BEFORE: 1, core.AFTER: 1}[seq]
+    if n_pieces > config.mission_pieces:
+        raise ConversionError(f"the mission {base.mission!r} needs {n_pieces} pieces; StaticConfig has "
+                              f"mission_pieces={config.mission_pieces}: use a larger StaticConfig")
     i32 = np.int32
     ins = core.Instr(seq=i32(seq), sub_kind=sub_kind, desc_type=d_type, desc_color=d_color, desc_loc=d_loc,
                      desc_the=d_the, desc_set=d_set)

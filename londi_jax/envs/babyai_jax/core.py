@@ -50,6 +50,19 @@ class StaticConfig:
     max_objects: int = 16
     mission_pieces: int = 16
 
+    def __post_init__(self) -> None:
+        from londi_jax.envs.babyai_text.levels import LevelParamError
+
+        for name in ("height", "width", "max_objects", "mission_pieces"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise LevelParamError(f"StaticConfig.{name} must be an int >= 1, got {v!r}")
+        if self.height < 3 or self.width < 3:
+            raise LevelParamError(f"StaticConfig needs a grid of at least 3x3 cells, got {self.width}x{self.height}")
+        if self.max_objects > self.height * self.width:
+            raise LevelParamError(f"StaticConfig.max_objects={self.max_objects} exceeds the grid's "
+                                  f"{self.height * self.width} cells")
+
 
 @struct.dataclass
 class Instr:

@@ -18,26 +18,50 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from londi_jax.envs.babyai_jax import core, levels
 from londi_jax.envs.babyai_jax.core import EnvState, Obs, StaticConfig
 from londi_jax.envs.babyai_jax.levels import EnvParams
+from londi_jax.utils.errors import LondiError
 
 
-def reset(key: jax.Array, params: EnvParams, config: StaticConfig = StaticConfig()) -> tuple[Obs, EnvState]:
+def reset(key: jax.Array, params: EnvParams, config: StaticConfig | None = None) -> tuple[Obs, EnvState]:
     """A new episode: ``(obs, state)``."""
     state, _ = levels.generate(key, params, config)
     return core.observe(state), state
 
 
+def check_actions(action: Any, batch: tuple[int, ...] = ()) -> jax.Array:
+    """Actions as int32 of shape ``batch``: integer ids 0 turn left, 1 turn right, 2 go forward,
+    3 pick up, 4 drop, 5 toggle. Raises ``LondiError`` for another shape, a non-integer dtype, or
+    (when the values are known, outside ``jit``) an id outside [0, 6). Inside ``jit`` an id outside
+    it cannot be caught: it changes nothing but counts a step, as minigrid's ``done`` action does."""
+    if isinstance(action, (list, tuple)):
+        action = np.asarray(action)
+    dtype = getattr(action, "dtype", None) if not isinstance(action, (int, np.integer)) else np.dtype(np.int32)
+    if dtype is None or isinstance(action, bool) or not (np.issubdtype(dtype, np.integer)):
+        raise LondiError(f"actions must be integer ids in [0, 6) (0 turn left ... 5 toggle), got "
+                         f"{getattr(action, 'dtype', type(action).__name__)}")
+    shape = tuple(np.shape(action))
+    if shape != tuple(batch):
+        raise LondiError(f"actions must have shape {tuple(batch)} (one per env), got {shape}")
+    if not isinstance(action, jax.core.Tracer):
+        values = np.asarray(action)
+        if values.size and (values.min() < 0 or values.max() >= core.N_ACTIONS):
+            raise LondiError(f"actions must be ids in [0, 6) (0 turn left ... 5 toggle), got {values.min()}..{values.max()}")
+    return jnp.asarray(action, jnp.int32)
+
+
 def step_env(state: EnvState, action: jax.Array) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array]:
     """One step, no auto-reset: ``(obs, state, reward, terminated, truncated)``."""
+    action = check_actions(action, tuple(state.step_count.shape))
     state, reward, terminated, truncated = core.step_world(state, action)
     return core.observe(state), state, reward, terminated, truncated
 
 
 def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams,
-         config: StaticConfig = StaticConfig()) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array, dict[str, Any]]:
+         config: StaticConfig | None = None) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array, dict[str, Any]]:
     """One step with auto-reset (per env; see the module doc for batches)."""
     obs, state, reward, terminated, truncated = step_env(state, action)
     done = terminated | truncated
@@ -47,13 +71,18 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams,
 
 
 def step_batch(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams,
-               config: StaticConfig = StaticConfig(), resets: int | None = None
+               config: StaticConfig | None = None, resets: int | None = None
                ) -> tuple[Obs, EnvState, jax.Array, jax.Array, jax.Array, dict[str, Any]]:
     """``step`` for a batch of envs (leading axis N) with ``resets`` fresh levels per call
     (default N). The k-th env that ended (in batch order) gets fresh level ``k mod resets``:
     with ``resets`` below the number that ended, some share a layout; ``info["reset_shortfall"]``
     counts them (0 means every new episode is independent)."""
-    n = action.shape[0]
+    n = int(state.step_count.shape[0]) if getattr(state.step_count, "ndim", 0) == 1 else 0
+    if n < 1:
+        raise LondiError("step_batch needs a batch of states (leading axis N >= 1); use step() for one env")
+    action = check_actions(action, (n,))
+    if resets is not None and (isinstance(resets, bool) or not isinstance(resets, (int, np.integer)) or resets < 1):
+        raise LondiError(f"resets must be an int >= 1 (default: the batch size), got {resets!r}")
     resets = n if resets is None else int(resets)
     obs, state, reward, terminated, truncated = jax.vmap(step_env)(state, action)
     done = terminated | truncated
@@ -74,7 +103,7 @@ def step_batch(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
     return obs, state, reward, terminated, truncated, info
 
 
-def reset_batch(key: jax.Array, params: EnvParams, n: int, config: StaticConfig = StaticConfig()
+def reset_batch(key: jax.Array, params: EnvParams, n: int, config: StaticConfig | None = None
                 ) -> tuple[Obs, EnvState]:
     """N independent new episodes (``levels.generate_batch``: no env waits for the unluckiest)."""
     state, _ = levels.generate_batch(key, params, n, config)

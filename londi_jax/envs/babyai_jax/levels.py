@@ -81,6 +81,8 @@ class EnvParams:
     kind_probs: jax.Array
     phrase_filter: jax.Array
     max_steps: jax.Array
+    config: core.StaticConfig = struct.field(pytree_node=False, default=core.StaticConfig())
+    """The static shapes these parameters were checked against (static under ``jit``)."""
 
 
 def kind_index(kind: str) -> int:
@@ -96,12 +98,22 @@ def make_params(kinds: tuple[str, ...] | str = py_levels.MIXED_KINDS, room_size:
 
     Raises ``UnknownNameError`` for an unknown kind or filter and ``LevelParamError`` when the
     rooms or objects do not fit (same limits as the Python levels) or the grid exceeds ``config``."""
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    if not isinstance(kinds, (tuple, list)) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise py_levels.LevelParamError(f"kinds must be a task kind or a non-empty tuple of them, got {kinds!r}; "
+                                        f"known kinds: {', '.join(KINDS)}")
+    kinds = tuple(kinds)
+    if len(set(kinds)) != len(kinds):
+        raise py_levels.LevelParamError(f"kinds {kinds} repeats a kind; episodes draw the kinds given uniformly, "
+                                        "so give each once")
     idx = [kind_index(k) for k in kinds]
     if phrase_filter not in FILTERS:
         raise UnknownNameError("phrase filter", phrase_filter, FILTERS)
     py_levels.check_level_params("babyai-jax", dict(room_size=room_size, num_dists=num_dists,
                                                     max_steps=max_steps or None), kinds)
+    if max_steps >= 2**31:
+        raise py_levels.LevelParamError(f"max_steps must be below 2**31, got {max_steps}")
     width = 2 * room_size - 1 if "open" in kinds else room_size
     if room_size > config.height or width > config.width:
         raise py_levels.LevelParamError(
@@ -113,7 +125,18 @@ def make_params(kinds: tuple[str, ...] | str = py_levels.MIXED_KINDS, room_size:
     probs = np.zeros(len(KINDS), np.float32)
     probs[idx] = 1.0 / len(idx)
     return EnvParams(room_size=jnp.int32(room_size), num_dists=jnp.int32(num_dists), kind_probs=jnp.asarray(probs),
-                     phrase_filter=jnp.int32(FILTERS.index(phrase_filter)), max_steps=jnp.int32(max_steps))
+                     phrase_filter=jnp.int32(FILTERS.index(phrase_filter)), max_steps=jnp.int32(max_steps),
+                     config=config)
+
+
+def static_config(params: EnvParams, config: core.StaticConfig | None) -> core.StaticConfig:
+    """The config to build with: ``params.config``; a different ``config`` is refused (the
+    parameters were checked against theirs: a room may not fit another grid)."""
+    if config is not None and config != params.config:
+        raise py_levels.LevelParamError(
+            f"these EnvParams were checked for {params.config}, not {config}: pass the same StaticConfig to "
+            "make_params(config=...) (the functions then use the params' own)")
+    return params.config
 
 
 def _reachable(passable: jax.Array, start: jax.Array) -> jax.Array:
@@ -303,13 +326,17 @@ def _tries(keys: jax.Array, kinds: jax.Array, params: EnvParams, config: core.St
     return chosen, ok.any(axis=1), jnp.where(ok.any(axis=1), first + 1, K)
 
 
-def generate_batch(key: jax.Array, params: EnvParams, n: int, config: core.StaticConfig = core.StaticConfig(),
+def generate_batch(key: jax.Array, params: EnvParams, n: int, config: core.StaticConfig | None = None,
                    candidates: int = 4, retry_candidates: int = 16) -> tuple[core.EnvState, jax.Array]:
     """``n`` new episodes at once: ``(states[n], attempts[n])``, each with the law of
     ``generate``. Every env draws ``candidates`` layouts in parallel and keeps its first valid
     one; those that drew none are redrawn, up to ``n // 8`` envs at a time with
     ``retry_candidates`` layouts each, in a loop over the batch (not a ``vmap``-ed loop, in which
-    every env would wait for the unluckiest) until each has a layout or ``MAX_ATTEMPTS`` draws."""
+    every env would wait for the unluckiest) until each has a layout or ``MAX_ATTEMPTS`` draws.
+    ``n`` must be an int >= 1 (``LevelParamError``)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise py_levels.LevelParamError(f"the number of envs must be an int >= 1, got {n!r}")
+    config = static_config(params, config)
     k_kind, k_first, k_more = jax.random.split(key, 3)
     kinds = jax.random.categorical(k_kind, jnp.log(params.kind_probs), shape=(n,)).astype(jnp.int32)
     states, ok, draws = _tries(jax.random.split(k_first, (n, candidates)), kinds, params, config)
@@ -333,13 +360,14 @@ def generate_batch(key: jax.Array, params: EnvParams, n: int, config: core.Stati
     return states, jnp.where(ok, draws, MAX_ATTEMPTS + 1)
 
 
-def generate(key: jax.Array, params: EnvParams, config: core.StaticConfig = core.StaticConfig()
+def generate(key: jax.Array, params: EnvParams, config: core.StaticConfig | None = None
              ) -> tuple[core.EnvState, jax.Array]:
     """A new episode's state by rejection sampling (see module doc): ``(state, attempts)``;
     ``attempts > MAX_ATTEMPTS`` means no valid layout was found (the last draw is returned).
 
     The task kind is drawn once, before the layouts (as a Mixed level keeps its kind while it
     resamples), so rejection does not bias the kind mixture."""
+    config = static_config(params, config)
     key, k_kind, sub = jax.random.split(key, 3)
     kind = jax.random.categorical(k_kind, jnp.log(params.kind_probs)).astype(jnp.int32)
 

@@ -136,6 +136,10 @@ class PromptTables:
     def from_tokenizer(cls, tok: Any) -> PromptTables:
         """Encode every piece with ``tok`` (a transformers tokenizer, or anything with
         ``encode(text, add_special_tokens=...)``), each in its mid-prompt context."""
+        if not callable(getattr(tok, "encode", None)):
+            raise PromptTokenError(f"expected a tokenizer with encode(text, add_special_tokens=...), got "
+                                   f"{type(tok).__name__} (load one, e.g. envs.cli.load_prompt_tokenizer(name))")
+
         def enc(text: str, special: bool = False) -> list[int]:
             return list(tok.encode(text, add_special_tokens=special))
 
@@ -151,6 +155,8 @@ class PromptTables:
                 raise PromptTokenError(f"the tokenizer merges across the word boundary before {p!r}; "
                                        "it cannot build BabyAI-Text prompts piece by piece")
             rows.append(ids[len(base):])
+            if not rows[-1] and p.strip():
+                raise PromptTokenError(f"the tokenizer encodes {p!r} to no tokens; it cannot encode BabyAI-Text")
         probe = "Goal of the agent"
         plain, full = enc(probe), enc(probe, special=True)
         start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
