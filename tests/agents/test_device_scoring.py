@@ -11,7 +11,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from londi_jax.agents import device_scoring as ds  # noqa: E402
-from londi_jax.envs.babyai_jax import levels, phrases, prompt_ids  # noqa: E402
+from londi_jax.envs.babyai_jax import phrases, prompt_ids  # noqa: E402
 from londi_jax.envs.babyai_jax import env as jenv  # noqa: E402
 from londi_jax.envs.babyai_text.prompt import ACTIONS  # noqa: E402
 from londi_jax.lm.config import ModelConfig  # noqa: E402
@@ -31,13 +31,28 @@ def setup():
                       pad_token_id=tok.pad_token_id)
     lm = LanguageModel(cfg, init_model(cfg, 5), tok, name="tiny")
     tables = prompt_ids.PromptTables.from_tokenizer(tok)
-    params = levels.make_params(kinds=("goto", "pickup"), room_size=6, num_dists=2)
-    obs, st = jax.jit(lambda k: jenv.reset_batch(k, params, B))(jax.random.key(2))
-    hist = jax.vmap(prompt_ids.history_start)(obs.slots)
-    st2 = jax.jit(jax.vmap(jenv.step_env))(st, jnp.arange(B, dtype=jnp.int32) % 3)  # a second observation
-    hist = jax.vmap(prompt_ids.history_push)(hist, jnp.arange(B, dtype=jnp.int32) % 3, st2[0].slots)
+    # converted minigrid levels (no level-generation program to compile here)
+    from londi_jax.envs.babyai_jax import convert, core
+    from londi_jax.envs.babyai_text import make_babyai_text
+
+    starts = []
+    for s in range(B):
+        env = make_babyai_text("BabyAI-MixedTrainLocal-v0", seed=s, kind=("goto", "pickup")[s % 2], room_size=6,
+                               num_dists=2)
+        env.reset()
+        starts.append(convert.from_minigrid(env))
+    st = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *starts)
     L = 320
-    ids, n = jax.vmap(lambda m, h: tables.build(m, h, L))(obs.mission, hist)
+
+    @jax.jit
+    def prompts(st):  # two observations per env, GLAM's history, the prompt ids
+        obs = jax.vmap(core.observe)(st)
+        acts = jnp.arange(B, dtype=jnp.int32) % 3
+        hist = jax.vmap(prompt_ids.history_start)(obs.slots)
+        hist = jax.vmap(prompt_ids.history_push)(hist, acts, jax.vmap(jenv.step_env)(st, acts)[0].slots)
+        return obs, hist, jax.vmap(lambda m, h: tables.build(m, h, L))(obs.mission, hist)
+
+    obs, hist, (ids, n) = prompts(st)
     texts = [prompt_ids.render_prompt(np.asarray(obs.mission[b]), jax.tree.map(lambda x: x[b], hist)) for b in range(B)]
     return lm, tok, ids, n, texts
 

@@ -272,7 +272,13 @@ def test_params_are_traced_and_checked():
 
 def test_step_batch_auto_resets_and_counts_shortfall():
     params = levels.make_params(kinds=("goto",), room_size=5, num_dists=1, max_steps=3)
-    obs, st = jax.jit(lambda k: jenv.reset_batch(k, params, 8))(jax.random.key(0))
+    # start from converted minigrid levels (no second compiled program for the first reset)
+    starts = []
+    for s in range(8):
+        env = make_babyai_text("BabyAI-MixedTrainLocal-v0", seed=s, kind="goto", room_size=5, num_dists=1, max_steps=3)
+        env.reset()
+        starts.append(convert.from_minigrid(env, CONFIG))
+    st = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *starts)
     step = jax.jit(lambda k, s, a: jenv.step_batch(k, s, a, params, resets=4))
     first = st
     for t in range(3):

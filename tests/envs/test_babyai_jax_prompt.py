@@ -10,7 +10,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from londi_jax.envs.babyai_jax import core, levels, phrases, prompt_ids  # noqa: E402
+from londi_jax.envs.babyai_jax import core, phrases, prompt_ids  # noqa: E402
 from londi_jax.envs.babyai_jax import env as jenv  # noqa: E402
 from londi_jax.envs.babyai_text import build_glam_prompt, describe  # noqa: E402
 from londi_jax.envs.babyai_text.prompt import ACTIONS  # noqa: E402
@@ -20,36 +20,40 @@ N_ENVS, N_STEPS = 32, 20
 
 @pytest.fixture(scope="module")
 def episodes():
-    """Prompts of JAX rollouts (random actions, all five Mixed kinds, auto-reset) with everything
-    needed to rebuild each one in Python: mission, images of the history, actions."""
-    params = levels.make_params(room_size=8, num_dists=8, phrase_filter="train")
+    """Prompts of JAX rollouts (random actions) from converted minigrid levels of all five Mixed
+    kinds, with everything needed to rebuild each one in Python: mission, images of the history,
+    actions. (Converted starts and ``step_env``: no level-generation program to compile here; the
+    auto-reset paths are tested in test_babyai_jax.py.)"""
+    from londi_jax.envs.babyai_jax import convert
+    from londi_jax.envs.babyai_text import make_babyai_text
+    from londi_jax.envs.babyai_text.levels import MIXED_KINDS
 
-    def run(key):
-        obs, st = jenv.reset_batch(key, params, N_ENVS)
+    starts = []
+    for s in range(N_ENVS):
+        env = make_babyai_text("BabyAI-MixedTrainLocal-v0", seed=100 + s, kind=MIXED_KINDS[s % 5])
+        env.reset()
+        starts.append(convert.from_minigrid(env))
+    st0 = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *starts)
+
+    def run(key, st):
+        obs = jax.vmap(core.observe)(st)
         hist = jax.vmap(prompt_ids.history_start)(obs.slots)
         imgs = jnp.zeros((N_ENVS, 3, 7, 7, 3), jnp.int32).at[:, 0].set(obs.image)
 
         def body(c, k):
             obs, st, hist, imgs = c
-            ka, ks = jax.random.split(k)
-            a = jax.random.randint(ka, (N_ENVS,), 0, 6)
+            a = jax.random.randint(k, (N_ENVS,), 0, 6)
             out = (obs.mission, hist, imgs)
-            nobs, nst, _, te, tr, info = jenv.step_batch(ks, st, a, params)
-            done = info["done"]
+            nobs, nst, _, _, _ = jax.vmap(jenv.step_env)(st, a)
             full = hist.n_obs >= 3
-            pushed = jax.vmap(prompt_ids.history_push)(hist, a, nobs.slots)
-            fresh = jax.vmap(prompt_ids.history_start)(nobs.slots)
-            hist = jax.tree.map(lambda f, p: jnp.where(done.reshape((-1,) + (1,) * (f.ndim - 1)), f, p), fresh, pushed)
+            hist = jax.vmap(prompt_ids.history_push)(hist, a, nobs.slots)
             rolled = jnp.where(full[:, None, None, None, None], jnp.roll(imgs, -1, axis=1), imgs)
-            pos = jnp.minimum(pushed.n_obs - 1, 2)
-            rolled = rolled.at[jnp.arange(N_ENVS), pos].set(nobs.image)
-            new_imgs = jnp.zeros_like(imgs).at[:, 0].set(nobs.image)
-            imgs = jnp.where(done[:, None, None, None, None], new_imgs, rolled)
+            imgs = rolled.at[jnp.arange(N_ENVS), jnp.minimum(hist.n_obs - 1, 2)].set(nobs.image)
             return (nobs, nst, hist, imgs), out
 
         return jax.lax.scan(body, (obs, st, hist, imgs), jax.random.split(key, N_STEPS))[1]
 
-    missions, hist, imgs = jax.jit(run)(jax.random.key(5))
+    missions, hist, imgs = jax.jit(run)(jax.random.key(5), st0)
     flat = lambda x: np.asarray(x).reshape((-1,) + x.shape[2:])  # noqa: E731
     return flat(missions), jax.tree.map(flat, hist), flat(imgs)
 
