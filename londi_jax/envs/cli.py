@@ -182,7 +182,7 @@ def babyai_jax_show(level: str, seed: int = 0, kind: str | None = None, actions:
             raise _ended(k, acts)
         hist = push(hist, jax.numpy.int32(ACTION_INDEX[a]), obs.slots)
     tables = prompt_ids.PromptTables.from_tokenizer(tok)
-    L = tables.max_prompt_tokens(n_sentences=int((np.asarray(obs.slots) > 0).sum()) + 40)
+    L = tables.max_prompt_tokens()
     ids, n = jax.jit(tables.build, static_argnums=2)(state.mission, hist, L)
     descriptions = phrases.sentences_of(obs.slots)
     return {

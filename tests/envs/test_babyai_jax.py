@@ -342,3 +342,29 @@ def _env_at_reset():
     env = make_babyai_text("BabyAI-MixedTrainLocal-v0", seed=0, kind="goto")
     env.reset()
     return env
+
+
+def test_sentence_piece_arithmetic_equals_the_table():
+    """``describe_slots`` computes object sentence ids by arithmetic; the table built from
+    ``text.py``'s sentences is the reference, for every (type, colour, state, cell)."""
+    keys = np.arange(len(phrases.OBJ_SENTENCE))
+    k = keys % phrases.N_CELLS
+    s = (keys // phrases.N_CELLS) % phrases.N_STATES
+    c = (keys // (phrases.N_CELLS * phrases.N_STATES)) % phrases.N_COLORS
+    t = keys // (phrases.N_CELLS * phrases.N_STATES * phrases.N_COLORS)
+    image = np.zeros((len(keys), 7, 7, 3), np.int32)
+    image[np.arange(len(keys)), k // 7, k % 7] = np.stack([t, c, s], -1)
+    slots = np.asarray(jax.jit(jax.vmap(core.describe_slots))(jnp.asarray(image)))[:, 4:]
+    got = slots[np.arange(len(keys)), k]
+    real = np.isin(t, [phrases.DOOR, phrases.KEY, phrases.BALL, phrases.BOX]) & (k != phrases.AGENT_CELL) \
+        & ((s == 0) | (t == phrases.DOOR))
+    assert real.sum() == 1_728 and (got[real] == phrases.OBJ_SENTENCE[real]).all() and (got[real] > 0).all()
+
+
+def test_conversion_refuses_a_mission_longer_than_the_config():
+    env = make_babyai_text("BabyAI-PutNextLocal-v0", seed=0)
+    env.reset()
+    # "put the green ball next to the green key": put, the, green, ball, next to, the, green, key
+    with pytest.raises(convert.ConversionError, match="needs 8 pieces"):
+        convert.from_minigrid(env, core.StaticConfig(mission_pieces=3))
+    assert core.mission_text(convert.from_minigrid(env, core.StaticConfig(mission_pieces=40)).mission) == env.unwrapped.mission

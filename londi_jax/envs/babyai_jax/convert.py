@@ -122,23 +122,23 @@ def from_minigrid(env: Any, config: core.StaticConfig = core.StaticConfig()) -> 
             pre_carry[s] = slot[id(pre)] if id(pre) in slot else add(pre)
     if seq != core.SINGLE:
         sub_done[0 if seq == core.BEFORE else 1] = first_done
-    n_pieces = 0
-    for s_, clause in enumerate(clauses):
-        n_pieces += 1 + sum(2 + (d_color[s_, d] >= 0) + (d_loc[s_, d] >= 0) for d in range(1 + (sub_kind[s_] == core.PUTNEXT)))
-        n_pieces += sub_kind[s_] == core.PUTNEXT
-    n_pieces += {core.SINGLE: 0, core.BEFORE: 1, core.AFTER: 1}[seq]
-    if n_pieces > config.mission_pieces:
-        raise ConversionError(f"the mission {base.mission!r} needs {n_pieces} pieces; StaticConfig has "
-                              f"mission_pieces={config.mission_pieces}: use a larger StaticConfig")
     i32 = np.int32
     ins = core.Instr(seq=i32(seq), sub_kind=sub_kind, desc_type=d_type, desc_color=d_color, desc_loc=d_loc,
                      desc_the=d_the, desc_set=d_set)
+    # the mission laid out with room to spare, so a config too small for it is an error, not a cut
+    mission = np.asarray(_mission_pieces(ins, _MISSION_ROOM))
+    if (mission > 0).sum() > config.mission_pieces:
+        raise ConversionError(f"the mission {base.mission!r} needs {(mission > 0).sum()} pieces; StaticConfig has "
+                              f"mission_pieces={config.mission_pieces}: use a larger StaticConfig")
+    if config.mission_pieces > _MISSION_ROOM:
+        mission = np.pad(mission, (0, config.mission_pieces - _MISSION_ROOM))
     return core.EnvState(
         wall=wall, cell=cell, obj_type=otype, obj_color=ocolor, obj_state=ostate,
         agent_pos=np.asarray(base.agent_pos, i32), agent_dir=i32(base.agent_dir), carry=i32(carry),
         step_count=i32(base.step_count), max_steps=i32(base.max_steps), instr=ins, sub_done=sub_done,
         pre_carry=pre_carry, poss=poss, poss_valid=poss_valid,
-        mission=np.asarray(_mission_pieces(ins, config.mission_pieces)), kind=i32(-1), done=np.bool_(False))
+        mission=mission[:config.mission_pieces], kind=i32(-1))
 
 
 _mission_pieces = jax.jit(core.mission_pieces, static_argnums=1)
+_MISSION_ROOM = 32  # more than any mission needs (two putnext clauses and a link: 21 pieces)

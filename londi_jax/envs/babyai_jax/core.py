@@ -98,7 +98,6 @@ class EnvState:
     poss_valid: jax.Array    # [2, 2, M] bool: which entries of ``poss`` are used
     mission: jax.Array       # [mission_pieces] int32 piece ids
     kind: jax.Array          # int32 index into levels.KINDS (-1 when converted from another level)
-    done: jax.Array          # bool: the episode has ended (step no further; auto_reset restarts)
 
 
 @struct.dataclass
@@ -296,23 +295,21 @@ def _move(state: EnvState, action: jax.Array) -> EnvState:
     return state.replace(cell=cell, obj_state=obj_state, carry=carry, agent_pos=new_pos, agent_dir=new_dir)
 
 
-def _verify_clause(state: EnvState, sub: int, action: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One action clause's ``verify_action`` after the world moved: ``(success, preCarrying')``."""
+def _verify_clause(state: EnvState, sub: int, action: jax.Array, fwd: jax.Array, open_door: jax.Array,
+                   pos: jax.Array, on: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One action clause's ``verify_action`` after the world moved: ``(success, preCarrying')``.
+    ``fwd``: the front cell; ``open_door``: the slot of the open door there (-1: none); ``pos``,
+    ``on``: ``object_positions`` now (shared by both clauses, computed once per step)."""
     kind = state.instr.sub_kind[sub]
     objs = state.instr.desc_set[sub, 0]
-    fwd = front_pos(state)
     # GoTo: facing one of the description's obj_poss
     goto_ok = ((state.poss[sub, 0] == fwd[None, :]).all(-1) & state.poss_valid[sub, 0]).any()
     # Open: toggled, and the door in front is a tracked one and now open
-    t, _, s = cell_encoding(state, fwd[0], fwd[1])
-    H, W = state.wall.shape
-    f_obj = jnp.where(t == P.DOOR, state.cell[jnp.clip(fwd[1], 0, H - 1), jnp.clip(fwd[0], 0, W - 1)], -1)
-    open_ok = (action == TOGGLE) & (f_obj >= 0) & objs[jnp.maximum(f_obj, 0)] & (s == P.OPEN)
+    open_ok = (action == TOGGLE) & (open_door >= 0) & objs[jnp.maximum(open_door, 0)]
     # Pickup / PutNext keep what was carried when they were last verified
     pre = state.pre_carry[sub]
     carry = state.carry
     pick_ok = (action == PICKUP) & (pre < 0) & (carry >= 0) & objs[jnp.maximum(carry, 0)]
-    pos, on = object_positions(state.cell, state.obj_type.shape[0])
     p = jnp.maximum(pre, 0)
     next_to = (jnp.abs(state.poss[sub, 1] - pos[p][None, :]).sum(-1) == 1) & state.poss_valid[sub, 1]
     put_ok = (action == DROP) & (pre >= 0) & objs[p] & on[p] & next_to.any()
@@ -340,10 +337,15 @@ def step_world(state: EnvState, action: jax.Array) -> tuple[EnvState, jax.Array,
     # Which clause runs first: Before -> clause 0 ("A, then B"), After -> clause 1 ("A after you B").
     first = jnp.where(seq == AFTER, 1, 0)
     second = 1 - first
+    fwd = front_pos(state)
+    t, _, s = cell_encoding(state, fwd[0], fwd[1])
+    H, W = state.wall.shape
+    open_door = jnp.where((t == P.DOOR) & (s == P.OPEN),
+                          state.cell[jnp.clip(fwd[1], 0, H - 1), jnp.clip(fwd[0], 0, W - 1)], -1)
     ok = [None, None]
     new_pre = [None, None]
     for sub in (0, 1):
-        ok[sub], new_pre[sub] = _verify_clause(state, sub, action)
+        ok[sub], new_pre[sub] = _verify_clause(state, sub, action, fwd, open_door, pos, on)
     ok = jnp.stack(ok)
     new_pre = jnp.stack(new_pre)
     first_done = state.sub_done[first]
@@ -357,7 +359,7 @@ def step_world(state: EnvState, action: jax.Array) -> tuple[EnvState, jax.Array,
 
     reward = jnp.where(success, 1.0 - 0.9 * state.step_count / state.max_steps, 0.0).astype(jnp.float32)
     truncated = state.step_count >= state.max_steps
-    state = state.replace(pre_carry=pre_carry, sub_done=sub_done, done=success | truncated)
+    state = state.replace(pre_carry=pre_carry, sub_done=sub_done)
     return state, reward, success, truncated
 
 

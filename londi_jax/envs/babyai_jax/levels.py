@@ -310,7 +310,7 @@ def _attempt(key: jax.Array, kind: jax.Array, params: EnvParams, config: core.St
         agent_dir=agent_dir, carry=jnp.int32(-1), step_count=jnp.int32(0), max_steps=max_steps.astype(jnp.int32),
         instr=instr, sub_done=jnp.zeros(2, bool), pre_carry=jnp.full(2, -1, jnp.int32),
         poss=jnp.broadcast_to(pos, (2, 2, M, 2)), poss_valid=match & on, mission=core.mission_pieces(
-            instr, config.mission_pieces), kind=kind, done=jnp.asarray(False))
+            instr, config.mission_pieces), kind=kind)
     return state, valid
 
 
