@@ -51,15 +51,19 @@ def candidate_block(tokenizer: Any, actions: Sequence[str]) -> tuple[np.ndarray,
     return tok, valid
 
 
-def score_actions(model: Any, ids: jax.Array, length: jax.Array, cand_tok: jax.Array, cand_valid: jax.Array
-                  ) -> jax.Array:
+def score_actions(model: Any, ids: jax.Array, length: jax.Array, cand_tok: jax.Array, cand_valid: jax.Array,
+                  with_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Sum of each action's token log-probs given each prompt: ``[B, K]`` (GLAM's action scores).
-    ``model``: a ``CausalLM`` (e.g. ``nnx.merge(graphdef, state)`` inside a jitted function)."""
+    ``model``: a ``CausalLM`` (e.g. ``nnx.merge(graphdef, state)`` inside a jitted function).
+    ``with_embedding``: also the prompt's mean-pooled and last-token final hidden states side by
+    side, ``[B, 2H]`` (what ``LMPolicy`` gives the switcher, from the same prefill)."""
     p_tok, p_valid = left_pad(ids, length)
     B = ids.shape[0]
     c_tok = jnp.broadcast_to(cand_tok, (B, *cand_tok.shape))
     c_valid = jnp.broadcast_to(cand_valid, (B, *cand_valid.shape))
-    lp, _, _ = score_candidates(model, p_tok, p_valid, c_tok, c_valid)
+    lp, pooled, last = score_candidates(model, p_tok, p_valid, c_tok, c_valid)
+    if with_embedding:
+        return lp.sum(-1), jnp.concatenate([pooled, last], axis=-1)
     return lp.sum(-1)
 
 
@@ -81,8 +85,13 @@ def score_rows(model: Any, ids: jax.Array, length: jax.Array, mask: jax.Array, c
     (0 where not scored), served [B], overflow)``; ``served`` marks the rows that were scored."""
     rows, used, overflow = compact_rows(mask, capacity)
     s = score_actions(model, ids[rows], length[rows], cand_tok, cand_valid)
-    B = ids.shape[0]
-    target = jnp.where(used, rows, B)  # unused slots write nowhere
-    scores = jnp.zeros((B, s.shape[-1]), s.dtype).at[target].set(s, mode="drop")
-    served = jnp.zeros(B, bool).at[target].set(True, mode="drop")
+    scores, served = scatter_rows(s, rows, used, ids.shape[0])
     return scores, served, overflow
+
+
+def scatter_rows(values: jax.Array, rows: jax.Array, used: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Back from a compacted batch: ``values [C, ...]`` computed for ``rows [C]`` (``used [C]``
+    marks real slots) into ``(out [size, ...] (0 elsewhere), served [size])``."""
+    target = jnp.where(used, rows, size)  # unused slots write nowhere
+    out = jnp.zeros((size, *values.shape[1:]), values.dtype).at[target].set(values, mode="drop")
+    return out, jnp.zeros(size, bool).at[target].set(True, mode="drop")

@@ -22,7 +22,7 @@ from londi_jax.utils.errors import LondiError, UnknownNameError
 from londi_jax.utils.text import nearest_action
 
 __all__ = ["PolicyOutput", "LMPolicy", "POLICY_MODES", "nearest_action", "action_probs", "confidence_features", "NUM_CONFIDENCE_FEATURES",
-           "switch_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features", "encode"]
+           "switch_features", "state_features", "feature_dim", "SwitchEncoder", "ENCODERS", "match_ngram_features", "encode"]
 
 
 @dataclasses.dataclass
@@ -72,10 +72,11 @@ class PolicyOutput:
         return PolicyOutput(self.logprobs[idx], self.embedding[idx], 0.0, 0.0, cands)
 
 
-def action_probs(logprobs: np.ndarray) -> np.ndarray:
-    """GLAM's policy: softmax over the K action scores (``-inf`` entries get probability 0)."""
+def action_probs(logprobs: np.ndarray, xp: Any = np) -> np.ndarray:
+    """GLAM's policy: softmax over the K action scores (``-inf`` entries get probability 0).
+    ``xp``: the array module (``numpy``, or ``jax.numpy`` inside a jitted program)."""
     z = logprobs - logprobs.max(axis=-1, keepdims=True)
-    e = np.exp(z)
+    e = xp.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -182,26 +183,33 @@ class LMPolicy:
 NUM_CONFIDENCE_FEATURES = 4
 
 
-def confidence_features(logprobs: np.ndarray) -> np.ndarray:
+def confidence_features(logprobs: np.ndarray, xp: Any = np) -> np.ndarray:
     """(n, 4): max probability, top-1 minus top-2 probability, normalised entropy (by the log of
-    the row's candidate count; ``-inf`` entries are not candidates), top-1 log-prob."""
-    p = action_probs(logprobs)
-    top = np.sort(p, axis=-1)[:, ::-1]
+    the row's candidate count; ``-inf`` entries are not candidates), top-1 log-prob. ``xp``: the
+    array module (``jax.numpy`` in the on-device loop, ``agents.online``: one definition for both)."""
+    p = action_probs(logprobs, xp)
+    top = xp.flip(xp.sort(p, axis=-1), axis=-1)
     if top.shape[1] < 2:
-        top = np.pad(top, ((0, 0), (0, 2 - top.shape[1])))
-    k = np.maximum(np.isfinite(logprobs).sum(-1), 2)
-    ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(k)
-    return np.stack([top[:, 0], top[:, 0] - top[:, 1], ent, np.log(np.clip(top[:, 0], 1e-12, None))],
-                    axis=-1).astype(np.float32)
+        top = xp.pad(top, ((0, 0), (0, 2 - top.shape[1])))
+    k = xp.maximum(xp.isfinite(logprobs).sum(-1), 2)
+    ent = -(p * xp.log(xp.clip(p, 1e-12, None))).sum(-1) / xp.log(k)
+    return xp.stack([top[:, 0], top[:, 0] - top[:, 1], ent, xp.log(xp.clip(top[:, 0], 1e-12, None))],
+                    axis=-1).astype(xp.float32)
+
+
+def state_features(embedding: np.ndarray, logprobs: np.ndarray, step: np.ndarray, max_steps: np.ndarray,
+                   xp: Any = np) -> np.ndarray:
+    """``switch_features`` from arrays: ``embedding (n, 2H)``, ``logprobs (n, K)``, ``step`` and
+    ``max_steps (n,)``; ``xp`` the array module (``jax.numpy`` inside a jitted program)."""
+    frac = (xp.asarray(step).astype(xp.float32) / xp.maximum(xp.asarray(max_steps).astype(xp.float32), 1.0))[:, None]
+    return xp.concatenate([embedding.astype(xp.float32), confidence_features(logprobs, xp), frac], axis=-1)
 
 
 def switch_features(quick: PolicyOutput, step: np.ndarray, max_steps: np.ndarray) -> np.ndarray:
     """The switcher's state encoding: QUICK's prompt encoding (mean-pooled and last-token hidden
     states: what the prompt says and what QUICK is about to decide), QUICK's confidence and the
     step fraction, ``(n, 2H + 5)`` float32 (LONDI-B's budget fraction is appended by the switcher)."""
-    frac = (np.asarray(step, np.float32) / np.maximum(np.asarray(max_steps, np.float32), 1.0))[:, None]
-    return np.concatenate([quick.embedding.astype(np.float32), confidence_features(quick.logprobs), frac],
-                          axis=-1)
+    return state_features(quick.embedding, quick.logprobs, step, max_steps)
 
 
 def feature_dim(hidden_size: int) -> int:

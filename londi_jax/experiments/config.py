@@ -23,7 +23,7 @@ from londi_jax.utils.errors import LondiError, UnknownNameError
 from londi_jax.utils.fields import (INCREASING, NONEMPTY, ConfigFieldError, Rule, above, at_least, build, check_fields,
                                     conform, each, field_type, one_of, within)
 
-__all__ = ["EnvConfig", "ModelSpec", "SwitchConfig", "EvalConfig", "PipelineConfig", "PRESETS", "preset",
+__all__ = ["EnvConfig", "ModelSpec", "SwitchConfig", "EvalConfig", "OnlineConfig", "PipelineConfig", "PRESETS", "preset",
            "with_overrides", "config_to_dict", "config_from_dict", "flatten_config", "config_diff",
            "ConfigFieldError"]
 
@@ -138,6 +138,47 @@ class SwitchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Online switch training in one compiled program (``agents.online``): BabyAI-Text in JAX,
+    QUICK, DEEPTHINK and the PQN learner on device, one member per c of ``switch.c_grid`` (LONDI)
+    and per budget of ``switch.budgets`` (LONDI-B, cost ``switch.budget_c``), times
+    ``switch.seeds``; ``switch.gamma`` and ``switch.hidden`` as offline. Needs
+    ``switch.encoder = "quick"`` (the features computed on device) and BabyAI-Text.
+
+    ``num_envs``: envs per member; ``rollout_len`` steps per PQN update, ``num_updates`` updates
+    (env steps per member = num_envs x rollout_len x num_updates); ``capacity``: DEEPTHINK rows per
+    step per member (a fixed batch; switches past it run QUICK, counted as overflow); ``resets``:
+    fresh levels per step; ``max_len``: prompt buffer in tokens (0: each tokenizer's bound for
+    GLAM's prompt, never cut; smaller is faster, cut prompts are counted); ``checkpoint_every``:
+    updates between checkpoints (a killed stage resumes from the last)."""
+
+    enabled: bool = False
+    num_envs: int = 32
+    rollout_len: int = 16
+    num_updates: int = 150
+    capacity: int = 8
+    resets: int = 4
+    max_len: int = 0
+    lr: float = 1e-3
+    lam: float = 0.65
+    num_epochs: int = 2
+    num_minibatches: int = 4
+    checkpoint_every: int = 25
+
+    def __post_init__(self) -> None:
+        check_fields(self, {**{k: [at_least(1)] for k in ("num_envs", "rollout_len", "num_updates", "capacity",
+                                                         "resets", "num_epochs", "num_minibatches",
+                                                         "checkpoint_every")},
+                            "max_len": [at_least(0)], "lr": [above(0)], "lam": [within(0, 1)]})
+        for name in ("capacity", "resets"):
+            if getattr(self, name) > self.num_envs:
+                raise ConfigFieldError(name, f"an int in [1, num_envs = {self.num_envs}]", getattr(self, name))
+        if (self.num_envs * self.rollout_len) % self.num_minibatches:
+            raise ConfigFieldError("num_minibatches", f"a divisor of num_envs x rollout_len = "
+                                   f"{self.num_envs * self.rollout_len}", self.num_minibatches)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Online evaluation of every method on the same episodes."""
 
@@ -165,6 +206,7 @@ class PipelineConfig:
     deep: ModelSpec = ModelSpec()
     switch: SwitchConfig = SwitchConfig()
     eval: EvalConfig = EvalConfig()
+    online: OnlineConfig = OnlineConfig()
     progress: bool = True  # stage lines and progress bars (not part of what a run's results depend on)
 
     def __post_init__(self) -> None:
@@ -175,6 +217,9 @@ class PipelineConfig:
             if extra:
                 raise ConfigFieldError(f"{name}.demo_kinds", f"kinds among env.kinds {self.env.kinds}",
                                        spec.demo_kinds)
+        if self.online.enabled and self.switch.encoder != "quick":
+            raise ConfigFieldError("switch.encoder", "'quick' when online.enabled (the switch's features are "
+                                   "computed on device from QUICK's outputs)", self.switch.encoder)
 
 
 def _cpu_small() -> PipelineConfig:
@@ -293,8 +338,19 @@ def _sw_gpu() -> PipelineConfig:
                                           random_rates=(0.1, 0.25, 0.5), threshold_rates=(0.1, 0.25, 0.5)))
 
 
+def _jax_online() -> PipelineConfig:
+    """cpu-small with the switch also trained online in one compiled program (``agents.online``:
+    BabyAI-Text in JAX, both LMs and the PQN learner on device) beside the offline switchers, with
+    the ``quick`` encoder for both (the features the device computes), so the report compares them
+    on the same evaluation episodes. 32 envs x 16 steps x 150 updates = 76,800 env steps per member."""
+    base = _cpu_small()
+    return dataclasses.replace(base, preset="jax-online", switch=dataclasses.replace(base.switch, encoder="quick"),
+                               online=OnlineConfig(enabled=True, max_len=256))
+
+
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {"cpu-small": _cpu_small, "gpu": _gpu, "tiny": _tiny,
                                                     "real-small": _real_small, "sw-small": _sw_small,
+                                                    "jax-online": _jax_online,
                                                     "sw-gpu": _sw_gpu}
 
 

@@ -119,6 +119,21 @@ class BabyAIFamily:
     def bc_data(self, episodes: Sequence[dict[str, Any]], tokenizer: Any) -> BCData:
         return bc_data_from_episodes(episodes, tokenizer)
 
+    def jax_env_params(self) -> Any:
+        """The JAX env's parameters for the training level (``env.level``: GLAM's Mixed levels, their
+        phrase filter), for online switch training (``agents.online``)."""
+        from londi_jax.envs.babyai_jax import levels
+        from londi_jax.envs.babyai_text.levels import MIXED_LEVELS, resolve_level
+
+        e = self.env
+        name = resolve_level(e.level)
+        if name not in MIXED_LEVELS:
+            raise LondiError(f"online switch training draws GLAM's Mixed levels in JAX ({', '.join(MIXED_LEVELS)}); "
+                             f"env.level is {name}")
+        return levels.make_params(kinds=tuple(e.kinds), room_size=e.room_size, num_dists=e.num_dists,
+                                  phrase_filter="test" if name == "BabyAI-MixedTestLocal-v0" else "train",
+                                  max_steps=e.max_steps or 0)
+
     def specs(self, purpose: str, n: int, seed_index: int = 0, expert: bool = False) -> list[Any]:
         _check_purpose(purpose)  # every BabyAI-Text env has its expert (the bot): ``expert`` changes nothing
         e = self.env

@@ -66,7 +66,7 @@ from londi_jax.utils.io import (DataFileError, append_jsonl, atomic_write, atomi
 __all__ = ["Pipeline", "run_pipeline", "PipelineError", "ConfigMismatchError", "STAGES", "STAGE_DEPENDS",
            "read_run_config", "estimate_work", "measured_flops_per_second", "accelerator_warning", "time_estimate"]
 
-STAGES = ("demos", "models", "switch_data", "switchers", "evaluate", "report")
+STAGES = ("demos", "models", "switch_data", "switchers", "online", "evaluate", "report")
 _ENV_EPISODES = ("env.name", "env.level", "env.kinds", "env.room_size", "env.num_dists", "env.seed", "env.max_steps",
                  "env.simplifications", "env.history")
 _ROLLOUTS = ("eval.num_envs", "eval.sample_actions")  # batching shares one action RNG across slots
@@ -77,6 +77,7 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
     "models": ("quick", "deep", *_ENV_EPISODES, *_ROLLOUTS),  # BC's evaluation rollouts use eval.*
     "switch_data": ("switch.collect_episodes", "switch.deep_probs", "switch.encoder", *_ENV_EPISODES, *_ROLLOUTS),
     "switchers": ("switch",),
+    "online": ("online", "switch", *_ENV_EPISODES, "eval.sample_actions"),
     "evaluate": ("eval", "env.eval_level", "env.kinds", "env.room_size", "env.num_dists", "env.max_steps", "switch",
                  "preset", "env.name", "env.simplifications", "env.history"),
     "report": (),
@@ -84,7 +85,7 @@ STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
 # What a stage writes (cleared when it is forced to rerun); _REUSED is what a fork copies.
 _OUTPUTS: dict[str, tuple[str, ...]] = {
     "demos": ("demos",), "models": ("models", "checkpoints"), "switch_data": ("switch_data.npz",),
-    "switchers": ("switchers",), "evaluate": ("eval",), "report": ("report",),
+    "switchers": ("switchers",), "online": ("online",), "evaluate": ("eval",), "report": ("report",),
 }
 _REUSED = {**_OUTPUTS, "models": ("models",)}  # BC checkpoints only serve resuming an unfinished BC
 
@@ -352,6 +353,14 @@ class Pipeline:
                                             "pipeline's behaviour cloning trains decoder-only models only. A T5 "
                                             "scores and generates through the LM interface (londi-jax lm score / "
                                             "generate), but cannot be cloned here yet: use a decoder-only source")
+        if "online" in to_run and self.config.online.enabled:
+            if not hasattr(self.family, "jax_env_params"):
+                raise PipelineError(f"online switch training (online.enabled) runs on BabyAI-Text in JAX; env.name is "
+                                    f"{self.family.name!r}: set online.enabled=false")
+            try:
+                self.family.jax_env_params()
+            except LondiError as err:
+                raise PipelineError(f"online: {err}") from None
         if set(to_run) & {"demos", "models", "switch_data", "evaluate"}:
             try:
                 self.family.check()
@@ -598,7 +607,61 @@ class Pipeline:
         store.close()
         return tree, meta["extra"]
 
-    # ------------------------------------------------------------------ stage 5: evaluation
+    # ------------------------------------------------------------------ stage 5: online switchers
+    def online_switcher_config(self, use_budget: bool) -> SwitcherConfig:
+        s, o = self.config.switch, self.config.online
+        return SwitcherConfig(obs_dim=self.encoder().dim, hidden=s.hidden, learner="pqn", use_budget=use_budget,
+                              num_envs=o.num_envs, num_updates=o.num_updates, rollout_len=o.rollout_len,
+                              num_epochs=o.num_epochs, num_minibatches=o.num_minibatches)
+
+    def _online_members(self) -> dict[str, tuple[bool, list[dict[str, float]], list[int]]]:
+        s, o = self.config.switch, self.config.online
+        base = {"gamma": s.gamma, "lr": o.lr, "lam": o.lam}
+        seeds = list(range(s.seeds))
+        return {"londi": (False, [{**base, "c": c} for c in s.c_grid for _ in seeds], [k for _ in s.c_grid for k in seeds]),
+                "londi_b": (True, [{**base, "c": s.budget_c, "budget": n} for n in s.budgets for _ in seeds],
+                            [k for _ in s.budgets for k in seeds])}
+
+    def stage_online(self) -> dict[str, Any]:
+        o = self.config.online
+        if not o.enabled:
+            return {"skipped": "online.enabled is false"}
+        from londi_jax.agents.online import LondiEnv, train_online
+
+        q, d = self.model("quick"), self.model("deepthink")
+        env = LondiEnv(q, d, capacity=o.capacity, resets=o.resets, sample_actions=self.config.eval.sample_actions,
+                       max_len=o.max_len or None)
+        params = env.params(self.family.jax_env_params(), q, d)
+        out, info = {}, {}
+        for name, (use_budget, members, seeds) in self._online_members().items():
+            self._say(f"online {name}: {len(members)} members x {o.num_envs} envs in one program")
+            res = train_online(env, params, self.online_switcher_config(use_budget), stack_hparams(members, {}),
+                               seeds, self.out / "online" / name, every_updates=o.checkpoint_every,
+                               progress=self.config.progress)
+            out[name] = res.params
+            info[name] = res.summary
+        store = CheckpointStore(self.out / "online" / "switchers", keep=1)
+        store.save(1, out, kind="londi-online-grid", config={"online": config_to_dict(o)}, extra=info)
+        store.wait()
+        store.close()
+        return info
+
+    def _online_switchers(self) -> dict[str, Any]:
+        members = self._online_members()
+        from londi_jax.switcher import pqn
+
+        def like(use_budget: bool, m: int) -> Any:
+            cfg = self.online_switcher_config(use_budget)
+            hp = stack_hparams([{"c": 0.0}] * m, {})
+            keys = jax.vmap(jax.random.key)(jnp.arange(m, dtype=jnp.uint32))
+            return jax.eval_shape(jax.vmap(lambda k, h: pqn.init(cfg, h, k).params), keys, hp)
+
+        store = CheckpointStore(self.out / "online" / "switchers", keep=1)
+        tree, _ = store.restore({k: like(b, len(ms)) for k, (b, ms, _) in members.items()}, kind="londi-online-grid")
+        store.close()
+        return tree
+
+    # ------------------------------------------------------------------ stage 6: evaluation
     def eval_specs(self, seed_index: int, expert: bool = False) -> list[Any]:
         return self.family.specs("eval", self.config.eval.episodes, seed_index, expert=expert)
 
@@ -608,6 +671,8 @@ class Pipeline:
         encoder = self.encoder()
         c_star = float(extra["c_star"])
         cfg, cfg_b = self.switcher_config(False), self.switcher_config(True)
+        online = self._online_switchers() if self.config.online.enabled else None
+        cfg_o, cfg_ob = self.online_switcher_config(False), self.online_switcher_config(True)
         ds = load_dataset(self.out / "switch_data.npz")
         conf = {m: _logged_confidence(ds, m) for m in ("margin",)}
         runs_path = self.out / "eval" / "runs.jsonl"
@@ -667,6 +732,15 @@ class Pipeline:
                 run("LONDI-B", f"LONDI-B n={n}", {"budget": n, "c": s.budget_c}, seed,
                     SwitcherRouter(cfg_b, member(tree["londi_b"], i * s.seeds + seed % s.seeds), budget=n,
                                    name=f"londi-b n={n}"), budget=n)
+            if online is not None:  # the switches trained in one program on device, on the same episodes
+                for i, c in enumerate(s.c_grid):
+                    run("LONDI online", f"LONDI online c={c:g}", {"c": c}, seed,
+                        SwitcherRouter(cfg_o, member(online["londi"], i * s.seeds + seed % s.seeds),
+                                       name=f"londi online c={c:g}"))
+                for i, n in enumerate(s.budgets):
+                    run("LONDI-B online", f"LONDI-B online n={n}", {"budget": n, "c": s.budget_c}, seed,
+                        SwitcherRouter(cfg_ob, member(online["londi_b"], i * s.seeds + seed % s.seeds), budget=n,
+                                       name=f"londi-b online n={n}"), budget=n)
             matched = rate(main)
             run("Random", "Random (LONDI's rate)", {"p": matched}, seed, RandomRouter(matched))
             for p in v.random_rates:
@@ -699,7 +773,7 @@ class Pipeline:
         _write_json(self.out / "eval" / "results.json", results)
         return {"runs": len(runs)}
 
-    # ------------------------------------------------------------------ stage 6: report
+    # ------------------------------------------------------------------ stage 7: report
     def stage_report(self) -> dict[str, Any]:
         from londi_jax.experiments.report import write_report
 
@@ -793,10 +867,12 @@ def _params(spec: ModelSpec) -> float | None:
 
 def methods_per_seed(config: PipelineConfig) -> int:
     """Evaluation runs per seed (``stage_evaluate``'s order): QUICK-only, DEEPTHINK-only, LONDI per
-    c and calibrated, LONDI-B per budget, Random at LONDI's rate and per rate, Threshold likewise,
+    c and calibrated, LONDI-B per budget, the online switches (where trained), Random at LONDI's rate and per rate, Threshold likewise,
     the failure classifier (where fitted), SwiftSage and the oracle switch."""
     s, v = config.switch, config.eval
-    return 2 + len(s.c_grid) + 1 + len(s.budgets) + 1 + len(v.random_rates) + 1 + len(v.threshold_rates) + 1 + 1 + 1
+    online = (len(s.c_grid) + len(s.budgets)) if config.online.enabled else 0
+    return (2 + len(s.c_grid) + 1 + len(s.budgets) + online + 1 + len(v.random_rates) + 1 + len(v.threshold_rates)
+            + 1 + 1 + 1)
 
 
 def estimate_work(config: PipelineConfig) -> dict[str, float]:

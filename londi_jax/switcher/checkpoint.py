@@ -113,9 +113,9 @@ def _jitted(trainer: Any, sweep: bool) -> tuple[Callable, Callable]:
     calls in one process do not recompile."""
     per = _JITTED.setdefault(trainer, {})
     if sweep not in per:
-        if sweep:
-            init = jax.jit(jax.vmap(trainer.init_train_state))
-            step = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, 0, None)),
+        if sweep:  # env params are shared by the members (in_axes None), passed as arguments
+            init = jax.jit(jax.vmap(trainer.init_train_state, in_axes=(0, 0, None)))
+            step = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, 0, None, None)),
                            static_argnums=2, donate_argnums=0)
         else:
             init = jax.jit(trainer.init_train_state)
@@ -162,15 +162,14 @@ def train_resumable(
     chunks: list[dict[str, Any]] = []
 
     def chunk(ts: Any, n: int) -> Any:
-        ts, metrics = step(ts, hparams, n)
+        ts, metrics = step(ts, hparams, n, trainer.env_params)
         chunks.append(metrics)
         return ts
 
-    meta_config = {"switcher": config, "env": type(trainer.env).__name__,
-                   "env_params": trainer.env_params}
+    meta_config = {"switcher": config, "env": type(trainer.env).__name__, "env_params": trainer.env_meta()}
     with CheckpointStore(ckpt_dir, keep=keep) as store:
         ts, start = run_resumable(
-            store, lambda: init(rng, hparams), chunk, every_updates=every_updates,
+            store, lambda: init(rng, hparams, trainer.env_params), chunk, every_updates=every_updates,
             total_updates=total, kind=f"switcher-train/{config.learner}", config=meta_config,
             hparams=hparams, on_checkpoint=on_checkpoint, progress=progress,
         )

@@ -15,6 +15,18 @@ One DQN update = one lockstep env step of all ``num_envs`` + ``updates_per_step`
 (after ``learning_starts`` transitions); one PQN update = a ``rollout_len``-step rollout + the
 Q(lambda) update. The env must be gymnax-like: ``reset(key, params) -> (obs, state)`` and
 ``step(key, state, g, params) -> (obs, state, reward, terminated, truncated, info)``.
+
+A *batched* env (``env.batched = True``, e.g. ``agents.online.LondiEnv``) steps all ``num_envs``
+at once instead: ``reset_batch(key, params, n) -> (obs, state)`` and ``step_batch(key, state, g,
+params) -> (obs, state, reward, terminated, truncated, info)``, resetting ended episodes itself
+(``obs`` is then the next episode's first observation) with ``info["final_obs"]``, the real next
+observations the learner bootstraps from; ``info["switch"]``, when present, is the switch that
+was carried out (it may differ from ``g``, e.g. DEEPTHINK past its capacity ran QUICK). The env's
+``info_metrics`` names info entries summed into the training metrics.
+
+``env_params`` are bound at ``make_train`` and may be passed to ``train`` / ``train_chunk`` /
+``init_train_state`` instead, as a shared (unbatched) argument under ``vmap``: large inputs (an
+LM's weights) then stay arguments of the compiled program rather than constants baked into it.
 """
 
 from __future__ import annotations
@@ -65,11 +77,20 @@ class Trainer:
         self.config, self.env, self.env_params = config, env, env_params
         self.learner = dqn if config.learner == "dqn" else pqn
         self.gdef = graphdef(config)
+        self.batched = bool(getattr(env, "batched", False))
+
+    def env_meta(self) -> Any:
+        """What a checkpoint records about the env: its ``describe(params)`` when it has one (a
+        LONDI env's parameters hold LM weights), else the env parameters."""
+        describe = getattr(self.env, "describe", None)
+        return describe(self.env_params) if callable(describe) else self.env_params
 
     # ---- state -------------------------------------------------------------------------
-    def _reset_envs(self, key: jax.Array):
+    def _reset_envs(self, key: jax.Array, env_params: Any):
+        if self.batched:
+            return self.env.reset_batch(key, env_params, self.config.num_envs)
         keys = jax.random.split(key, self.config.num_envs)
-        return jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.env_params)
+        return jax.vmap(self.env.reset, in_axes=(0, None))(keys, env_params)
 
     def _example_transition(self) -> Transition:
         d = self.config.input_dim
@@ -78,13 +99,14 @@ class Trainer:
         return Transition(obs=z, g=jnp.zeros((), jnp.int32), reward=jnp.zeros((), jnp.float32),
                           next_obs=z, terminated=f, truncated=f, next_can_call=f)
 
-    def init_train_state(self, rng: jax.Array, hparams: HParams) -> TrainState:
+    def init_train_state(self, rng: jax.Array, hparams: HParams, env_params: Any = None) -> TrainState:
         """Fresh train state (pure; vmappable over ``rng`` and ``hparams``)."""
+        env_params = self.env_params if env_params is None else env_params
         k_net, k_env, rng = jax.random.split(rng, 3)
         learner = self.learner.init(self.config, hparams, k_net)
         buffer = (replay.init(self._example_transition(), self.config.buffer_size)
                   if self.config.learner == "dqn" else None)
-        obs, env_state = self._reset_envs(k_env)
+        obs, env_state = self._reset_envs(k_env, env_params)
         n = self.config.num_envs
         zeros_f, zeros_i = jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.int32)
         return TrainState(learner=learner, buffer=buffer, env_state=env_state, obs=obs,
@@ -93,22 +115,26 @@ class Trainer:
                           update=jnp.zeros((), jnp.int32))
 
     # ---- one lockstep env step --------------------------------------------------------
-    def _env_step(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
+    def _env_step(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array, env_params: Any):
         cfg = self.config
         k_act, k_step, k_reset = jax.random.split(key, 3)
         feats = budget_lib.features(ts.obs, ts.budget, hparams.budget, cfg.use_budget)
         can = budget_lib.can_call(ts.budget, cfg.use_budget)
         g = act(self.gdef, ts.learner.params, feats, can, eps, k_act)
-        step = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))
-        obs2, env_state2, reward, term, trunc, _ = step(
-            jax.random.split(k_step, cfg.num_envs), ts.env_state, g, self.env_params)
+        if self.batched:
+            next_obs, env_state2, reward, term, trunc, info = self.env.step_batch(
+                k_step, ts.env_state, g, env_params)
+            obs2, g = info["final_obs"], info.get("switch", g)
+        else:
+            step = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))
+            obs2, env_state2, reward, term, trunc, info = step(
+                jax.random.split(k_step, cfg.num_envs), ts.env_state, g, env_params)
         b2 = budget_lib.spend(ts.budget, g) if cfg.use_budget else ts.budget
         tr = Transition(obs=feats, g=g, reward=reward,
                         next_obs=budget_lib.features(obs2, b2, hparams.budget, cfg.use_budget),
                         terminated=term, truncated=trunc,
                         next_can_call=budget_lib.can_call(b2, cfg.use_budget))
         done = term | trunc
-        reset_obs, reset_state = self._reset_envs(k_reset)
         ep_return, ep_calls, ep_len = ts.ep_return + reward, ts.ep_calls + g, ts.ep_len + 1
         stats = {  # sums over the episodes that ended at this step
             "episodes": jnp.sum(done),
@@ -117,30 +143,36 @@ class Trainer:
             "len_sum": jnp.sum(jnp.where(done, ep_len, 0)),
             "violations": jnp.sum(done & (ep_calls > hparams.budget)) if cfg.use_budget
             else jnp.zeros((), jnp.int32),
+            **{k: jnp.sum(info[k]) for k in getattr(self.env, "info_metrics", ())},
         }
+        if self.batched:  # the env reset its ended episodes itself
+            env_state = env_state2
+        else:
+            reset_obs, reset_state = self._reset_envs(k_reset, env_params)
+            next_obs = jnp.where(done[:, None], reset_obs, obs2)
+            env_state = _where_tree(done, reset_state, env_state2)
         ts = ts.replace(
-            obs=jnp.where(done[:, None], reset_obs, obs2),
-            env_state=_where_tree(done, reset_state, env_state2),
+            obs=next_obs, env_state=env_state,
             budget=budget_lib.reset_where(b2, done, hparams.budget),
             ep_return=jnp.where(done, 0.0, ep_return), ep_calls=jnp.where(done, 0, ep_calls),
             ep_len=jnp.where(done, 0, ep_len))
         return ts, tr, stats
 
     # ---- one update ------------------------------------------------------------------
-    def _dqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
+    def _dqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array, env_params: Any):
         cfg = self.config
         k_env, k_learn = jax.random.split(key)
-        ts, tr, stats = self._env_step(ts, hparams, eps, k_env)
+        ts, tr, stats = self._env_step(ts, hparams, eps, k_env, env_params)
         buffer = replay.add(ts.buffer, tr)
         learner, m = dqn.learn_from_buffer(cfg, hparams, ts.learner, buffer, k_learn)
         m.pop("learned")
         return ts.replace(learner=learner, buffer=buffer), {**m, **stats}
 
-    def _pqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array):
+    def _pqn_update(self, ts: TrainState, hparams: HParams, eps: jax.Array, key: jax.Array, env_params: Any):
         k_env, k_learn = jax.random.split(key)
 
         def step(ts, k):
-            ts, tr, stats = self._env_step(ts, hparams, eps, k)
+            ts, tr, stats = self._env_step(ts, hparams, eps, k, env_params)
             return ts, (tr, stats)
 
         ts, (rollout, stats) = jax.lax.scan(
@@ -148,23 +180,24 @@ class Trainer:
         learner, m = pqn.update(self.config, hparams, ts.learner, rollout, k_learn)
         return ts.replace(learner=learner), {**m, **jax.tree.map(jnp.sum, stats)}
 
-    def train_chunk(self, ts: TrainState, hparams: HParams,
-                    num_updates: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_chunk(self, ts: TrainState, hparams: HParams, num_updates: int,
+                    env_params: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         """Run ``num_updates`` (static) updates; metrics are stacked ``[num_updates]``."""
+        env_params = self.env_params if env_params is None else env_params
         body = self._dqn_update if self.config.learner == "dqn" else self._pqn_update
 
         def one(ts, _):
             rng, key = jax.random.split(ts.rng)
             eps = epsilon(hparams, ts.update, self.config.num_updates)
-            ts, m = body(ts.replace(rng=rng), hparams, eps, key)
+            ts, m = body(ts.replace(rng=rng), hparams, eps, key, env_params)
             return ts.replace(update=ts.update + 1), {**m, "epsilon": eps}
 
         return jax.lax.scan(one, ts, None, length=num_updates)
 
-    def train(self, rng: jax.Array, hparams: HParams) -> dict[str, Any]:
+    def train(self, rng: jax.Array, hparams: HParams, env_params: Any = None) -> dict[str, Any]:
         """``config.num_updates`` updates from scratch: ``{"train_state", "metrics"}``."""
-        ts = self.init_train_state(rng, hparams)
-        ts, metrics = self.train_chunk(ts, hparams, self.config.num_updates)
+        ts = self.init_train_state(rng, hparams, env_params)
+        ts, metrics = self.train_chunk(ts, hparams, self.config.num_updates, env_params)
         return {"train_state": ts, "metrics": metrics}
 
     __call__ = train
@@ -179,6 +212,9 @@ class Trainer:
         (calls > budget under LONDI-B), ``finished``.
         """
         cfg = self.config
+        if self.batched:
+            raise LondiError(f"Trainer.evaluate steps one env per episode; {type(self.env).__name__} is a batched "
+                             "env: evaluate its switch with the host rollout (agents.londi.LondiAgent)")
         env_params = self.env_params if env_params is None else env_params
         k_reset, k_run = jax.random.split(rng)
         obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(

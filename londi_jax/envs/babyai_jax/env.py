@@ -86,21 +86,47 @@ def step_batch(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
     resets = n if resets is None else int(resets)
     obs, state, reward, terminated, truncated = jax.vmap(step_env)(state, action)
     done = terminated | truncated
-    # generate only on calls where an episode ended (a real branch: this cond is outside vmap)
-    fresh_obs, fresh = jax.lax.cond(
-        done.any(), lambda: reset_batch(key, params, resets, config),
-        lambda: jax.tree.map(lambda x: x[jnp.arange(resets) % n], (obs, state)))
+    fresh = reset_pool(key, params, resets, done, (obs, state), config)
+    (obs, state), shortfall = assign_resets(done, fresh, (obs, state))
+    info = {"success": terminated, "done": done, "reset_shortfall": shortfall}
+    return obs, state, reward, terminated, truncated, info
+
+
+def reset_pool(key: jax.Array, params: EnvParams, resets: int, done: jax.Array, current: Any,
+               config: StaticConfig | None = None, extend: Any = None) -> Any:
+    """``resets`` fresh ``(obs, state)`` pairs for the envs that ended (``done [N]``), generated only
+    on calls where one did (a real branch outside ``vmap``; under an outer ``vmap`` both run).
+    ``current``: the batch's ``(obs, state)``, whose first rows fill the pool when none ended.
+    ``extend(obs, state) -> tree``: more per-level values computed with the pool (e.g. an LM's
+    outputs at the fresh levels) in the same branch; the result is then ``(obs, state, tree)``,
+    the idle branch's tree zeros (it is never handed out)."""
+    n = int(done.shape[0])
+
+    def fresh():
+        obs, state = reset_batch(key, params, resets, config)
+        return (obs, state) if extend is None else (obs, state, extend(obs, state))
+
+    def idle():
+        pool = jax.tree.map(lambda x: x[jnp.arange(resets) % n], current)
+        if extend is None:
+            return pool
+        return (*pool, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(extend, *pool)))
+
+    return jax.lax.cond(done.any(), fresh, idle)
+
+
+def assign_resets(done: jax.Array, pool: Any, current: Any) -> tuple[Any, jax.Array]:
+    """Hand the pool's rows (leading axis R) to the rows of ``current`` (leading axis N) where
+    ``done``: the k-th ended row (in batch order) gets pool row ``k mod R``. Returns the new tree
+    and the shortfall (ended rows beyond R, which share a layout with another; 0: all independent)."""
+    resets = int(jax.tree.leaves(pool)[0].shape[0])
     rank = jnp.cumsum(done) - 1
     pick = jnp.where(done, rank % resets, 0)
 
     def choose(new, old):
-        sel = new[pick]
-        return jnp.where(done.reshape((-1,) + (1,) * (old.ndim - 1)), sel, old)
+        return jnp.where(done.reshape((-1,) + (1,) * (old.ndim - 1)), new[pick], old)
 
-    state = jax.tree.map(choose, fresh, state)
-    obs = jax.tree.map(choose, fresh_obs, obs)
-    info = {"success": terminated, "done": done, "reset_shortfall": jnp.maximum(done.sum() - resets, 0)}
-    return obs, state, reward, terminated, truncated, info
+    return jax.tree.map(choose, pool, current), jnp.maximum(done.sum() - resets, 0)
 
 
 def reset_batch(key: jax.Array, params: EnvParams, n: int, config: StaticConfig | None = None
