@@ -87,6 +87,26 @@ class ZeroCostPolicy:
         return PolicyOutput(np.zeros((n, len(ACTIONS))), np.zeros((n, 2), np.float32), 0.0, 0.0, [ACTIONS] * n)
 
 
+def threshold_for(q_lm: LanguageModel, specs: list[Any], rate: float = 0.3) -> float:
+    """A QUICK-margin threshold calling DEEPTHINK at about ``rate`` of the first states of ``specs``."""
+    probe = LMPolicy(q_lm)([first_state(s.make()[1]) for s in specs[:32]])
+    return calibrate_threshold(confidence(probe.logprobs, "margin"), rate, "margin")
+
+
+def host_play(q_lm: LanguageModel, d_lm: LanguageModel, specs: list[Any], num_envs: int, thr: float,
+              free: bool = False) -> tuple[float, Any]:
+    """The host rollout loop (``LondiAgent``, ``num_envs`` in lockstep) over ``specs`` with the
+    threshold router: ``(seconds, RolloutResult)``; ``free``: zero-cost stand-in models."""
+    if free:
+        quick, deep = ZeroCostPolicy("quick"), ZeroCostPolicy("deepthink")
+    else:
+        quick, deep = LMPolicy(q_lm, name="quick"), LMPolicy(d_lm, name="deepthink")
+    agent = LondiAgent(quick, deep, ConfidenceRouter(thr, "margin"), sample_actions=True, seed=0)
+    t0 = time.perf_counter()
+    res = agent.run(specs, num_envs, progress=False)
+    return time.perf_counter() - t0, res
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=64)
@@ -99,19 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     specs = episode_specs(e.eval_level, args.episodes, 555_000, e.kinds, **e.level_kwargs())
     q_lm, d_lm, source = build_models(args.run, args.num_envs)
 
-    # a threshold router at ~30% calls, calibrated on QUICK's confidence in the first states
-    probe = LMPolicy(q_lm)([first_state(s.make()[1]) for s in specs[:32]])
-    thr = calibrate_threshold(confidence(probe.logprobs, "margin"), 0.3, "margin")
+    thr = threshold_for(q_lm, specs)  # a threshold router at ~30% calls
 
     def play(num_envs: int, free: bool = False) -> tuple[float, Any]:
-        if free:
-            quick, deep = ZeroCostPolicy("quick"), ZeroCostPolicy("deepthink")
-        else:
-            quick, deep = LMPolicy(q_lm, name="quick"), LMPolicy(d_lm, name="deepthink")
-        agent = LondiAgent(quick, deep, ConfidenceRouter(thr, "margin"), sample_actions=True, seed=0)
-        t0 = time.perf_counter()
-        res = agent.run(specs, num_envs, progress=False)
-        return time.perf_counter() - t0, res
+        return host_play(q_lm, d_lm, specs, num_envs, thr, free)
 
     t0 = time.perf_counter()
     play(args.num_envs)  # compiles every batch/length bucket the timed runs meet

@@ -104,9 +104,10 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub(r"^londi-jax lm (score|generate)\b", None, 120,
         "as written: loads the real SmolLM2-135M and compiles it (15-25 CPU-s); nothing to shrink"),
     Sub(r"^(londi-jax lm demo)(?!.*--(deep|model))(.*)$",
-        r"\1 --deep qwen2.5-coder-0.5b-instruct --max-new-tokens 8\3", 150,
+        r"\1 --deep smollm2-135m-instruct --max-new-tokens 8\3", 90,
         "DEEPTHINK defaults to the largest installed model (the 1.5B where it was fetched: 165 CPU-s); the "
-        "0.5B that `make test` installs makes the step the same on every machine; 8 chat tokens, not 32"),
+        "real SmolLM2 + Qwen2.5-0.5B pair runs (and is checked) in tests/lm/test_lm_demo_pair.py, so here the "
+        "command runs end to end with SmolLM2 in both roles (half the CPU time); 8 chat tokens, not 32"),
     Sub(r'load_lm\("smollm2-135m-instruct"\)', None, 120, "as written: the real SmolLM2-135M, as above"),
     Sub(r"^(londi-jax lm fetch (?!qwen2\.5-coder-0\.5b-instruct$)\S+.*?)( --dry-run)?$", r"\1 --dry-run", 60,
         "other models are 0.25-1.1 GB downloads (and Gemma's licence is the user's to accept): the command's "

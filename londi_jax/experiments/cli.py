@@ -14,8 +14,9 @@ DEFAULT_PRESET = "cpu-small"
 
 DESCRIPTION = """\
 Run the LONDI pipeline on BabyAI-Text or ScienceWorld: expert demos -> behaviour cloning of QUICK
-and DEEPTHINK -> switch data -> offline LONDI / LONDI-B switchers -> evaluation of every method on
-the same episodes -> results table, cost-quality plot and summary (in OUT/report).
+and DEEPTHINK -> switch data -> offline LONDI / LONDI-B switchers -> (online switchers, trained
+in one compiled program on device) -> evaluation of every method on the same episodes -> results
+table, cost-quality plot and summary (in OUT/report).
 
 Presets: cpu-small (the default; BabyAI-Text, tiny from-scratch models, about 13 minutes on a
 2-core CPU), sw-small (ScienceWorld, four short task types, tiny from-scratch models on gold
@@ -23,7 +24,8 @@ paths; needs Java; about 30 minutes on a 2-core CPU), tiny (a smoke run of every
 minutes; numbers meaningless), gpu (SmolLM2-135M fine-tuned with LoRA as DEEPTHINK, all five task
 kinds; needs an accelerator), real-small (a real pretrained pair, both with LoRA; needs an
 accelerator), sw-gpu (ScienceWorld, eight task types, SmolLM2-135M vs Qwen2.5-0.5B with LoRA;
-needs an accelerator).
+needs an accelerator), jax-online (cpu-small plus LONDI / LONDI-B switches trained online with
+BabyAI-Text, QUICK, DEEPTHINK and the learner in one JAX program, compared with the offline ones).
 
 Every stage writes OUT/<stage>.done.json; rerunning resumes where it stopped. A run keeps its
 configuration in OUT/config.json, so `londi-jax demo --out OUT` resumes it without repeating the
@@ -110,7 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-PRESET_NAMES = ("cpu-small", "tiny", "gpu", "real-small", "sw-small", "sw-gpu")  # config.PRESETS' keys (a test keeps them equal); named
+PRESET_NAMES = ("cpu-small", "tiny", "gpu", "real-small", "sw-small", "sw-gpu", "jax-online")  # config.PRESETS' keys (a test keeps them equal); named
 # here so that building the parser for --help imports no JAX (config.py imports the BC trainer)
 
 
@@ -128,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="cpu-small (default for a new run): tiny models, 2-core CPU in minutes; tiny: a smoke "
                         "run of every stage; gpu: SmolLM2-135M as DEEPTHINK; real-small: a real pretrained pair; sw-small: "
-                        "ScienceWorld, about 30 minutes on a 2-core CPU; sw-gpu: ScienceWorld with a real pair. "
+                        "ScienceWorld, about 30 minutes on a 2-core CPU; sw-gpu: ScienceWorld with a real pair; jax-online: "
+                        "cpu-small plus switches trained online on device in one program. "
                         "Omitted on an existing --out: the run's stored configuration")
     p.add_argument("--out", default=None,
                    help=f"output directory (default runs/<preset>, i.e. runs/{DEFAULT_PRESET}); rerunning resumes it")

@@ -1,0 +1,125 @@
+"""The LONDI env on device (``agents.online``) against the host path it replaces.
+
+QUICK's action scores and the switch's features, computed in jit from prompt ids, equal what the
+host policy (``LMPolicy`` on the prompt text) and ``switch_features`` give; one ``step_batch``
+serves DEEPTHINK exactly at the first ``capacity`` rows switched to it (the rest run QUICK and are
+counted), acts greedily on the model that served each row, steps the envs as ``step_env`` does,
+and hands fresh levels to the ended episodes (shortfall counted), keeping the real next features
+for bootstrapping.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+from londi_jax.agents.online import LondiEnv  # noqa: E402
+from londi_jax.agents.policy import LMPolicy, switch_features  # noqa: E402
+from londi_jax.envs.babyai_jax import env as jenv  # noqa: E402
+from londi_jax.envs.babyai_jax import levels, phrases, prompt_ids  # noqa: E402
+from londi_jax.envs.babyai_text.prompt import ACTIONS  # noqa: E402
+from londi_jax.lm.config import ModelConfig  # noqa: E402
+from londi_jax.lm.engine import LanguageModel  # noqa: E402
+from londi_jax.lm.hf_loader import init_model  # noqa: E402
+from londi_jax.lm.tokenizer import train_word_tokenizer  # noqa: E402
+from londi_jax.utils.errors import LondiError  # noqa: E402
+
+N, CAPACITY, RESETS, MAX_LEN = 8, 3, 2, 256
+
+
+def _lm(tok, hidden: int, seed: int, name: str) -> LanguageModel:
+    cfg = ModelConfig(family="llama", vocab_size=len(tok), hidden_size=hidden, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=8, intermediate_size=2 * hidden, tie_embeddings=True,
+                      max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    return LanguageModel(cfg, init_model(cfg, seed), tok, name=name)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    # two tokenizers (each model builds its own prompt ids), two widths (features are QUICK's)
+    quick = _lm(train_word_tokenizer(phrases.PIECES[1:], vocab_size=400), 16, 0, "quick")
+    deep = _lm(train_word_tokenizer(phrases.PIECES[1:], vocab_size=300), 24, 1, "deep")
+    env = LondiEnv(quick, deep, capacity=CAPACITY, resets=RESETS, sample_actions=False, max_len=MAX_LEN)
+    params = env.params(levels.make_params(kinds=("goto", "pickup"), room_size=6, num_dists=2,
+                                           phrase_filter="train"), quick, deep)
+    feats, state = jax.jit(env.reset_batch, static_argnums=2)(jax.random.key(3), params, N)
+    return env, params, quick, deep, np.asarray(feats), state
+
+
+def _texts(state, rows) -> list[str]:
+    return [prompt_ids.render_prompt(np.asarray(state.env.mission[b]), jax.tree.map(lambda x: np.asarray(x)[b],
+                                                                                    state.history)) for b in rows]
+
+
+def _host(lm, state, rows):
+    out = LMPolicy(lm).score(_texts(state, rows), [ACTIONS] * len(rows))
+    step, limit = np.asarray(state.env.step_count)[rows], np.asarray(state.env.max_steps)[rows]
+    return out, switch_features(out, step, limit)
+
+
+def test_features_and_scores_equal_the_host_policy(setup):
+    env, _, quick, _, feats, state = setup
+    assert feats.shape == (N, env.obs_dim) and env.obs_dim == 2 * 16 + 5
+    out, want = _host(quick, state, range(N))
+    np.testing.assert_allclose(np.asarray(state.quick_scores), out.logprobs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(feats, want, rtol=1e-4, atol=1e-4)
+
+
+def test_step_serves_deepthink_at_capacity_acts_and_resets(setup):
+    env, params, quick, deep, _, state = setup
+    # three episodes end at this step (their limit reached), two fresh levels per step: one shortfall
+    ending = np.array([0, 2, 5])
+    limit = np.asarray(state.env.max_steps)
+    count = np.asarray(state.env.step_count).copy()
+    count[ending] = limit[ending] - 1
+    state = state.replace(env=state.env.replace(step_count=jnp.asarray(count)))
+    g = jnp.asarray([1, 0, 1, 1, 0, 1, 1, 0], jnp.int32)  # five DEEPTHINK switches, capacity three
+    step = jax.jit(env.step_batch)
+    obs, state2, reward, term, trunc, info = jax.device_get(step(jax.random.key(7), state, g, params))
+
+    served = np.array([1, 0, 1, 1, 0, 0, 0, 0])  # the first three rows switched to DEEPTHINK
+    assert info["switch"].tolist() == served.tolist()
+    assert int(info["overflow"]) == 2 and int(info["deep_rows"]) == 3 and int(info["cut_prompts"]) == 0
+    q_out, _ = _host(quick, state, range(N))
+    d_out, _ = _host(deep, state, np.nonzero(served)[0])
+    logits = q_out.logprobs.copy()
+    logits[served == 1] = d_out.logprobs
+    action = logits.argmax(-1)  # greedy on the model that served each row
+
+    o_ref, env_ref, r_ref, te_ref, tr_ref = jax.device_get(jax.jit(jax.vmap(jenv.step_env))(
+        state.env, jnp.asarray(action, jnp.int32)))
+    np.testing.assert_array_equal(reward, r_ref)
+    np.testing.assert_array_equal(term, te_ref)
+    np.testing.assert_array_equal(trunc, tr_ref)
+    done = term | trunc
+    assert set(ending) <= set(np.nonzero(done)[0])
+    assert int(info["reset_shortfall"]) == max(int(done.sum()) - RESETS, 0)
+    live = ~done
+    for name in ("agent_pos", "agent_dir", "carry", "step_count", "cell"):
+        np.testing.assert_array_equal(np.asarray(getattr(state2.env, name))[live], np.asarray(getattr(env_ref, name))[live])
+
+    # the real next features (bootstrapping) are QUICK's at the real next prompts, history pushed
+    hist_ref = jax.vmap(prompt_ids.history_push)(state.history, jnp.asarray(action, jnp.int32), jnp.asarray(o_ref.slots))
+    real = state.replace(env=jax.tree.map(jnp.asarray, env_ref), history=hist_ref)
+    _, want_final = _host(quick, real, range(N))
+    np.testing.assert_allclose(info["final_obs"], want_final, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(obs[live], want_final[live], rtol=1e-4, atol=1e-4)
+    # ended episodes start fresh: step 0, one observation in the history, QUICK's features there
+    assert np.all(np.asarray(state2.env.step_count)[done] == 0) and np.all(np.asarray(state2.history.n_obs)[done] == 1)
+    _, want_fresh = _host(quick, state2, np.nonzero(done)[0])
+    np.testing.assert_allclose(obs[done], want_fresh, rtol=1e-4, atol=1e-4)
+    assert np.all(obs[done][:, -1] == 0.0)  # step fraction
+
+
+def test_bad_settings_are_refused(setup):
+    _, _, quick, deep, _, _ = setup
+    with pytest.raises(LondiError, match="capacity must be an int >= 1"):
+        LondiEnv(quick, deep, capacity=0, resets=1)
+    with pytest.raises(LondiError, match=r"max_len must be an int in \[1, "):
+        LondiEnv(quick, deep, capacity=1, resets=1, max_len=10_000)
+    with pytest.raises(LondiError, match="loaded LanguageModel with a tokenizer"):
+        LondiEnv(object(), deep, capacity=1, resets=1)
