@@ -16,6 +16,12 @@ a finished run's trained models (``--run DIR``). Prompt buffer ``--max-len`` tok
 are counted and reported). Timing: each program is compiled and run once untimed (compile time
 reported apart), then timed with ``block_until_ready``. Target: device >= 10x the host loop.
 
+Work per env step is reported beside the speed: the host loop's model FLOPs (real tokens only,
+the engine's count) and the device program's FLOPs as XLA counts them (``cost_analysis``: every
+padded position of the fixed prompt buffer and of DEEPTHINK's fixed batch, the env, the learner).
+Where both loops are bound by arithmetic (a CPU), the speedup is capped near the ratio of the
+FLOP rates they reach over the ratio of their FLOPs per step.
+
 Run: ``python benchmarks/londi_online.py [--run runs/jax-online] [--updates 4] [--json]``; writes
 ``benchmarks/results/londi_online_<device>.json``.
 """
@@ -57,8 +63,12 @@ def device_loop(q, d, env_params, num_envs: int, members: int, updates: int, rol
     chunk = jax.jit(jax.vmap(tr.train_chunk, in_axes=(0, 0, None, None)), static_argnums=2)
     t0 = time.perf_counter()
     ts = jax.block_until_ready(init(keys, hp, params))
+    compiled = chunk.lower(ts, hp, updates, params).compile()
     ts, _ = jax.block_until_ready(chunk(ts, hp, updates, params))  # compile + one untimed run
     compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     t0 = time.perf_counter()
     ts, m = jax.block_until_ready(chunk(ts, hp, updates, params))
     secs = time.perf_counter() - t0
@@ -66,6 +76,7 @@ def device_loop(q, d, env_params, num_envs: int, members: int, updates: int, rol
     return {"num_envs": num_envs, "members": members, "updates": updates, "rollout_len": rollout,
             "capacity": env.capacity, "resets": env.resets, "max_len": max_len, "env_steps": steps, "seconds": secs,
             "env_steps_per_s": steps / secs, "seconds_per_update": secs / updates, "compile_and_first_run_s": compile_s,
+            "xla_flops_per_env_step": flops / steps, "gflops_per_s": flops / secs / 1e9,
             "deepthink_rows_per_step": float(m["deep_rows"].sum() / (members * rollout * updates)),
             "overflow": int(m["overflow"].sum()), "reset_shortfall": int(m["reset_shortfall"].sum()),
             "cut_prompts": int(m["cut_prompts"].sum()), "episodes": int(m["episodes"].sum())}
@@ -93,17 +104,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     thr = threshold_for(q, specs)
     host_play(q, d, specs, 32, thr)  # compiles every batch / length bucket the timed run meets
     secs, res = host_play(q, d, specs, 32, thr)
+    summ = res.summary()
+    flops = summ["flops_per_episode"] * summ["episodes"]  # the models' forward FLOPs of real tokens
     host = {"num_envs": 32, "env_steps": res.env_steps, "seconds": secs, "env_steps_per_s": res.env_steps / secs,
-            "call_rate": res.summary()["call_rate"]}
+            "call_rate": summ["call_rate"], "model_flops_per_env_step": flops / res.env_steps,
+            "gflops_per_s": flops / secs / 1e9}
     out["results"]["host loop N=32"] = host
     rows.append({"loop": "host loop (LondiAgent, Python env)", "N": 32, "env-steps/s": host["env_steps_per_s"],
-                 "vs host": 1.0, "compile s": float("nan")})
+                 "vs host": 1.0, "MFLOP/step": host["model_flops_per_env_step"] / 1e6, "GFLOP/s": host["gflops_per_s"],
+                 "compile s": float("nan")})
 
     for n in (int(x) for x in args.num_envs.split(",")):
         r = device_loop(q, d, env_params, n, 1, args.updates, args.rollout, args.max_len)
         out["results"][f"device N={n}"] = r
         rows.append({"loop": "device, one switcher", "N": n, "env-steps/s": r["env_steps_per_s"],
-                     "vs host": r["env_steps_per_s"] / host["env_steps_per_s"], "compile s": r["compile_and_first_run_s"]})
+                     "vs host": r["env_steps_per_s"] / host["env_steps_per_s"],
+                     "MFLOP/step": r["xla_flops_per_env_step"] / 1e6, "GFLOP/s": r["gflops_per_s"],
+                     "compile s": r["compile_and_first_run_s"]})
     if args.members:
         r = device_loop(q, d, env_params, 8, args.members, args.updates, args.rollout, args.max_len)
         preset_updates = cfg.online.num_updates * cfg.online.rollout_len * cfg.online.num_envs / (8 * args.rollout)
@@ -111,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["results"][f"device {args.members} switchers x 8 envs"] = r
         rows.append({"loop": f"device, {args.members} switchers x 8 envs", "N": 8 * args.members,
                      "env-steps/s": r["env_steps_per_s"], "vs host": r["env_steps_per_s"] / host["env_steps_per_s"],
+                     "MFLOP/step": r["xla_flops_per_env_step"] / 1e6, "GFLOP/s": r["gflops_per_s"],
                      "compile s": r["compile_and_first_run_s"]})
     best = max(v["env_steps_per_s"] for k, v in out["results"].items() if k.startswith("device N="))
     out["speedup"] = best / host["env_steps_per_s"]
@@ -119,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(render_table(rows, ["loop", "N", "env-steps/s", "vs host", "compile s"]))
+        print(render_table(rows, ["loop", "N", "env-steps/s", "vs host", "MFLOP/step", "GFLOP/s", "compile s"]))
         print(f"\nbest one-switcher device loop / host loop: {out['speedup']:.1f}x (target >= 10x); models: {source}; "
               f"saved to {path}")
     return out

@@ -136,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help=f"output directory (default runs/<preset>, i.e. runs/{DEFAULT_PRESET}); rerunning resumes it")
     p.add_argument("--stages", default=None,
-                   help="comma-separated subset of demos,models,switch_data,switchers,evaluate,report (default all)")
+                   help="comma-separated subset of demos,models,switch_data,switchers,online,evaluate,report (default all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (checked before any work), e.g. --set eval.episodes=32 "
                         "--set switch.c_grid=0.01,0.05 --set deep.source=PATH/TO/HF_DIR_OR.gguf; every field: "

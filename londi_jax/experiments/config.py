@@ -265,8 +265,8 @@ def _tiny() -> PipelineConfig:
                       bc=BCConfig(epochs=1, batch_size=8, checkpoint_every=1000, length_multiple=128), eval_episodes=2)
     return PipelineConfig(
         preset="tiny", env=env, quick=dataclasses.replace(small, demo_kinds=("goto",), eval_episodes=0), deep=small,
-        switch=SwitchConfig(collect_episodes=8, num_updates=50, batch_size=16, seeds=2, c_grid=(0.0, 0.05),
-                            budgets=(1,), hidden=(16,)),
+        switch=SwitchConfig(encoder="quick", collect_episodes=8, num_updates=50, batch_size=16, seeds=2,
+                            c_grid=(0.0, 0.05), budgets=(1,), hidden=(16,)),
         eval=EvalConfig(episodes=4, num_envs=4, seeds=1, random_rates=(0.5,), threshold_rates=(0.5,)),
     )
 
@@ -342,12 +342,14 @@ def _jax_online() -> PipelineConfig:
     """cpu-small with the switch also trained online in one compiled program (``agents.online``:
     BabyAI-Text in JAX, both LMs and the PQN learner on device) beside the offline switchers, with
     the ``quick`` encoder for both (the features the device computes), so the report compares them
-    on the same evaluation episodes. 32 envs x 16 steps x 150 updates = 76,800 env steps per member.
+    on the same evaluation episodes. 16 envs x 16 steps x 60 updates = 15,360 env steps per member
+    (the offline switchers learn from 512 logged episodes, about 13,000 states).
     Prompt buffer 320 tokens: the longest of 10,240 prompts of random walks on these levels with the
     preset's tokenizer was 270 (the worst-case bound is far longer; cut prompts would be counted)."""
     base = _cpu_small()
     return dataclasses.replace(base, preset="jax-online", switch=dataclasses.replace(base.switch, encoder="quick"),
-                               online=OnlineConfig(enabled=True, max_len=320))
+                               online=OnlineConfig(enabled=True, num_envs=16, num_updates=60, capacity=4, resets=2,
+                                                   max_len=320, checkpoint_every=20))
 
 
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {"cpu-small": _cpu_small, "gpu": _gpu, "tiny": _tiny,

@@ -135,6 +135,7 @@ def train_resumable(
     keep: int = 3,
     on_checkpoint: Callable[[int, Any], None] | None = None,
     progress: bool = True,
+    env_params: Any = None,
 ) -> ResumableResult:
     """Train a switcher (or a vmapped sweep) with a checkpoint every ``every_updates`` updates.
 
@@ -146,7 +147,8 @@ def train_resumable(
     hparams are stored as JSON next to every checkpoint; resuming with different ones (other
     width, sweep size, learner, env, ...) raises :class:`CheckpointMismatchError` naming the
     differences. ``total_updates`` defaults to ``config.num_updates`` (which also sets the
-    epsilon schedule).
+    epsilon schedule). ``env_params``: passed to the compiled programs as an argument (shared by a
+    sweep's members), default ``trainer.env_params``.
     """
     config = trainer.config
     total = int(config.num_updates if total_updates is None else total_updates)
@@ -159,17 +161,18 @@ def train_resumable(
                 f"got rng of shape {list(jnp.shape(rng))}"
             )
     init, step = _jitted(trainer, sweep)
+    env_params = trainer.env_params if env_params is None else env_params
     chunks: list[dict[str, Any]] = []
 
     def chunk(ts: Any, n: int) -> Any:
-        ts, metrics = step(ts, hparams, n, trainer.env_params)
+        ts, metrics = step(ts, hparams, n, env_params)
         chunks.append(metrics)
         return ts
 
-    meta_config = {"switcher": config, "env": type(trainer.env).__name__, "env_params": trainer.env_meta()}
+    meta_config = {"switcher": config, "env": type(trainer.env).__name__, "env_params": trainer.env_meta(env_params)}
     with CheckpointStore(ckpt_dir, keep=keep) as store:
         ts, start = run_resumable(
-            store, lambda: init(rng, hparams, trainer.env_params), chunk, every_updates=every_updates,
+            store, lambda: init(rng, hparams, env_params), chunk, every_updates=every_updates,
             total_updates=total, kind=f"switcher-train/{config.learner}", config=meta_config,
             hparams=hparams, on_checkpoint=on_checkpoint, progress=progress,
         )

@@ -79,11 +79,13 @@ class Trainer:
         self.gdef = graphdef(config)
         self.batched = bool(getattr(env, "batched", False))
 
-    def env_meta(self) -> Any:
-        """What a checkpoint records about the env: its ``describe(params)`` when it has one (a
-        LONDI env's parameters hold LM weights), else the env parameters."""
+    def env_meta(self, env_params: Any = None) -> Any:
+        """What a checkpoint records about the env (``env_params``, default the bound ones): its
+        ``describe(params)`` when it has one (a LONDI env's parameters hold LM weights), else the
+        env parameters."""
+        env_params = self.env_params if env_params is None else env_params
         describe = getattr(self.env, "describe", None)
-        return describe(self.env_params) if callable(describe) else self.env_params
+        return describe(env_params) if callable(describe) else env_params
 
     # ---- state -------------------------------------------------------------------------
     def _reset_envs(self, key: jax.Array, env_params: Any):

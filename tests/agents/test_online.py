@@ -123,3 +123,30 @@ def test_bad_settings_are_refused(setup):
         LondiEnv(quick, deep, capacity=1, resets=1, max_len=10_000)
     with pytest.raises(LondiError, match="loaded LanguageModel with a tokenizer"):
         LondiEnv(object(), deep, capacity=1, resets=1)
+
+
+def test_online_training_resumes_exactly_and_keeps_the_budget(setup, tmp_path):
+    """LONDI-B members trained online in one program: an interrupted run resumed from its checkpoint
+    ends with the same switch parameters as an uninterrupted one, and no episode exceeds its budget."""
+    from londi_jax.agents.online import train_online
+    from londi_jax.switcher.config import SwitcherConfig
+    from londi_jax.switcher.sweep import stack_hparams
+
+    env, params, *_ = setup
+    cfg = SwitcherConfig(obs_dim=env.obs_dim, hidden=(8,), learner="pqn", use_budget=True, num_envs=4, rollout_len=3,
+                         num_updates=2, num_minibatches=2, num_epochs=1)
+    hp = stack_hparams([{"c": 0.05, "budget": 1, "eps_start": 1.0}, {"c": 0.2, "budget": 2, "eps_start": 1.0}], {})
+    whole = train_online(env, params, cfg, hp, [0, 1], tmp_path / "a", every_updates=1, progress=False)
+    train_online(env, params, cfg, hp, [0, 1], tmp_path / "b", every_updates=1, total_updates=1, progress=False)
+    resumed = train_online(env, params, cfg, hp, [0, 1], tmp_path / "b", every_updates=1, progress=False)
+    assert resumed.summary["resumed_from"] == 1 and resumed.summary["updates_run"] == 1
+    for x, y in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert whole.metrics["loss"].shape == (2, 2) and np.all(np.isfinite(whole.metrics["loss"]))
+    assert whole.metrics["violations"].sum() == 0
+    # exploring at eps = 1 with budgets 1 and 2 draws DEEPTHINK, within capacity or counted as overflow
+    assert whole.metrics["deep_rows"].sum() + whole.metrics["overflow"].sum() > 0
+    members = whole.summary["members"]
+    assert [m["budget"] for m in members] == [1, 2]
+    with pytest.raises(LondiError, match="give one seed per member"):
+        train_online(env, params, cfg, hp, [0], tmp_path / "c", every_updates=1, progress=False)

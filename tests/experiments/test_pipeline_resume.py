@@ -201,8 +201,8 @@ def test_finished_stages_are_skipped_with_a_reason_and_force_reruns_them(run_cop
     assert json.loads((run_copy / "report.done.json").read_text())["seconds"] != before["seconds"]
     # forcing a stage invalidates every later one (planned, read-only)
     plan = Pipeline.from_run_dir(run_copy, force=["switch_data"]).plan()
-    assert plan["run"] == ["switch_data", "switchers", "evaluate", "report"]
-    assert plan["invalidated"] == ["switch_data", "switchers", "evaluate", "report"]
+    assert plan["run"] == ["switch_data", "switchers", "online", "evaluate", "report"]
+    assert plan["invalidated"] == ["switch_data", "switchers", "online", "evaluate", "report"]
     with pytest.raises(PipelineError, match="stage evaluate needs the outputs of switch_data, switchers"):
         Pipeline.from_run_dir(run_copy, force=["switch_data"]).plan(["evaluate"])
 
@@ -443,7 +443,7 @@ def test_stages_demos_summary_lists_only_outputs_that_exist(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["demo", "--preset", "tiny", "--out", str(out), "--stages", "demos", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "not run yet: models, switch_data, switchers, evaluate, report" in text
+    assert "not run yet: models, switch_data, switchers, online, evaluate, report" in text
     assert "table:" not in text and "plot:" not in text
     listing = text.split("\noutputs:", 1)[1].splitlines()[1:]
     listed = [line.split(":", 1)[1].split(" (TensorBoard")[0].strip() for line in listing if line.startswith("  ")]
