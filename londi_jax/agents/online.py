@@ -28,6 +28,7 @@ argument: every member reads the same weights.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -38,7 +39,7 @@ from flax import nnx, struct
 from londi_jax.agents.device_scoring import candidate_block, compact_rows, score_actions, scatter_rows
 from londi_jax.agents.policy import feature_dim, state_features
 from londi_jax.envs.babyai_jax import env as jenv
-from londi_jax.envs.babyai_jax import prompt_ids
+from londi_jax.envs.babyai_jax import phrases, prompt_ids
 from londi_jax.envs.babyai_jax.core import EnvState
 from londi_jax.envs.babyai_jax.levels import EnvParams
 from londi_jax.envs.babyai_text.prompt import ACTIONS
@@ -80,7 +81,12 @@ def _bind(lm: Any, role: str, max_len: int | None) -> _Model:
                          f"pipeline's Pipeline.model(...)), got {type(lm).__name__}")
     tables = prompt_ids.PromptTables.from_tokenizer(tok)
     cand_tok, cand_valid = candidate_block(tok, ACTIONS)
-    room = int(getattr(lm.config, "max_position_embeddings", 1 << 30)) - cand_tok.shape[1]
+    window = int(getattr(lm.config, "max_position_embeddings", 1 << 30))
+    room = window - cand_tok.shape[1]
+    head = len(tables.prefix) + sum(int(tables.lengths[phrases.piece(t)]) for t in (phrases.HEADER, phrases.GOAL))
+    if room < head + 1:
+        raise LondiError(f"{role} ({lm.name}) reads {window} positions: too few for GLAM's prompt header ({head} "
+                         f"tokens) and an action ({cand_tok.shape[1]}); give a model with a longer context")
     if max_len is None:  # never cut, within what the model can read
         max_len = min(tables.max_prompt_tokens(), room)
     elif not isinstance(max_len, (int, np.integer)) or isinstance(max_len, bool) or not 1 <= max_len <= room:
@@ -111,23 +117,48 @@ class LondiEnv:
                  max_len: int | None = None):
         for name, v in (("capacity", capacity), ("resets", resets)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise LondiError(f"{name} must be an int >= 1, got {v!r}")
+                raise LondiError(f"{name} must be an int >= 1 (and at most the number of envs), got {v!r}")
+        if not isinstance(sample_actions, (bool, np.bool_)):
+            raise LondiError(f"sample_actions must be True (draw from GLAM's softmax) or False (greedy), got "
+                             f"{sample_actions!r}")
         self.quick, self.deep = _bind(quick, "QUICK", max_len), _bind(deep, "DEEPTHINK", max_len)
         self.capacity, self.resets = int(capacity), int(resets)
         self.sample_actions = bool(sample_actions)
+        self._shapes = tuple(jax.tree.map(np.shape, lm.state) for lm in (quick, deep))
         self.hidden_size = int(quick.hidden_size)
         self.obs_dim = feature_dim(self.hidden_size)
         self.names = (quick.name, deep.name)
 
-    @staticmethod
-    def params(env_params: EnvParams, quick: Any, deep: Any) -> LondiParams:
-        """The traced inputs: level parameters and the two models' weights."""
+    def params(self, env_params: EnvParams, quick: Any, deep: Any) -> LondiParams:
+        """The traced inputs: level parameters (``levels.make_params``) and the two models' weights
+        (``quick`` / ``deep``: the models this env was built with, or others of the same shapes,
+        e.g. further-trained ones). Raises ``LondiError`` for anything else."""
+        if not isinstance(env_params, EnvParams):
+            raise LondiError(f"env_params must be the JAX env's EnvParams (envs.babyai_jax.levels.make_params), got "
+                             f"{type(env_params).__name__}")
+        for role, lm, want in (("QUICK", quick, self._shapes[0]), ("DEEPTHINK", deep, self._shapes[1])):
+            state = getattr(lm, "state", None)
+            if state is None or jax.tree.map(np.shape, state) != want:
+                raise LondiError(f"the {role} weights given do not have the shapes of the {role} this env was built "
+                                 f"with ({self.names[0 if role == 'QUICK' else 1]}); pass the models in the "
+                                 "constructor's order (quick, deep)")
         return LondiParams(env=env_params, quick=quick.state, deep=deep.state)
 
     def describe(self, params: LondiParams) -> dict[str, Any]:
-        """What a checkpoint records about this env (weights are described, not stored)."""
+        """What a checkpoint records about this env: the models' names, sizes and a SHA-1 of their
+        weights (so resuming with other weights is refused; weights are not stored), the settings
+        and the level parameters."""
+        import hashlib
+
+        def digest(tree: Any) -> str:
+            h = hashlib.sha1()
+            for x in jax.tree.leaves(tree):
+                h.update(np.ascontiguousarray(jax.device_get(x)).tobytes())
+            return h.hexdigest()
+
         shapes = {k: int(sum(x.size for x in jax.tree.leaves(getattr(params, k)))) for k in ("quick", "deep")}
-        return {"quick": self.names[0], "deep": self.names[1], "parameters": shapes, "capacity": self.capacity,
+        return {"quick": self.names[0], "deep": self.names[1], "parameters": shapes,
+                "weights_sha1": {k: digest(getattr(params, k)) for k in ("quick", "deep")}, "capacity": self.capacity,
                 "resets": self.resets, "sample_actions": self.sample_actions,
                 "max_len": [self.quick.max_len, self.deep.max_len], "env_params": params.env}
 
@@ -157,8 +188,14 @@ class LondiEnv:
         return scores, served, overflow, jnp.sum(used & (length > m.max_len))
 
     # ---- the batched env interface (switcher.train.Trainer) -----------------------------
+    def _check_batch(self, n: int) -> None:
+        if self.capacity > n or self.resets > n:
+            raise LondiError(f"capacity ({self.capacity}) and resets ({self.resets}) must be at most the number of envs "
+                             f"({n}): DEEPTHINK's batch and the fresh levels are computed every step")
+
     def reset_batch(self, key: jax.Array, params: LondiParams, n: int) -> tuple[jax.Array, LondiState]:
         """N fresh episodes: ``(features [N, obs_dim], state)``."""
+        self._check_batch(n)
         obs, st = jenv.reset_batch(key, params.env, n)
         hist = jax.vmap(prompt_ids.history_start)(obs.slots)
         scores, feats, _ = self._quick(params.quick, st, hist)
@@ -169,6 +206,7 @@ class LondiEnv:
         """One step of every env under switches ``g [N]`` (see the module doc). ``info``:
         ``final_obs`` (real next features), ``switch`` (the model that acted, int32), ``success``,
         ``overflow``, ``reset_shortfall``, ``cut_prompts``, ``deep_rows`` (DEEPTHINK rows served)."""
+        self._check_batch(int(g.shape[0]))
         k_act, k_reset = jax.random.split(key)
         deep_scores, served, overflow, deep_cut = self._deep(params.deep, state, g)
         logits = jnp.where(served[:, None], deep_scores, state.quick_scores)
@@ -223,27 +261,50 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
     from londi_jax.switcher.checkpoint import train_resumable
     from londi_jax.switcher.train import make_train
 
+    from londi_jax.switcher.config import HParams
+
+    if not isinstance(env, LondiEnv):
+        raise LondiError(f"train_online trains on a LondiEnv, got {type(env).__name__}")
+    if not isinstance(hparams, HParams) or np.ndim(hparams.c) != 1:
+        raise LondiError("hparams must be HParams stacked along a leading member axis "
+                         "(switcher.sweep.stack_hparams([{...}, ...]))")
+    if (not isinstance(seeds, (list, tuple)) or not seeds
+            or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < 2**32 for k in seeds)):
+        raise LondiError(f"seeds must be a non-empty list of ints in [0, 2**32), one per member, got {seeds!r}")
     if int(np.shape(hparams.c)[0]) != len(seeds):
         raise LondiError(f"{np.shape(hparams.c)[0]} members' hparams but {len(seeds)} seeds; give one seed per member")
+    for name, v in (("every_updates", every_updates), ("total_updates", total_updates)):
+        if (v is not None or name == "every_updates") and (
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise LondiError(f"{name} must be an int >= 1, got {v!r}")
+    if not isinstance(ckpt_dir, (str, os.PathLike)):
+        raise LondiError(f"ckpt_dir must be a directory path, got {ckpt_dir!r}")
     trainer = env.__dict__.setdefault("_trainers", {}).get(config)
     if trainer is None:  # one trainer per config: its compiled programs are reused by later calls
         trainer = env._trainers[config] = make_train(config, env, params)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     t0 = time.perf_counter()
     res = train_resumable(trainer, hparams, keys, ckpt_dir, every_updates=every_updates, total_updates=total_updates,
-                          progress=progress, env_params=params)
+                          progress=progress, env_params=params, meta={"seeds": [int(k) for k in seeds]})
     jax.block_until_ready(res.train_state)
     seconds = time.perf_counter() - t0
     m = {k: np.asarray(v) for k, v in res.metrics.items()}
     updates = int(m["loss"].shape[1]) if m else 0
     steps = len(seeds) * config.num_envs * config.rollout_len * updates
-    tot = {k: m[k].sum(-1) for k in ("episodes", "calls_sum", "len_sum", *env.info_metrics)} if m else {}
-    members = [{"c": float(np.asarray(hparams.c)[i]), "budget": int(np.asarray(hparams.budget)[i]), "seed": int(seeds[i]),
-                **({"episodes": int(tot["episodes"][i]),
-                    "success_rate": float(tot["success"][i] / max(tot["episodes"][i], 1)),
-                    "call_rate": float(tot["calls_sum"][i] / max(tot["len_sum"][i], 1)),
-                    **{k: int(tot[k][i]) for k in env.info_metrics}} if m else {})}
-               for i in range(len(seeds))]
+    tot = {k: m[k].sum(-1) for k in ("episodes", *env.info_metrics)} if m else {}
+    per_member = config.num_envs * config.rollout_len * updates
+
+    def member(i: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"c": float(f"{float(np.asarray(hparams.c)[i]):.6g}"), "seed": int(seeds[i])}
+        if config.use_budget:
+            row["budget"] = int(np.asarray(hparams.budget)[i])
+        if m:  # training episodes (exploring); DEEPTHINK calls per env step over every step run
+            row.update(episodes=int(tot["episodes"][i]), success_rate=float(tot["success"][i] / max(tot["episodes"][i], 1)),
+                       call_rate=float(tot["deep_rows"][i] / max(per_member, 1)),
+                       **{k: int(tot[k][i]) for k in env.info_metrics})
+        return row
+
+    members = [member(i) for i in range(len(seeds))]
     summary = {"members": members, "updates_run": updates, "resumed_from": int(res.resumed_from), "env_steps": steps,
                "seconds": seconds, "env_steps_per_second": steps / max(seconds, 1e-9)}
     return OnlineResult(params=res.train_state.learner.params, metrics=m, summary=summary)

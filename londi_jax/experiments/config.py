@@ -217,6 +217,9 @@ class PipelineConfig:
             if extra:
                 raise ConfigFieldError(f"{name}.demo_kinds", f"kinds among env.kinds {self.env.kinds}",
                                        spec.demo_kinds)
+        if self.online.enabled and self.env.name != "babyai-text":
+            raise ConfigFieldError("online.enabled", f"false for env.name={self.env.name!r} (online switch training "
+                                   "runs on BabyAI-Text in JAX)", True)
         if self.online.enabled and self.switch.encoder != "quick":
             raise ConfigFieldError("switch.encoder", "'quick' when online.enabled (the switch's features are "
                                    "computed on device from QUICK's outputs)", self.switch.encoder)

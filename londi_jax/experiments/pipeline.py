@@ -90,6 +90,7 @@ _OUTPUTS: dict[str, tuple[str, ...]] = {
 _REUSED = {**_OUTPUTS, "models": ("models",)}  # BC checkpoints only serve resuming an unfinished BC
 
 MODEL_NAMES = ("quick", "deepthink")
+ACTION_TOKENS_MAX = 8  # positions kept for an action when checking online.max_len against a scratch model's context
 MIN_BATCH = 8  # LM calls pad to >= 8 rows: 4 batch shapes (8..64) to compile instead of 7
 
 
@@ -361,6 +362,14 @@ class Pipeline:
                 self.family.jax_env_params()
             except LondiError as err:
                 raise PipelineError(f"online: {err}") from None
+            o = self.config.online
+            for name in ("quick", "deep"):  # a scratch model's context is known before it is trained
+                spec = getattr(self.config, name)
+                if spec.source == "scratch" and o.max_len > spec.max_position_embeddings - ACTION_TOKENS_MAX:
+                    raise PipelineError(f"online.max_len={o.max_len} does not fit {name}'s context "
+                                        f"({name}.max_position_embeddings={spec.max_position_embeddings}, a few "
+                                        f"positions kept for an action): set online.max_len to at most "
+                                        f"{spec.max_position_embeddings - ACTION_TOKENS_MAX}, or 0 for the bound")
         if set(to_run) & {"demos", "models", "switch_data", "evaluate"}:
             try:
                 self.family.check()
@@ -629,8 +638,12 @@ class Pipeline:
         from londi_jax.agents.online import LondiEnv, train_online
 
         q, d = self.model("quick"), self.model("deepthink")
-        env = LondiEnv(q, d, capacity=o.capacity, resets=o.resets, sample_actions=self.config.eval.sample_actions,
-                       max_len=o.max_len or None)
+        try:
+            env = LondiEnv(q, d, capacity=o.capacity, resets=o.resets, sample_actions=self.config.eval.sample_actions,
+                           max_len=o.max_len or None)
+        except LondiError as err:
+            raise PipelineError(f"online (online.max_len={o.max_len}, online.capacity={o.capacity}, "
+                                f"online.resets={o.resets}): {err}") from None
         params = env.params(self.family.jax_env_params(), q, d)
         out, info = {}, {}
         for name, (use_budget, members, seeds) in self._online_members().items():

@@ -136,6 +136,7 @@ def train_resumable(
     on_checkpoint: Callable[[int, Any], None] | None = None,
     progress: bool = True,
     env_params: Any = None,
+    meta: dict[str, Any] | None = None,
 ) -> ResumableResult:
     """Train a switcher (or a vmapped sweep) with a checkpoint every ``every_updates`` updates.
 
@@ -148,7 +149,8 @@ def train_resumable(
     width, sweep size, learner, env, ...) raises :class:`CheckpointMismatchError` naming the
     differences. ``total_updates`` defaults to ``config.num_updates`` (which also sets the
     epsilon schedule). ``env_params``: passed to the compiled programs as an argument (shared by a
-    sweep's members), default ``trainer.env_params``.
+    sweep's members), default ``trainer.env_params``. ``meta``: more JSON-able facts stored with
+    every checkpoint and checked on resume (e.g. the members' seeds).
     """
     config = trainer.config
     total = int(config.num_updates if total_updates is None else total_updates)
@@ -169,7 +171,8 @@ def train_resumable(
         chunks.append(metrics)
         return ts
 
-    meta_config = {"switcher": config, "env": type(trainer.env).__name__, "env_params": trainer.env_meta(env_params)}
+    meta_config = {"switcher": config, "env": type(trainer.env).__name__, "env_params": trainer.env_meta(env_params),
+                   **(meta or {})}
     with CheckpointStore(ckpt_dir, keep=keep) as store:
         ts, start = run_resumable(
             store, lambda: init(rng, hparams, env_params), chunk, every_updates=every_updates,

@@ -10,6 +10,8 @@ for bootstrapping.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -123,6 +125,33 @@ def test_bad_settings_are_refused(setup):
         LondiEnv(quick, deep, capacity=1, resets=1, max_len=10_000)
     with pytest.raises(LondiError, match="loaded LanguageModel with a tokenizer"):
         LondiEnv(object(), deep, capacity=1, resets=1)
+    with pytest.raises(LondiError, match="sample_actions must be True"):
+        LondiEnv(quick, deep, capacity=1, resets=1, sample_actions="false")
+    short = _lm(quick.tokenizer, 16, 0, "short")
+    short.config = dataclasses.replace(short.config, max_position_embeddings=12)
+    with pytest.raises(LondiError, match="too few for GLAM's prompt header"):
+        LondiEnv(short, deep, capacity=1, resets=1)
+    env, params = setup[0], setup[1]
+    with pytest.raises(LondiError, match="do not have the shapes of the QUICK"):
+        env.params(params.env, deep, quick)  # swapped
+    with pytest.raises(LondiError, match="EnvParams"):
+        env.params(None, quick, deep)
+    with pytest.raises(LondiError, match=r"capacity \(3\) and resets \(2\) must be at most the number of envs \(2\)"):
+        jax.eval_shape(lambda k: env.reset_batch(k, params, 2), jax.random.key(0))
+    from londi_jax.agents.online import train_online
+    from londi_jax.switcher.config import SwitcherConfig
+    from londi_jax.switcher.sweep import stack_hparams
+
+    cfg = SwitcherConfig(obs_dim=env.obs_dim, hidden=(8,), learner="pqn", num_envs=4, rollout_len=2, num_updates=2)
+    hp = stack_hparams([{"c": 0.1}, {"c": 0.2}], {})
+    for kwargs, match in (({"every_updates": 1.5}, "every_updates must be an int >= 1"),
+                          ({"seeds": [0.5, 1.7]}, "seeds must be a non-empty list of ints"),
+                          ({"hparams": {"c": 0.1}}, "hparams must be HParams stacked"),
+                          ({"ckpt_dir": None}, "ckpt_dir must be a directory path")):
+        args = {"hparams": hp, "seeds": [0, 1], "ckpt_dir": "/nonexistent/never-written", "every_updates": 1, **kwargs}
+        with pytest.raises(LondiError, match=match):
+            train_online(env, params, cfg, args["hparams"], args["seeds"], args["ckpt_dir"],
+                         every_updates=args["every_updates"], progress=False)
 
 
 def test_online_training_resumes_exactly_and_keeps_the_budget(setup, tmp_path):

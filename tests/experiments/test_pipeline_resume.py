@@ -111,12 +111,28 @@ def test_bad_override_fails_at_once_in_one_line(tmp_path, capsys, monkeypatch):
     ("env.num_dists", "-1", "an int >= 0, got -1"),
     ("env.kinds", "", "with at least one item, got ()"),
     ("progress", "2", "true or false, got '2'"),
+    ("online.capacity", "99", "an int in [1, num_envs = 32], got 99"),
+    ("online.num_minibatches", "7", "a divisor of num_envs x rollout_len = 512, got 7"),
+    ("online.lam", "1.5", "in [0, 1], got 1.5"),
 ])
 def test_every_bad_value_names_field_type_and_value(key, value, words):
     with pytest.raises(ConfigFieldError) as err:
         with_overrides(preset("tiny"), {key: value})
     msg = str(err.value)
     assert msg.startswith(f"invalid value for {key}: expected ") and words in msg and "\n" not in msg
+
+
+def test_online_training_settings_are_checked_before_any_work(tmp_path, capsys):
+    with pytest.raises(ConfigFieldError, match="invalid value for switch.encoder: expected 'quick' when online.enabled"):
+        with_overrides(preset("tiny"), {"online.enabled": "true", "switch.encoder": "quick+match"})
+    with pytest.raises(ConfigFieldError, match="invalid value for online.enabled: expected false for env.name='scienceworld'"):
+        with_overrides(preset("sw-small"), {"online.enabled": "true", "switch.encoder": "quick"})
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--set", "online.enabled=true",
+                 "--set", "online.max_len=5000", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "online.max_len=5000 does not fit quick's context" in err and "at most 504" in err
+    assert not (out / "demos.done.json").exists()  # refused before the first stage
 
 
 def test_overrides_are_parsed_as_the_fields_type():
