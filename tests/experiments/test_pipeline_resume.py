@@ -229,7 +229,7 @@ def test_fork_reuses_the_stages_the_change_does_not_touch(tiny_run, tmp_path, ca
     assert main(["demo", "--out", str(new), "--fork-from", str(tiny_run.path), "--set", "eval.episodes=2",
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["copied"] == ["demos", "models", "switch_data", "switchers"] and res["ran"] == ["evaluate", "report"]
+    assert res["copied"] == ["demos", "models", "switch_data", "switchers", "online"] and res["ran"] == ["evaluate", "report"]
     for rel in ("models/quick/model.safetensors", "models/deepthink/model.safetensors", "switch_data.npz",
                 "demos/episodes.jsonl", "models/quick_bc.json"):
         assert (new / rel).read_bytes() == (tiny_run.path / rel).read_bytes(), rel
