@@ -125,6 +125,7 @@ class LondiEnv:
         self.capacity, self.resets = int(capacity), int(resets)
         self.sample_actions = bool(sample_actions)
         self._shapes = tuple(jax.tree.map(np.shape, lm.state) for lm in (quick, deep))
+        self._trainers: dict[Any, Any] = {}  # SwitcherConfig -> Trainer (train_online reuses its programs)
         self.hidden_size = int(quick.hidden_size)
         self.obs_dim = feature_dim(self.hidden_size)
         self.names = (quick.name, deep.name)
@@ -279,7 +280,7 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
             raise LondiError(f"{name} must be an int >= 1, got {v!r}")
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise LondiError(f"ckpt_dir must be a directory path, got {ckpt_dir!r}")
-    trainer = env.__dict__.setdefault("_trainers", {}).get(config)
+    trainer = env._trainers.get(config)
     if trainer is None:  # one trainer per config: its compiled programs are reused by later calls
         trainer = env._trainers[config] = make_train(config, env, params)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))

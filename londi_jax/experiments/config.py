@@ -149,7 +149,7 @@ class OnlineConfig:
     (env steps per member = num_envs x rollout_len x num_updates); ``capacity``: DEEPTHINK rows per
     step per member (a fixed batch; switches past it run QUICK, counted as overflow); ``resets``:
     fresh levels per step; ``max_len``: prompt buffer in tokens (0: each tokenizer's bound for
-    GLAM's prompt, never cut; smaller is faster, cut prompts are counted); ``checkpoint_every``:
+    GLAM's prompt, or the model's context if shorter; smaller is faster; cut prompts are counted); ``checkpoint_every``:
     updates between checkpoints (a killed stage resumes from the last)."""
 
     enabled: bool = False
