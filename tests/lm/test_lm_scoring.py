@@ -141,6 +141,21 @@ def test_text_api_tokenizes_prompt_then_candidate_as_given(tiny_llama):
     np.testing.assert_allclose(res.embeddings, lm.embed(prompts), rtol=1e-5, atol=1e-5)
 
 
+def test_scoring_fills_the_context_window_exactly(tiny_llama):
+    """Prompt + candidate of window + 1 tokens fit: the candidate's last token is scored, never an
+    input (lm-eval's rolling windows score max_length + 1 tokens). Reference: full-sequence logits."""
+    lm, _ = tiny_llama
+    limit = lm.config.context_window
+    prompt, cand = [1 + i % 7 for i in range(limit - 4)], [3, 4, 5, 6, 7]
+    res = lm.score_tokens([prompt], [[cand]])
+    seq = prompt + cand
+    lg = lm.logits([seq[:-1]])[0].astype(np.float64)  # limit positions
+    lsm = lg - np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lg.max(-1, keepdims=True)
+    ref = [lsm[len(prompt) - 1 + j, t] for j, t in enumerate(cand)]
+    np.testing.assert_allclose(res.token_logprobs[0][0], ref, atol=1e-4)
+    assert bool(res.greedy[0][0]) == all(lg[len(prompt) - 1 + j].argmax() == t for j, t in enumerate(cand))
+
+
 def test_scoring_errors(tiny_llama):
     lm, _ = tiny_llama
     with pytest.raises(LMInputError, match="empty candidate list"):
@@ -152,8 +167,9 @@ def test_scoring_errors(tiny_llama):
     with pytest.raises(LMInputError, match="not one string"):
         lm.score("a prompt", [["x"]])
     limit = lm.config.context_window
-    with pytest.raises(ContextLengthError, match=rf"prompt 0 has {limit - 2} tokens.*longest candidate \(5 tokens\).*"
-                                                 rf"{limit + 3} > the context window of {limit}"):
+    # a 5-token candidate reads 4 positions (its last token is scored, never input)
+    with pytest.raises(ContextLengthError, match=rf"prompt 0 has {limit - 2} tokens.*longest candidate's inputs "
+                                                 rf"\(4 tokens\).*{limit + 2} > the context window of {limit}"):
         lm.score_tokens([[1] * (limit - 2)], [[[3], [4, 5, 6, 7, 8]]])
     with pytest.raises(LMInputError, match="outside"):
         lm.score_tokens([[1, 10**6]], [[[3]]])

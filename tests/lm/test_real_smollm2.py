@@ -67,3 +67,33 @@ def test_greedy_generation_matches_transformers(smollm2_lm, smollm2_torch):
             out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
         want = out[0, ids.shape[1]:].tolist()
         assert got_ids == want, (prompt[:40], tok.decode(got_ids), tok.decode(want))
+
+
+def test_smollm2_equals_lm_eval_hf(smollm2_lm, smollm2_torch):
+    """The real SmolLM2-135M-Instruct (GGUF): ours vs lm-eval's hf model on transformers' own model
+    from the same file: multiple-choice items, a rolling text and a greedy generation."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from londi_jax.evaluation.harness import LondiJaxLM
+
+    def _instances(kind, args_list):
+        return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args_list)]
+
+    model, tok = smollm2_torch
+    ours, hf = LondiJaxLM(pretrained=smollm2_lm), HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=8)
+    q = ("The following are multiple choice questions (with answers) about astronomy.\n\nWhat is the closest star "
+         "to the Earth?\nA. Proxima Centauri\nB. The Sun\nC. Sirius\nD. Vega\nAnswer:")
+    reqs = [(q, f" {c}") for c in "ABCD"] + [("Question: Which gas do plants take in?\nAnswer:", " carbon dioxide"),
+                                             ("", "Hello there")]
+    a = ours.loglikelihood(_instances("loglikelihood", reqs), disable_tqdm=True)
+    b = hf.loglikelihood(_instances("loglikelihood", reqs), disable_tqdm=True)
+    np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=2e-3)
+    assert [g for _, g in a] == [g for _, g in b]
+    text = [("The Sun is the star at the centre of the Solar System. It is a nearly perfect ball of hot plasma.",)]
+    np.testing.assert_allclose(ours.loglikelihood_rolling(_instances("loglikelihood_rolling", text), disable_tqdm=True),
+                               hf.loglikelihood_rolling(_instances("loglikelihood_rolling", text), disable_tqdm=True),
+                               atol=5e-3)
+    gen = [("Question: What is 2 + 2?\nAnswer:", {"until": ["\n"], "max_gen_toks": 10, "do_sample": False})]
+    assert ours.generate_until(_instances("generate_until", gen), disable_tqdm=True) == \
+        hf.generate_until(_instances("generate_until", gen), disable_tqdm=True)
