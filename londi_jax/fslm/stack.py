@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import string
 from collections.abc import Callable, Sequence
@@ -65,6 +66,8 @@ class Stage:
     def fields(self) -> list[str]:
         """The names the template reads, in order (``StackError`` for positional or formatted fields)."""
         out = []
+        if not isinstance(self.template, str):
+            raise StackError(f"stage {self.name!r}: its template must be text, not {type(self.template).__name__}")
         try:
             parsed = list(string.Formatter().parse(self.template))
         except ValueError as err:
@@ -90,30 +93,51 @@ def _sum_costs(kind: str, calls: Sequence[CallCost | None]) -> CallCost | None:
                     sum(c.generated_tokens for c in calls), sum(c.flops for c in calls))
 
 
+RESERVED = (INPUT, "prompt")  # "prompt": the final prompt in each row's hand-offs
+
+
+def check_stages(stages: Sequence[Stage]) -> None:
+    """Everything about ``stages`` that needs no model: names, types, templates reading only
+    ``{input}`` and earlier stages, generation settings. Raises ``StackError`` naming the stage."""
+    if not stages:
+        raise StackError("a stack needs at least one stage")
+    seen: list[str] = []
+    for k, stage in enumerate(stages):
+        if not isinstance(stage.name, str) or not stage.name.isidentifier() or stage.name in RESERVED:
+            raise StackError(f"stage {k}: its name {stage.name!r} must be an identifier other than "
+                             f"{' or '.join(map(repr, RESERVED))} (later templates read it as {{name}})")
+        if stage.name in seen:
+            raise StackError(f"two stages are named {stage.name!r}; stage names must differ")
+        if not isinstance(stage.template, str):
+            raise StackError(f"stage {stage.name!r}: its template must be text, not {type(stage.template).__name__}")
+        for field in stage.fields():
+            if field != INPUT and field not in seen:
+                where = (" (its own name: a stage reads only earlier stages)" if field == stage.name else
+                         " (a later stage: stages run in order)" if any(s.name == field for s in stages) else "")
+                raise StackError(f"stage {stage.name!r}: its template reads {{{field}}}, which is not "
+                                 f"{{{INPUT}}} or an earlier stage{where}; it may read: {', '.join([INPUT, *seen])}")
+        if isinstance(stage.max_new_tokens, bool) or not isinstance(stage.max_new_tokens, int) \
+                or stage.max_new_tokens < 1:
+            raise StackError(f"stage {stage.name!r}: max_new_tokens must be a whole number >= 1, got "
+                             f"{stage.max_new_tokens!r}")
+        if isinstance(stage.stop, str) or not all(isinstance(t, str) and t for t in stage.stop):
+            raise StackError(f"stage {stage.name!r}: stop must be a list of non-empty strings, got {stage.stop!r}")
+        t = stage.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise StackError(f"stage {stage.name!r}: temperature must be a finite number >= 0, got {t!r}")
+        if not isinstance(stage.allow_empty, bool):
+            raise StackError(f"stage {stage.name!r}: allow_empty must be true or false, got {stage.allow_empty!r}")
+        seen.append(stage.name)
+
+
 class Stack:
     """Stages in order, as one ``LM`` (see the module docstring). Raises ``StackError`` at
-    construction for: no stages, a duplicate or invalid stage name, a template that reads a stage
-    that is not earlier in the stack (naming what it may read)."""
+    construction (``check_stages``) for: no stages, a duplicate, reserved or invalid stage name, a
+    template that reads a stage that is not earlier in the stack (naming what it may read), bad
+    generation settings."""
 
     def __init__(self, stages: Sequence[Stage], name: str = "stack"):
-        if not stages:
-            raise StackError("a stack needs at least one stage")
-        seen: list[str] = []
-        for stage in stages:
-            if not stage.name.isidentifier() or stage.name == INPUT:
-                raise StackError(f"stage name {stage.name!r} must be an identifier other than {INPUT!r} "
-                                 f"(later templates read it as {{{stage.name}}})")
-            if stage.name in seen:
-                raise StackError(f"two stages are named {stage.name!r}; stage names must differ")
-            for field in stage.fields():
-                if field != INPUT and field not in seen:
-                    later = " (a later stage: stages run in order)" if any(s.name == field for s in stages) else ""
-                    raise StackError(f"stage {stage.name!r}: its template reads {{{field}}}, which is not "
-                                     f"{{{INPUT}}} or an earlier stage{later}; it may read: "
-                                     f"{', '.join([INPUT, *seen])}")
-            if int(stage.max_new_tokens) < 1:
-                raise StackError(f"stage {stage.name!r}: max_new_tokens must be >= 1, got {stage.max_new_tokens}")
-            seen.append(stage.name)
+        check_stages(stages)
         self.stages = tuple(stages)
         self.name = name
         self._calls: list[CallCost] = []
@@ -238,34 +262,69 @@ class Stack:
 
 
 # ------------------------------------------------------------------ saved stacks
+STAGE_KEYS = ("name", "model", "template", "adapter", "max_new_tokens", "stop", "temperature", "allow_empty")
+DEFAULTS = {"max_new_tokens": 32, "stop": ["\n"], "temperature": 0.0, "allow_empty": False}
+
+
+def _spec_stages(spec: Any, where: str) -> list[Stage]:
+    """The stages a stack file describes, models not loaded (``model`` holds the reference), every
+    field checked (``check_stages``). Raises ``StackError`` naming ``where`` and the stage."""
+    if not isinstance(spec, dict) or spec.get("format") != STACK_FORMAT or not isinstance(spec.get("stages"), list):
+        raise StackError(f"{where} is not a stack file (a JSON object with \"format\": {STACK_FORMAT!r} and a "
+                         f"\"stages\" list)")
+    out = []
+    for k, st in enumerate(spec["stages"]):
+        if not isinstance(st, dict) or not {"name", "model", "template"} <= set(st):
+            raise StackError(f"{where}: stage {k} needs name, model and template")
+        label = st["name"] if isinstance(st["name"], str) else k
+        unknown = sorted(set(st) - set(STAGE_KEYS))
+        if unknown:
+            raise StackError(f"{where}: stage {label!r} has unknown key(s) {unknown}; known: {', '.join(STAGE_KEYS)}")
+        for key in ("model", "adapter"):
+            if key in st and not (isinstance(st[key], str) and st[key]):
+                if key == "adapter" and st[key] is None:
+                    continue
+                raise StackError(f"{where}: stage {label!r}: {key} must be a name or a path (text), got {st[key]!r}")
+        stop = st.get("stop", DEFAULTS["stop"])
+        if not isinstance(stop, list):
+            raise StackError(f"{where}: stage {label!r}: stop must be a list of strings (e.g. [\"\\n\"]), got {stop!r}")
+        v = {k2: st.get(k2, d) for k2, d in DEFAULTS.items()}
+        try:
+            stage = Stage(st["name"], st["model"], st["template"], v["max_new_tokens"], tuple(stop), v["temperature"],
+                          allow_empty=v["allow_empty"])
+            out.append(stage)
+            check_stages(out)
+        except StackError as err:
+            raise StackError(f"{where}: {err}") from None
+    if not out:
+        raise StackError(f"{where}: a stack needs at least one stage")
+    return out
+
+
 def save_stack_spec(path: str | os.PathLike, stages: Sequence[dict[str, Any]], name: str = "stack") -> Path:
     """Write a stack file: each stage a dict with ``name``, ``model`` (registered name or path),
     ``template`` and optionally ``adapter`` (a LoRA directory on that model), ``max_new_tokens``,
-    ``stop``, ``temperature``, ``allow_empty``. Checked by loading nothing: ``load_stack`` checks
-    the models."""
+    ``stop`` (a list), ``temperature``, ``allow_empty``. Everything but the models is checked first
+    (``StackError``); ``load_stack`` loads and checks the models."""
     from londi_jax.utils.io import atomic_write_json
 
-    return atomic_write_json(path, {"format": STACK_FORMAT, "name": name, "stages": list(stages)})
+    spec = {"format": STACK_FORMAT, "name": str(name), "stages": [dict(st) for st in stages]}
+    _spec_stages(spec, str(path))
+    return atomic_write_json(path, spec, allow_nan=False)
 
 
-STAGE_KEYS = ("name", "model", "template", "adapter", "max_new_tokens", "stop", "temperature", "allow_empty")
-
-
-def is_stack_file(path: str | os.PathLike) -> bool:
+def looks_like_stack_file(path: str | os.PathLike) -> bool:
+    """A ``.json`` file (any case): model loaders hand it to ``load_stack``, whose errors then say
+    what is wrong with it (instead of a model loader's "not a GGUF file")."""
     p = Path(path)
-    if p.suffix != ".json" or not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text()).get("format") == STACK_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return p.suffix.lower() == ".json" and p.is_file()
 
 
 def load_stack(path: str | os.PathLike, dtype: str = "float32", progress: bool = False) -> Stack:
-    """A stack from its file (``save_stack_spec``): each distinct (model, adapter) pair is loaded
-    once and shared by the stages that name it. Raises ``StackError`` for a malformed file, an
-    unknown key, or a stage model that cannot be loaded (quoting the loader: an unknown name lists
-    the known ones)."""
+    """A stack from its file (``save_stack_spec``): every field is checked before any model loads,
+    then each distinct (model, adapter) pair is loaded once and shared by the stages that name it.
+    Raises ``StackError`` for a malformed file, an unknown key, a wrong type, a bad template, or a
+    stage model that cannot be loaded (quoting the loader: an unknown name lists the known ones)."""
     from londi_jax.lm.registry import load_lm
 
     p = Path(path)
@@ -273,17 +332,10 @@ def load_stack(path: str | os.PathLike, dtype: str = "float32", progress: bool =
         spec = json.loads(p.read_text())
     except (OSError, ValueError) as err:
         raise StackError(f"cannot read the stack file {p}: {err}") from None
-    if not isinstance(spec, dict) or spec.get("format") != STACK_FORMAT or not isinstance(spec.get("stages"), list):
-        raise StackError(f"{p} is not a stack file (a JSON object with \"format\": {STACK_FORMAT!r} and a "
-                         f"\"stages\" list)")
+    skeleton = _spec_stages(spec, str(p))
     cache: dict[tuple[str, str | None], LM] = {}
     stages = []
-    for k, st in enumerate(spec["stages"]):
-        if not isinstance(st, dict) or not {"name", "model", "template"} <= set(st):
-            raise StackError(f"{p}: stage {k} needs name, model and template")
-        unknown = sorted(set(st) - set(STAGE_KEYS))
-        if unknown:
-            raise StackError(f"{p}: stage {st['name']!r} has unknown key(s) {unknown}; known: {', '.join(STAGE_KEYS)}")
+    for st, sk in zip(spec["stages"], skeleton):
         model_ref = str(st["model"])
         if not Path(model_ref).is_absolute() and (p.parent / model_ref).exists():
             model_ref = str(p.parent / model_ref)  # paths relative to the stack file
@@ -294,17 +346,15 @@ def load_stack(path: str | os.PathLike, dtype: str = "float32", progress: bool =
         if key not in cache:
             try:
                 lm = cache.get((model_ref, None)) or load_lm(model_ref, dtype=dtype, progress=progress)
-            except LondiError as err:
-                raise StackError(f"{p}: stage {st['name']!r}: {err}") from err
-            cache.setdefault((model_ref, None), lm)
-            if adapter is not None:
-                from londi_jax.lm.engine import LanguageModel
-                from londi_jax.lm.lora import load_lora
+                cache.setdefault((model_ref, None), lm)
+                if adapter is not None:
+                    from londi_jax.lm.engine import LanguageModel
+                    from londi_jax.lm.lora import load_lora
 
-                lm = LanguageModel(lm.config, load_lora(lm.model, adapter), lm.tokenizer,
-                                   name=f"{lm.name}+{Path(adapter).name}", eog_token_ids=lm.declared_eog_ids)
+                    lm = LanguageModel(lm.config, load_lora(lm.model, adapter), lm.tokenizer,
+                                       name=f"{lm.name}+{Path(adapter).name}", eog_token_ids=lm.declared_eog_ids)
+            except (LondiError, OSError) as err:
+                raise StackError(f"{p}: stage {sk.name!r}: {err}") from err
             cache[key] = lm
-        stages.append(Stage(st["name"], cache[key], st["template"], int(st.get("max_new_tokens", 32)),
-                            tuple(st.get("stop", ("\n",))), float(st.get("temperature", 0.0)),
-                            allow_empty=bool(st.get("allow_empty", False))))
+        stages.append(dataclasses.replace(sk, model=cache[key]))
     return Stack(stages, name=str(spec.get("name") or p.stem))

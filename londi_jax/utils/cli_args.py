@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
         raise LondiError(f"{flag} {p}: folder {parent} does not exist; create it or pick another path")
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise LondiError(f"{flag} {p} is not writable; pick another path")
+    try:  # permissions can say yes where a file cannot be made (root in /proc, a read-only mount)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise LondiError(f"{flag} {p}: no file can be written in {parent} ({err.strerror}); pick another path") from None
     return p
 
 

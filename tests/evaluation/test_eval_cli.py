@@ -49,6 +49,9 @@ def test_list_tasks_and_tasks_dir(capsys):
 
 def test_eval_prints_a_table_and_writes_results(capsys, tmp_path, real_sets, no_network):
     d, _ = save_tiny(tmp_path, "llama")
+    code, out, err = _run(capsys, "--model", str(d), "--tasks", "winogrande", "--limit", "1", "--json")
+    strict = json.loads(out, parse_constant=lambda c: pytest.fail(f"--json printed {c}, not strict JSON"))
+    assert code == 0 and strict["scores"][0]["stderr"] is None  # one item: no standard error
     out_file = tmp_path / "r.json"
     code, out, err = _run(capsys, "--model", str(d), "--tasks", "winogrande", "--limit", "4", "--out", str(out_file))
     assert code == 0, err

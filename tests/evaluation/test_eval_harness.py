@@ -28,14 +28,18 @@ def _instances(kind, args_list):
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory):
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("eval_tiny"), "llama")[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_dir):
     """(ours, hf) on one tiny random Llama directory (context window 128 tokens)."""
     from lm_eval.models.huggingface import HFLM
 
     from londi_jax.evaluation.harness import LondiJaxLM
 
-    d, _ = save_tiny(tmp_path_factory.mktemp("eval_tiny"), "llama")
-    return LondiJaxLM(pretrained=str(d), batch_size=8), HFLM(pretrained=str(d), device="cpu", batch_size=8)
+    return LondiJaxLM(pretrained=str(tiny_dir), batch_size=8), HFLM(pretrained=str(tiny_dir), device="cpu", batch_size=8)
 
 
 def _ll_requests(hf):
@@ -140,3 +144,34 @@ def test_shipped_tasks_through_simple_evaluate_offline_equal_hf(tiny_pair, real_
         np.testing.assert_allclose([x[0][0] for x in a], [x[0][0] for x in b], atol=LL_ATOL, err_msg=task)
         assert [x[0][1] for x in a] == [x[0][1] for x in b], task
         assert runs[0]["results"][task]["acc,none"] == runs[1]["results"][task]["acc,none"]
+
+
+def test_add_bos_token_follows_hf(tiny_pair, tiny_dir):
+    """``add_bos_token=true`` on a tokenizer that adds no BOS itself prepends one, as lm-eval's hf
+    model does when it loads the tokenizer with that flag (equal tokens and scores)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from londi_jax.evaluation.harness import HarnessArgumentError, LondiJaxLM
+
+    ours, _ = tiny_pair
+    assert ours.tok_encode("go forward")[:1] != [ours.tokenizer.bos_token_id]  # this tokenizer adds none
+    ours_bos = LondiJaxLM(pretrained=ours.lm, add_bos_token=True)
+    hf_bos = HFLM(pretrained=str(tiny_dir), device="cpu", batch_size=8, add_bos_token=True)
+    assert ours_bos.tok_encode("go forward") == hf_bos.tok_encode("go forward")
+    assert ours_bos.tok_encode("go forward")[0] == ours.tokenizer.bos_token_id
+    reqs = [("go to the", " purple box"), ("", "open the door")]
+    a = ours_bos.loglikelihood(_instances("loglikelihood", reqs), disable_tqdm=True)
+    b = hf_bos.loglikelihood(_instances("loglikelihood", reqs), disable_tqdm=True)
+    np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=LL_ATOL)
+    with pytest.raises(HarnessArgumentError, match="prefix_token_id=99999 is not a token id"):
+        LondiJaxLM(pretrained=ours.lm, prefix_token_id=99999)
+
+
+def test_model_args_batch_size_wins_over_lm_evals(tiny_dir):
+    """lm_eval always passes its own --batch_size: --model_args' value wins instead of clashing."""
+    from londi_jax.evaluation.harness import LondiJaxLM
+
+    lm = LondiJaxLM.create_from_arg_string(f"pretrained={tiny_dir},batch_size=4", {"batch_size": 1, "device": None})
+    assert lm.batch_size == 4
+    lm = LondiJaxLM.create_from_arg_string(f"pretrained={tiny_dir}", {"batch_size": 2})
+    assert lm.batch_size == 2

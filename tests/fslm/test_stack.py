@@ -98,7 +98,7 @@ def test_bad_stacks_are_refused_with_what_to_do():
         Stack([Stage("a", m, "{input:>10}")])
     with pytest.raises(StackError, match="not valid format text"):
         Stack([Stage("a", m, "{input")])
-    with pytest.raises(StackError, match="max_new_tokens must be >= 1"):
+    with pytest.raises(StackError, match="max_new_tokens must be a whole number >= 1, got 0"):
         Stack([Stage("a", m, "{input}", max_new_tokens=0)])
     empty = Stack([Stage("a", Scripted("e", lambda p: "  \n"), "{input}"), Stage("b", m, "{a}")])
     with pytest.raises(StackError, match=r"stage 'a' handed on an empty text for input 0 \(it generated '  \\n'\); "
@@ -155,7 +155,7 @@ def test_saved_stack_shares_its_base_and_shows_its_handoffs(tiny_dir, tmp_path, 
     code = main(["fslm", "show", "--stack", str(path), "--input", "go forward", "--candidate", "turn left",
                  "--candidate", "go", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["stages"] == ["notes", "answer"] and set(out["scores"]) == {"turn left", "go"}
+    assert code == 0 and out["stages"] == ["notes", "answer"] and [c for c, _ in out["scores"]] == ["turn left", "go"]
     assert out["handoffs"]["prompt"] == f"go forward | {out['handoffs']['notes']} | answer:"
     code = main(["fslm", "show", "--stack", str(path), "--input", "go", "--max-new-tokens", "3"])
     text = capsys.readouterr().out
@@ -173,3 +173,48 @@ def test_saved_stack_shares_its_base_and_shows_its_handoffs(tiny_dir, tmp_path, 
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(StackError, match="is not a stack file"):
         load_stack(tmp_path / "other.json")
+
+
+def test_stack_files_with_wrong_types_are_refused_before_any_model_loads(tmp_path):
+    def write(**stage):
+        base = {"name": "a", "model": "no-such-model-is-loaded", "template": "{input}"}
+        (tmp_path / "s.json").write_text(json.dumps({"format": "londi_jax-fslm-stack", "stages": [{**base, **stage}]}))
+        return tmp_path / "s.json"
+
+    cases = {
+        "stop must be a list of strings": {"stop": "END"},
+        "stop must be a list of non-empty strings": {"stop": [1, 2]},
+        "allow_empty must be true or false": {"allow_empty": "false"},
+        "max_new_tokens must be a whole number >= 1, got 2.9": {"max_new_tokens": 2.9},
+        "max_new_tokens must be a whole number >= 1, got 'abc'": {"max_new_tokens": "abc"},
+        "temperature must be a finite number >= 0, got 'hot'": {"temperature": "hot"},
+        "temperature must be a finite number >= 0, got -1": {"temperature": -1},
+        "its template must be text, not int": {"template": 5},
+        "its name 5 must be an identifier": {"name": 5},
+        "adapter must be a name or a path": {"adapter": 5},
+        "model must be a name or a path": {"model": None},
+        "its name 'prompt' must be an identifier other than 'input' or 'prompt'": {"name": "prompt"},
+        r"reads \{a\}.*\(its own name: a stage reads only earlier stages\)": {"template": "{a}"},
+    }
+    for message, stage in cases.items():
+        with pytest.raises(StackError, match=message):
+            load_stack(write(**stage))  # the model named is never loaded: the checks come first
+    with pytest.raises(StackError, match="stop must be a list"):
+        save_stack_spec(tmp_path / "t.json", [{"name": "a", "model": "m", "template": "{input}", "stop": "x"}])
+    with pytest.raises(StackError, match="temperature must be a finite number"):
+        save_stack_spec(tmp_path / "t.json", [{"name": "a", "model": "m", "template": "{input}",
+                                               "temperature": float("nan")}])
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_fslm_show_generates_with_the_final_stages_own_settings(tiny_dir, tmp_path, capsys):
+    from londi_jax.cli import main
+
+    path = save_stack_spec(tmp_path / "stack.json", [
+        {"name": "notes", "model": str(tiny_dir), "template": "{input} notes:", "max_new_tokens": 3, "stop": [],
+         "allow_empty": True},
+        {"name": "answer", "model": str(tiny_dir), "template": "{input} | {notes} | answer:", "max_new_tokens": 2,
+         "stop": []}])
+    assert main(["fslm", "show", "--stack", str(path), "--input", "go", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cost"]["generated_tokens"] <= 3 + 2  # the notes stage's 3 + the final stage's own 2
