@@ -27,9 +27,7 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     _XLA_CACHE = tempfile.mkdtemp(prefix="londi-jax-test-xla-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
-# Every program, however quick to compile: the same tiny models and switchers recur across test
-# files (and workers), and their many 0.05-0.2 s compiles add up; a cache hit never changes a result.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
