@@ -320,7 +320,9 @@ def looks_like_stack_file(path: str | os.PathLike) -> bool:
 
 def load_stack(path: str | os.PathLike, dtype: str = "float32", progress: bool = False) -> Stack:
     """A stack from its file (``save_stack_spec``): every field is checked before any model loads,
-    then each distinct (model, adapter) pair is loaded once and shared by the stages that name it.
+    then each model is loaded once, and the LoRA adapters its stages name become one adapter bank on
+it (``LanguageModel.with_adapters``; a stage runs as a view on its adapter, so the stages share
+the base weights and compiled programs).
     Raises ``StackError`` for a malformed file, an unknown key, a wrong type, a bad template, or a
     stage model that cannot be loaded (quoting the loader: an unknown name lists the known ones)."""
     from londi_jax.lm.registry import load_lm
@@ -331,28 +333,34 @@ def load_stack(path: str | os.PathLike, dtype: str = "float32", progress: bool =
     except (OSError, ValueError) as err:
         raise StackError(f"cannot read the stack file {p}: {err}") from None
     skeleton = _spec_stages(spec, str(p))
-    cache: dict[tuple[str, str | None], LM] = {}
-    stages = []
-    for st, sk in zip(spec["stages"], skeleton):
+    refs = []
+    for st in spec["stages"]:
         model_ref = str(st["model"])
         if not Path(model_ref).is_absolute() and (p.parent / model_ref).exists():
             model_ref = str(p.parent / model_ref)  # paths relative to the stack file
         adapter = st.get("adapter")
         if adapter is not None and not Path(adapter).is_absolute():
             adapter = str(p.parent / adapter)
-        key = (model_ref, adapter)
-        if key not in cache:
-            try:
-                lm = cache.get((model_ref, None)) or load_lm(model_ref, dtype=dtype, progress=progress)
-                cache.setdefault((model_ref, None), lm)
-                if adapter is not None:
-                    from londi_jax.lm.engine import LanguageModel
-                    from londi_jax.lm.lora import load_lora
-
-                    lm = LanguageModel(lm.config, load_lora(lm.model, adapter), lm.tokenizer,
-                                       name=f"{lm.name}+{Path(adapter).name}", eog_token_ids=lm.declared_eog_ids)
-            except (LondiError, OSError) as err:
-                raise StackError(f"{p}: stage {sk.name!r}: {err}") from err
-            cache[key] = lm
-        stages.append(dataclasses.replace(sk, model=cache[key]))
+        refs.append((model_ref, adapter))
+    # one load per model; its stages' adapters become one bank on it (``LanguageModel.with_adapters``):
+    # the stages share the base weights and compiled programs, and a stage is a view on its adapter
+    models: dict[str, tuple[LM, Any, list[str]]] = {}
+    for sk, (model_ref, _) in zip(skeleton, refs):
+        if model_ref in models:
+            continue
+        adapters = list(dict.fromkeys(a for m, a in refs if m == model_ref and a is not None))
+        names = [Path(a).name for a in adapters]
+        try:
+            base = load_lm(model_ref, dtype=dtype, progress=progress)
+            if adapters and not hasattr(base, "with_adapters"):
+                raise StackError(f"LoRA adapters need a decoder-only model; {model_ref} is {type(base).__name__}")
+            bank = base.with_adapters(dict(zip(names if len(set(names)) == len(names) else adapters, adapters)),
+                                      name=f"{base.name}+{len(adapters)} adapters") if adapters else None
+        except (LondiError, OSError) as err:
+            raise StackError(f"{p}: stage {sk.name!r}: {err}") from err
+        models[model_ref] = (base, bank, adapters)
+    stages = []
+    for sk, (model_ref, adapter) in zip(skeleton, refs):
+        base, bank, adapters = models[model_ref]
+        stages.append(dataclasses.replace(sk, model=base if adapter is None else bank.adapter(adapters.index(adapter))))
     return Stack(stages, name=str(spec.get("name") or p.stem))

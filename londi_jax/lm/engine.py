@@ -72,6 +72,7 @@ from londi_jax.lm.interface import (
     ScoreResult,
 )
 from londi_jax.lm.layers import CausalLM, KVCache, init_cache
+from londi_jax.lm.lora import adapter_bank_size, set_adapter_rows
 
 
 def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
@@ -314,10 +315,15 @@ class LanguageModel:
         self._last_call: CallCost | None = None  # running totals, not a growing list of calls
         self._totals = {"seconds": 0.0, "flops": 0.0, "calls": 0}
         self._last_context = 0.0
-        leaves = jax.tree.leaves(self.state)
-        self.num_params = int(sum(x.size for x in leaves))
+        # parameters only: an adapter bank's row choice and scales are not weights
+        self.num_params = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
         emb = config.vocab_size * config.hidden_size
         self.num_nonembedding_params = self.num_params - emb * (1 if config.tie_embeddings else 2)
+        self.num_adapters = adapter_bank_size(model)  # an adapter bank: rows choose one each
+        self.adapter_names: tuple[str, ...] = tuple(str(k) for k in range(self.num_adapters))
+        if self.num_adapters:  # a token runs through one adapter of the bank, not all of them
+            bank = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam))))
+            self.num_nonembedding_params -= bank - bank // self.num_adapters
 
     @classmethod
     def from_hf_directory(cls, path: str, dtype: str = "float32") -> LanguageModel:
@@ -332,31 +338,39 @@ class LanguageModel:
         return nnx.merge(self.graphdef, self.state)
 
     # ------------------------------------------------------------------ pure programs
-    def _prefill_impl(self, state, p_tok, p_valid, *, packed: int | None):
-        self.trace_counts["prefill"] += 1
-        return prefill_prompts(nnx.merge(self.graphdef, state), p_tok, p_valid, packed)
+    def _bind(self, state, rows):
+        """The module of ``state``, its adapter bank (if any) set to ``rows`` (one id per row of the
+        program's leading axis; ``None`` for a model without a bank)."""
+        model = nnx.merge(self.graphdef, state)
+        if rows is not None:
+            set_adapter_rows(model, rows)
+        return model
 
-    def _blocks_impl(self, state, cache, p_valid, last_logits, c_tok, c_valid, c_row):
+    def _prefill_impl(self, state, p_tok, p_valid, rows, *, packed: int | None):
+        self.trace_counts["prefill"] += 1
+        return prefill_prompts(self._bind(state, rows), p_tok, p_valid, packed)
+
+    def _blocks_impl(self, state, cache, p_valid, last_logits, c_tok, c_valid, c_row, rows):
         self.trace_counts["score"] += 1
-        return score_blocks(nnx.merge(self.graphdef, state), cache, p_valid, last_logits, c_tok, c_valid, c_row,
+        return score_blocks(self._bind(state, rows), cache, p_valid, last_logits, c_tok, c_valid, c_row,
                             with_greedy=True)
 
-    def _embed_impl(self, state, p_tok, p_valid, *, packed: int | None):
+    def _embed_impl(self, state, p_tok, p_valid, rows, *, packed: int | None):
         self.trace_counts["embed"] += 1
-        model = nnx.merge(self.graphdef, state)
+        model = self._bind(state, rows)
         hidden, _, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
         return mean_pool(hidden, p_valid)
 
-    def _logits_impl(self, state, tok, valid):
+    def _logits_impl(self, state, tok, valid, rows):
         self.trace_counts["logits"] += 1
-        model = nnx.merge(self.graphdef, state)
+        model = self._bind(state, rows)
         hidden, _, _ = prefill(model, tok, valid, tok.shape[1])
         return model.logits(hidden)
 
-    def _generate_impl(self, state, p_tok, p_valid, max_new, temperature, top_k, top_p, key, stop_mask,
+    def _generate_impl(self, state, p_tok, p_valid, rows, max_new, temperature, top_k, top_p, key, stop_mask,
                        *, new_cap: int, sample: bool, packed: int | None = None):
         self.trace_counts["generate"] += 1
-        model = nnx.merge(self.graphdef, state)
+        model = self._bind(state, rows)
         B, P = p_tok.shape
         hidden, cache, key_valid = prefill(model, p_tok, p_valid, P, packed)
         cache, key_valid, ring_valid = decode_cache(model.config, cache, key_valid, P + new_cap)
@@ -446,12 +460,79 @@ class LanguageModel:
         B = self._batch_bucket(len(rows))
         P = bucket(max(len(r) for r in rows), *PROMPT_BUCKET)
         tok, valid = self._left_pad(rows, B, P)
+        if self.num_adapters:  # bank layers read one adapter per row: the packed layout has no rows
+            return tok, valid, None
         return tok, valid, packed_slots(sum(len(r) for r in rows), B * P)
 
     def _batch_bucket(self, n: int) -> int:
         """Rows of a program call: ``n`` rounded up to a power of two, at least ``min_batch``
         (capped at the batch size), so a shrinking batch meets few shapes (few compiles)."""
         return max(bucket(n), min(bucket(self.min_batch), bucket(self.batch_size)))
+
+    def _adapter_ids(self, adapters: Sequence[int | str] | None, n: int) -> np.ndarray | None:
+        """Per-prompt adapter indices ``(n,)`` of a bank model from indices or names (None without a
+        bank). Raises ``LMInputError`` for a missing, extra or unknown choice."""
+        if not self.num_adapters:
+            if adapters is not None:
+                raise LMInputError(f"model {self.name!r} has no adapter bank; drop adapters=, or build one with "
+                                   f"LanguageModel.with_adapters(...)")
+            return None
+        if adapters is None or isinstance(adapters, (str, int)) or len(adapters) != n:
+            raise LMInputError(f"model {self.name!r} holds {self.num_adapters} adapters "
+                               f"({', '.join(self.adapter_names)}); give adapters=[one name or index per prompt] "
+                               f"({n} prompts), or use lm.adapter(name) for one adapter")
+        out = np.zeros((n,), np.int32)
+        for i, a in enumerate(adapters):
+            if isinstance(a, str) and a in self.adapter_names:
+                out[i] = self.adapter_names.index(a)
+            elif isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a < self.num_adapters:
+                out[i] = int(a)
+            else:
+                raise LMInputError(f"unknown adapter {a!r} for prompt {i}; known adapters: "
+                                   f"{', '.join(self.adapter_names)} (or indices 0-{self.num_adapters - 1})")
+        return out
+
+    @staticmethod
+    def _chunk_rows(ids: np.ndarray | None, chunk: Sequence[int], rows: int) -> np.ndarray | None:
+        """A chunk's adapter ids padded to the program's ``rows`` (padding rows use adapter 0)."""
+        if ids is None:
+            return None
+        out = np.zeros((rows,), np.int32)
+        out[:len(chunk)] = ids[list(chunk)]
+        return out
+
+    def with_adapters(self, adapters: Any, name: str | None = None) -> LanguageModel:
+        """A model carrying several LoRA adapters of this base as one bank (``lora.add_lora_bank``):
+        rows of one call may use different adapters (``adapters=`` on score / generate / embed /
+        logits, or ``adapter(name)`` for a view fixed to one), in one forward and one compiled program.
+
+        ``adapters``: a mapping ``name -> adapter`` or a sequence, each a saved adapter directory
+        (``save_lora``) or a model adapted from this base (``add_lora`` / ``load_lora``)."""
+        from pathlib import Path
+
+        from londi_jax.lm.lora import add_lora_bank, load_lora
+
+        if self.num_adapters:
+            raise LMInputError(f"model {self.name!r} already holds an adapter bank; build the bank from the base")
+        items = list(adapters.items()) if isinstance(adapters, dict) else \
+            [(Path(a).name if isinstance(a, (str, Path)) else str(k), a) for k, a in enumerate(adapters)]
+        names = [str(n) for n, _ in items]
+        if len(set(names)) != len(names):
+            raise LMInputError(f"adapter names must differ, got {names}")
+        base = self.model
+        models = [load_lora(base, a) if isinstance(a, (str, Path)) else a for _, a in items]
+        lm = LanguageModel(self.config, add_lora_bank(base, models), self.tokenizer,
+                           name=name or f"{self.name}+{len(models)} adapters", batch_size=self.batch_size,
+                           min_batch=self.min_batch, eog_token_ids=self.declared_eog_ids,
+                           candidate_block=self.candidate_block)
+        lm.adapter_names = tuple(names)
+        return lm
+
+    def adapter(self, which: int | str) -> AdapterView:
+        """This bank model fixed to one adapter (name or index): an ``LM`` whose calls run every row
+        through that adapter (the bank's programs and weights are shared, not copied)."""
+        k = int(self._adapter_ids([which], 1)[0])
+        return AdapterView(self, k)
 
     def _candidate_blocks(self, cands: Sequence[Sequence[Sequence[int]]]
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]]]:
@@ -526,7 +607,7 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ public API
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *,
-              with_embedding: bool = False) -> ScoreResult:
+              with_embedding: bool = False, adapters: Sequence[int | str] | None = None) -> ScoreResult:
         """Summed log-probabilities of each prompt's candidate continuations (ragged lists welcome)."""
         p_ids = self._encode_prompts(prompts)
         if isinstance(candidates, str) or len(candidates) != len(prompts):
@@ -544,14 +625,16 @@ class LanguageModel:
                 if not ids:
                     raise LMInputError(f"candidate {k} ({c!r}) of prompt {i} tokenizes to zero tokens; "
                                        f"give non-empty candidates")
-        return self.score_tokens(p_ids, c_ids, with_embedding=with_embedding)
+        return self.score_tokens(p_ids, c_ids, with_embedding=with_embedding, adapters=adapters)
 
     def score_tokens(self, prompt_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[Sequence[int]]], *,
-                     with_embedding: bool = False) -> ScoreResult:
-        """Token-level ``score``: the scored sequence is ``prompt_ids[i] + candidate_ids[i][k]``."""
+                     with_embedding: bool = False, adapters: Sequence[int | str] | None = None) -> ScoreResult:
+        """Token-level ``score``: the scored sequence is ``prompt_ids[i] + candidate_ids[i][k]``.
+        ``adapters``: for a bank model (``with_adapters``), the adapter each prompt uses."""
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         if len(candidate_ids) != len(prompt_ids):
             raise LMInputError(f"got {len(prompt_ids)} prompts but {len(candidate_ids)} candidate lists")
+        ids = self._adapter_ids(adapters, len(prompt_ids))
         for i, cands in enumerate(candidate_ids):
             if len(cands) == 0:
                 raise LMInputError(f"prompt {i} has an empty candidate list; give at least one candidate")
@@ -572,11 +655,13 @@ class LanguageModel:
             c_tok, c_valid, c_row, blocks = self._candidate_blocks([candidate_ids[i] for i in chunk])
             if c_tok.size > p_tok.size:  # candidates dominate: packing would save little and add programs
                 packed = None
-            cache, last_logits, pooled, last = self._prefill_jit(self.state, p_tok, p_valid, packed=packed)
+            rows = self._chunk_rows(ids, chunk, len(p_tok))
+            cache, last_logits, pooled, last = self._prefill_jit(self.state, p_tok, p_valid, rows, packed=packed)
             parts, g0 = [], 0
             for g in self._block_groups(len(c_row), c_tok.shape[1]):  # one program per group size
+                b_rows = None if rows is None else rows[c_row[g0:g0 + g]]  # a block uses its prompt's adapter
                 parts.append(self._blocks_jit(self.state, cache, p_valid, last_logits, c_tok[g0:g0 + g],
-                                              c_valid[g0:g0 + g], c_row[g0:g0 + g]))
+                                              c_valid[g0:g0 + g], c_row[g0:g0 + g], b_rows))
                 g0 += g
             parts, pooled, last = jax.block_until_ready((parts, pooled, last))
             # joined on the host: the groups come back anyway (no device concatenate to compile)
@@ -605,33 +690,39 @@ class LanguageModel:
             greedy=greedy_out,
         )
 
-    def embed(self, prompts: Sequence[str]) -> np.ndarray:
+    def embed(self, prompts: Sequence[str], *, adapters: Sequence[int | str] | None = None) -> np.ndarray:
         """Prompt embeddings ``(B, hidden_size)``: the final-normed last-layer hidden states (the
         LM head's input) averaged over the prompt's real tokens (padding masked out)."""
-        return self.embed_tokens(self._encode_prompts(prompts))
+        return self.embed_tokens(self._encode_prompts(prompts), adapters=adapters)
 
-    def embed_tokens(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    def embed_tokens(self, prompt_ids: Sequence[Sequence[int]], *,
+                     adapters: Sequence[int | str] | None = None) -> np.ndarray:
         """Token-level ``embed``."""
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         self._check_prompts(prompt_ids)
+        ids = self._adapter_ids(adapters, len(prompt_ids))
         out = np.zeros((len(prompt_ids), self.config.hidden_size), np.float32)
         for chunk in self._chunks(len(prompt_ids), [len(p) for p in prompt_ids], f"{self.name}: embedding"):
             tok, valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
-            pooled = np.asarray(jax.block_until_ready(self._embed_jit(self.state, tok, valid, packed=packed)))
+            rows = self._chunk_rows(ids, chunk, len(tok))
+            pooled = np.asarray(jax.block_until_ready(self._embed_jit(self.state, tok, valid, rows, packed=packed)))
             out[chunk] = pooled[:len(chunk)]
         self._record("embed", t0, traces, sum(map(len, prompt_ids)), 0, 0,
                      [self._span(0, len(p), 0) for p in prompt_ids])
         return out
 
-    def logits(self, token_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def logits(self, token_ids: Sequence[Sequence[int]], *,
+               adapters: Sequence[int | str] | None = None) -> list[np.ndarray]:
         """Full-sequence float32 logits ``(T_i, vocab)`` for each token sequence."""
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
         self._check_prompts(token_ids)
+        ids = self._adapter_ids(adapters, len(token_ids))
         out: list[Any] = [None] * len(token_ids)
         for chunk in self._chunks(len(token_ids), [len(p) for p in token_ids], f"{self.name}: logits"):
             T = bucket(max(len(token_ids[i]) for i in chunk), *PROMPT_BUCKET)
             tok, valid = self._left_pad([token_ids[i] for i in chunk], self._batch_bucket(len(chunk)), T)
-            lg = np.asarray(jax.block_until_ready(self._logits_jit(self.state, tok, valid)))
+            lg = np.asarray(jax.block_until_ready(self._logits_jit(self.state, tok, valid,
+                                                                   self._chunk_rows(ids, chunk, len(tok)))))
             for r, i in enumerate(chunk):
                 out[i] = lg[r, T - len(token_ids[i]):]
         self._record("logits", t0, traces, sum(map(len, token_ids)), 0, 0,
@@ -680,14 +771,14 @@ class LanguageModel:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, stop: Sequence[str] = (),
-                 seed: int = 0) -> GenerateResult:
+                 seed: int = 0, adapters: Sequence[int | str] | None = None) -> GenerateResult:
         """Continue each prompt; greedy unless ``temperature > 0``. A row ends on an end-of-generation
         token (``eog_token_ids``; reason 'eos'), a stop string (reason 'stop'; special tokens count, see
         the module docstring) or ``max_new_tokens`` ('length'). Texts skip special tokens and exclude
         the ending token and everything from the first stop string on; ``token_ids`` keep the tokens up
         to and including the one that completed the stop string (or the end-of-generation token)."""
         return self._generate_result(self._encode_prompts(prompts), max_new_tokens, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, stop=stop, seed=seed)
+                                     top_k=top_k, top_p=top_p, stop=stop, seed=seed, adapters=adapters)
 
     def chat_prompt(self, conversation: Sequence[Any], add_generation_prompt: bool = True) -> tuple[str, list[int]]:
         """``(rendered text, token ids)`` of a conversation (a list of ``{'role', 'content'}`` dicts) under
@@ -700,7 +791,8 @@ class LanguageModel:
 
     def generate_chat(self, conversations: Sequence[Sequence[Any]], max_new_tokens: int, *,
                       temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                      stop: Sequence[str] = (), seed: int = 0) -> GenerateResult:
+                      stop: Sequence[str] = (), seed: int = 0, adapters: Sequence[int | str] | None = None
+                      ) -> GenerateResult:
         """``generate`` for conversations: each is wrapped in the chat template with the assistant's turn
         opened (``chat_prompt``) and the reply generated; same stops, texts and reasons as ``generate``."""
         if isinstance(conversations, (str, dict)) or (conversations and isinstance(conversations[0], dict)):
@@ -708,16 +800,17 @@ class LanguageModel:
                                "{'role': ..., 'content': ...} messages; wrap a single conversation in a list")
         ids = [self.chat_prompt(c)[1] for c in conversations]
         return self._generate_result(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     stop=stop, seed=seed)
+                                     stop=stop, seed=seed, adapters=adapters)
 
     def _generate_result(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float,
-                         top_k: int | None, top_p: float | None, stop: Sequence[str], seed: int) -> GenerateResult:
+                         top_k: int | None, top_p: float | None, stop: Sequence[str], seed: int,
+                         adapters: Sequence[int | str] | None = None) -> GenerateResult:
         """Generate from token ids, then decode: finish reasons, stop-string truncation (host side)."""
         if isinstance(stop, str):
             stop = (stop,)
         stop = tuple(s for s in stop if s)
         ids, _, call = self._generate_ids(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                          top_p=top_p, stop=stop, seed=seed)
+                                          top_p=top_p, stop=stop, seed=seed, adapters=adapters)
         eog = set(self.eog_token_ids)
         texts, out_ids, out_reasons = [], [], []
         for row in ids:
@@ -764,17 +857,20 @@ class LanguageModel:
 
     def generate_tokens(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                        stop: tuple[str, ...] = (), seed: int = 0) -> tuple[list[list[int]], list[str]]:
+                        stop: tuple[str, ...] = (), seed: int = 0, adapters: Sequence[int | str] | None = None
+                        ) -> tuple[list[list[int]], list[str]]:
         """Token-level ``generate``: new token ids per prompt (incl. a final EOS / stop token) and
         on-device finish reasons ('eos' for any stopping token, else 'length')."""
         ids, reasons, _ = self._generate_ids(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                             top_p=top_p, stop=stop, seed=seed)
+                                             top_p=top_p, stop=stop, seed=seed, adapters=adapters)
         return ids, reasons
 
     def _generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float,
                       top_k: int | None, top_p: float | None, stop: tuple[str, ...],
-                      seed: int) -> tuple[list[list[int]], list[str], CallCost]:
+                      seed: int, adapters: Sequence[int | str] | None = None
+                      ) -> tuple[list[list[int]], list[str], CallCost]:
         t0, traces = time.perf_counter(), sum(self.trace_counts.values())
+        ids = self._adapter_ids(adapters, len(prompt_ids))
         if int(max_new_tokens) < 1:
             raise LMInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
@@ -793,7 +889,7 @@ class LanguageModel:
             key, sub = jax.random.split(key)
             tok, valid, packed = self._prompt_block([prompt_ids[i] for i in chunk])
             out, n_gen = jax.block_until_ready(self._generate_jit(
-                self.state, tok, valid, jnp.int32(max_new_tokens), jnp.float32(temperature),
+                self.state, tok, valid, self._chunk_rows(ids, chunk, len(tok)), jnp.int32(max_new_tokens), jnp.float32(temperature),
                 jnp.int32(top_k or self.config.vocab_size), jnp.float32(top_p or 1.0), sub, stop_mask,
                 new_cap=new_cap, sample=sample, packed=packed))
             out, n_gen = np.asarray(out), np.asarray(n_gen)
@@ -824,3 +920,30 @@ class LanguageModel:
             total_flops=float(self._totals["flops"]),
             num_calls=int(self._totals["calls"]),
         )
+
+
+class AdapterView:
+    """One adapter of a bank model (``LanguageModel.adapter``) as an ``LM``: ``score`` / ``generate``
+    / ``embed`` (text and token level), ``generate_chat`` and ``logits`` run every row through
+    adapter ``index``; everything else (tokenizer, config, ``cost()``: the bank's totals) is the bank's."""
+
+    def __init__(self, bank: LanguageModel, index: int):
+        self.bank, self.index = bank, int(index)
+        self.name = f"{bank.name}[{bank.adapter_names[self.index]}]"
+
+    def __getattr__(self, attr: str) -> Any:  # tokenizer, config, cost, context_window, ...
+        return getattr(self.bank, attr)
+
+
+def _fixed_adapter(method: str) -> Any:
+    def call(self: AdapterView, rows: Sequence[Any], *args: Any, **kw: Any) -> Any:
+        return getattr(self.bank, method)(rows, *args, adapters=[self.index] * len(rows), **kw)
+
+    call.__name__ = method
+    call.__doc__ = f"``LanguageModel.{method}`` with every row on this view's adapter."
+    return call
+
+
+for _method in ("score", "score_tokens", "generate", "generate_tokens", "generate_chat", "embed", "embed_tokens",
+                "logits"):
+    setattr(AdapterView, _method, _fixed_adapter(_method))

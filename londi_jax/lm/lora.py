@@ -9,6 +9,16 @@ keeps its path (``...q_proj.kernel``) and dtype, and the adapter lives at ``...q
 Training under plain ``jax.jit``: ``split_trainable(model, "lora")`` gives
 ``(graphdef, trainable, frozen)``; differentiate a loss of ``merge_trainable(graphdef, trainable,
 frozen)`` w.r.t. ``trainable`` only.
+
+**Adapter banks** (``add_lora_bank``): one base model carrying N adapters at once, each row of a
+batch using its own (per-row adapter selection, as multi-adapter servers such as Punica and
+S-LoRA do), so rows for different adapters, e.g. the stages of an FSLM stack, share one forward
+and one compiled program. Each targeted Linear holds the adapters stacked, ``A (N, in, r)`` and
+``B (N, r, out)`` (ranks zero-padded to the largest, layers an adapter does not target zero), and
+one ``AdapterRows`` variable shared by all of them says which adapter each row uses: row ``i`` of
+every Linear input's leading axis computes ``x W (+ b) + s[k] (x A[k]) B[k]`` with
+``k = rows[i]``. The gathered product costs one adapter's FLOPs per token; zero-padding and zero
+layers add exact zeros, so a row's output equals its adapter's alone up to float summation order.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +119,45 @@ class LoRALinear(nnx.LoRALinear):
         return (k.astype(jnp.float32) + self.lora_scale * delta).astype(k.dtype)
 
 
+class AdapterRows(nnx.Variable):
+    """Which adapter of a bank each row uses: int32 ``(R,)``, R = the leading axis of every Linear
+    input in the current program (set by ``set_adapter_rows`` before a forward)."""
+
+
+class MultiLoRALinear(nnx.Linear):
+    """An ``nnx.Linear`` with a bank of N LoRA adapters, one chosen per row (see the module docstring).
+
+    ``bank_a (N, in, r)`` and ``bank_b (N, r, out)`` are ``nnx.LoRAParam``; ``bank_scale (N,)`` holds
+    each adapter's ``alpha / rank``; ``rows`` is the bank's shared ``AdapterRows``."""
+
+    def __init__(self, linear: nnx.Linear, a: jax.Array, b: jax.Array, scale: jax.Array, rows: AdapterRows):
+        kernel, bias = linear.kernel[...], (linear.bias[...] if linear.bias is not None else None)
+        super().__init__(
+            linear.in_features, linear.out_features, use_bias=linear.use_bias, dtype=linear.dtype,
+            param_dtype=linear.param_dtype, precision=linear.precision,
+            kernel_init=lambda *_: kernel, bias_init=lambda *_: bias,  # the base weights, not a random init
+            dot_general=linear.dot_general, promote_dtype=linear.promote_dtype,
+            preferred_element_type=linear.preferred_element_type, rngs=nnx.Rngs(0),
+        )
+        self.bank_a = nnx.LoRAParam(a)
+        self.bank_b = nnx.LoRAParam(b)
+        self.bank_scale = nnx.Variable(scale)
+        self.rows = rows
+
+    def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
+        y = nnx.Linear.__call__(self, x, out_sharding=out_sharding)
+        ids = self.rows[...]
+        if ids.ndim != 1 or x.ndim < 2 or ids.shape[0] != x.shape[0]:
+            raise LoRAError(f"an adapter bank's rows {tuple(ids.shape)} must name one adapter per row of the "
+                            f"input's leading axis {tuple(x.shape)}; call set_adapter_rows(model, rows) with "
+                            f"the program's row count first")
+        a, b = self.bank_a[...][ids], self.bank_b[...][ids]  # (R, in, r), (R, r, out): one adapter per row
+        xs = x.reshape(x.shape[0], -1, x.shape[-1]).astype(a.dtype)
+        delta = jnp.einsum("rtk,rko->rto", jnp.einsum("rti,rik->rtk", xs, a), b)
+        delta = delta * self.bank_scale[...][ids][:, None, None]
+        return y + delta.reshape(y.shape).astype(y.dtype)
+
+
 # ------------------------------------------------------------------------------ helpers
 def _linears(model: nnx.Module) -> Iterator[tuple[tuple, nnx.Linear]]:
     """(path, module) of every ``nnx.Linear`` (LoRALinear included) reached by an attribute name."""
@@ -119,6 +168,16 @@ def _linears(model: nnx.Module) -> Iterator[tuple[tuple, nnx.Linear]]:
 
 def _lora_layers(model: nnx.Module) -> list[tuple[tuple, LoRALinear]]:
     return [(p, m) for p, m in _linears(model) if isinstance(m, LoRALinear)]
+
+
+def _bank_layers(model: nnx.Module) -> list[tuple[tuple, MultiLoRALinear]]:
+    return [(p, m) for p, m in _linears(model) if isinstance(m, MultiLoRALinear)]
+
+
+def _no_bank(model: CausalLM, what: str) -> None:
+    if _bank_layers(model):
+        raise LoRAError(f"{what} works on one adapter; this model holds an adapter bank (add_lora_bank). "
+                        f"Apply {what} to the single adapted models the bank was built from")
 
 
 def _parent(root: nnx.Module, path: tuple) -> Any:
@@ -161,6 +220,7 @@ def add_lora(model: CausalLM, config: LoRAConfig, seed: int = 0) -> CausalLM:
     _check_model(model, "add_lora")
     if not isinstance(config, LoRAConfig):
         raise LoRAError(f"add_lora needs a LoRAConfig, got {type(config).__name__}")
+    _no_bank(model, "add_lora")
     if has_lora(model):
         raise LoRAError("the model already has LoRA adapters; merge_lora(model) first to stack another adapter")
     out = nnx.clone(model)
@@ -180,6 +240,7 @@ def add_lora(model: CausalLM, config: LoRAConfig, seed: int = 0) -> CausalLM:
 def merge_lora(model: CausalLM) -> CausalLM:
     """A new plain (LoRA-free) model of the same class with ``W + (alpha/rank) A @ B`` folded in."""
     _check_model(model, "merge_lora")
+    _no_bank(model, "merge_lora")
     layers = _lora_layers(model)
     if not layers:
         raise LoRAError("the model has no LoRA adapters to merge; it is already a plain model")
@@ -193,6 +254,82 @@ def merge_lora(model: CausalLM) -> CausalLM:
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
     return nnx.merge(graphdef, state)
+
+
+# ------------------------------------------------------------------------------ adapter banks
+def adapter_bank_size(model: CausalLM) -> int:
+    """How many adapters ``model``'s bank holds (0: no bank)."""
+    layers = _bank_layers(model)
+    return int(layers[0][1].bank_a.shape[0]) if layers else 0
+
+
+def add_lora_bank(base_model: CausalLM, adapted: Sequence[CausalLM]) -> CausalLM:
+    """A copy of ``base_model`` carrying the adapters of ``adapted`` (each ``add_lora``/``load_lora``
+    of this base) as one bank, adapter ``k`` = ``adapted[k]``; choose per row with ``set_adapter_rows``.
+
+    Adapters may differ in rank, alpha and targets (smaller ranks are zero-padded, untargeted
+    layers get zero adapters: exact zeros). Raises ``LoRAError`` for no adapters, a model without
+    LoRA, one on a different base (its base weights must be ``base_model``'s) or a bank input."""
+    _check_model(base_model, "add_lora_bank")
+    _no_bank(base_model, "add_lora_bank")
+    if has_lora(base_model):
+        raise LoRAError("add_lora_bank needs the plain base model, not an adapted one; pass the base the "
+                        "adapters were added to")
+    adapted = list(adapted)
+    if not adapted:
+        raise LoRAError("add_lora_bank needs at least one adapted model")
+    base_params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(base_model, nnx.Param)))
+    per: list[dict[tuple, LoRALinear]] = []
+    for k, m in enumerate(adapted):
+        _check_model(m, "add_lora_bank")
+        _no_bank(m, "add_lora_bank")
+        layers = dict(_lora_layers(m))
+        if not layers:
+            raise LoRAError(f"adapter {k} has no LoRA layers; give models from add_lora or load_lora")
+        if _base_summary(m) != _base_summary(base_model):
+            raise LoRAError(f"adapter {k} was added to a different base model ({_base_summary(m)} vs "
+                            f"{_base_summary(base_model)}); build every adapter on this base")
+        own = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(m, nnx.Param)))
+        for path, arr in base_params.items():  # the same base weights (arrays are shared after add_lora)
+            mine = own.get(path)
+            if mine is None or (mine is not arr and not np.array_equal(np.asarray(mine), np.asarray(arr))):
+                raise LoRAError(f"adapter {k}'s base weight {'.'.join(map(str, path))} differs from the base "
+                                f"model's; an adapter bank shares one base")
+        per.append(layers)
+    out = nnx.clone(base_model)
+    targets = sorted({p for layers in per for p in layers}, key=str)
+    rank = max(m.lora_rank for layers in per for m in layers.values())
+    rows = AdapterRows(jnp.zeros((1,), jnp.int32))
+    linears = dict(_linears(out))
+    for path in targets:
+        lin = linears[path]
+        a = np.zeros((len(per), lin.in_features, rank), np.float32)
+        b = np.zeros((len(per), rank, lin.out_features), np.float32)
+        scale = np.zeros((len(per),), np.float32)
+        for k, layers in enumerate(per):
+            if path in layers:
+                m = layers[path]
+                a[k, :, :m.lora_rank] = np.asarray(m.lora.lora_a[...], np.float32)
+                b[k, :m.lora_rank] = np.asarray(m.lora.lora_b[...], np.float32)
+                scale[k] = m.lora_scale
+        setattr(_parent(out, path), path[-1],
+                MultiLoRALinear(lin, jnp.asarray(a), jnp.asarray(b), jnp.asarray(scale), rows))
+    return out
+
+
+def set_adapter_rows(model: CausalLM, rows: jax.Array) -> None:
+    """Make row ``i`` of ``model``'s next forward use adapter ``rows[i]`` (int ``(R,)``; in ``jit``
+    set it on the model merged inside the program). Out-of-range ids are a ``LoRAError`` on the host;
+    inside ``jit`` they are clamped (JAX gathers do not raise)."""
+    layers = _bank_layers(model)
+    if not layers:
+        raise LoRAError("set_adapter_rows needs a model with an adapter bank (add_lora_bank)")
+    n = int(layers[0][1].bank_a.shape[0])
+    if not isinstance(rows, jax.core.Tracer):
+        ids = np.asarray(rows)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and (ids.min() < 0 or ids.max() >= n)):
+            raise LoRAError(f"adapter rows must be integers in [0, {n}), one per row; got {ids.tolist()!r}")
+    layers[0][1].rows.set_value(jnp.asarray(rows, jnp.int32))  # the variable every bank layer shares
 
 
 # ------------------------------------------------------------------------------ functional training
@@ -232,6 +369,7 @@ def save_lora(model: CausalLM, directory: str | os.PathLike, base: str | None = 
     from londi_jax.lm.hf_writer import atomic_directory
 
     _check_model(model, "save_lora")
+    _no_bank(model, "save_lora")
     cfg = lora_config_of(model)
     tensors = {".".join(map(str, k)): np.asarray(v)
                for k, v in traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam))).items()}

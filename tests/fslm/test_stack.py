@@ -14,7 +14,7 @@ import pytest
 from londi_jax.fslm import Stack, StackError, Stage, load_stack, save_stack_spec
 from londi_jax.lm.interface import CallCost, CostReport, GenerateResult, ScoreResult
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lm"))  # the LM tests' helpers
 from lm_core_helpers import save_tiny  # noqa: E402
 
 
@@ -173,6 +173,43 @@ def test_saved_stack_shares_its_base_and_shows_its_handoffs(tiny_dir, tmp_path, 
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(StackError, match="is not a stack file"):
         load_stack(tmp_path / "other.json")
+
+
+def test_saved_stack_with_adapters_runs_one_bank_and_equals_each_adapter_alone(tiny_dir, tmp_path):
+    """Stages with their own LoRA adapters on one base load as one adapter bank (shared weights and
+    programs); each stage computes what its adapter computes alone."""
+    from test_lora import randomize_b
+
+    from londi_jax.lm.engine import LanguageModel
+    from londi_jax.lm.lora import LoRAConfig, add_lora, save_lora
+    from londi_jax.lm.registry import load_lm
+
+    lm = load_lm(str(tiny_dir), progress=False)
+    alone = {}
+    for k, name in enumerate(["notes", "answer"]):
+        adapted = randomize_b(add_lora(lm.model, LoRAConfig(rank=4, targets=("q_proj", "v_proj", "down_proj")),
+                                       seed=k), seed=20 + k)
+        save_lora(adapted, tmp_path / "adapters" / name)
+        alone[name] = LanguageModel(lm.config, adapted, lm.tokenizer, name=name)
+    path = save_stack_spec(tmp_path / "stack.json", [
+        {"name": "notes", "model": str(tiny_dir), "adapter": "adapters/notes", "template": "{input} notes:",
+         "max_new_tokens": 6, "stop": [], "allow_empty": True},
+        {"name": "check", "model": str(tiny_dir), "template": "{input} ({notes}) check:", "max_new_tokens": 3,
+         "stop": [], "allow_empty": True},
+        {"name": "answer", "model": str(tiny_dir), "adapter": "adapters/answer",
+         "template": "{input} | {notes} | {check} | answer:"}], name="lora")
+    stack = load_stack(path)
+    notes_m, check_m, answer_m = (st.model for st in stack.stages)
+    assert notes_m.bank is answer_m.bank and notes_m.bank.adapter_names == ("notes", "answer")
+    assert not hasattr(check_m, "bank") and check_m.num_adapters == 0  # the plain base, loaded once
+    inputs, cands = ["go forward", "open the door", "pick up"], [["turn left", "go"], ["pick up the key"], ["drop"]]
+    res = stack.score(inputs, cands)
+    notes = [t.strip() for t in alone["notes"].generate([f"{x} notes:" for x in inputs], 6).texts]
+    checks = [t.strip() for t in check_m.generate([f"{x} ({n}) check:" for x, n in zip(inputs, notes)], 3).texts]
+    ref = alone["answer"].score([f"{x} | {n} | {c} | answer:" for x, n, c in zip(inputs, notes, checks)], cands)
+    assert [h["notes"] for h in res.handoffs] == notes
+    for a, b in zip(res.logprobs, ref.logprobs):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_stack_files_with_wrong_types_are_refused_before_any_model_loads(tmp_path):
