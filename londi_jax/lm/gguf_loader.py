@@ -14,6 +14,7 @@ its interleaved rotary layout; :func:`unpermute_rotary_rows` undoes that. Llama-
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -98,8 +99,28 @@ def _field_value(field: Any) -> Any:
         raise GGUFError(f"cannot decode GGUF metadata key {field.name!r}: {err}") from err
 
 
+@functools.lru_cache(maxsize=1)
+def _reader_class() -> type:
+    """``gguf.GGUFReader`` holding its file mapping as a plain ndarray view (same pages, no copy).
+
+    The reader slices its data once per metadata element (a 151k-token vocabulary and its merges:
+    hundreds of thousands of slices), and every slice of an ``np.memmap`` runs memmap's Python-level
+    view bookkeeping; on a plain view they are cheap. Opening Qwen2.5-0.5B's GGUF: 9.1 s -> 3.3 s."""
+    from gguf.gguf_reader import GGUFReader
+
+    class _Reader(GGUFReader):
+        @property
+        def data(self) -> np.ndarray:
+            return self._data
+
+        @data.setter
+        def data(self, value: np.ndarray) -> None:
+            self._data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
+    return _Reader
+
+
 def _open_reader(path: str):
-    import gguf
 
     if not os.path.exists(path):
         raise GGUFError(f"GGUF file not found: {path}. Pass an existing .gguf file, a model directory or a registered name.")
@@ -110,7 +131,7 @@ def _open_reader(path: str):
     if magic != b"GGUF":
         raise GGUFError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     try:
-        return gguf.GGUFReader(path, "r")
+        return _reader_class()(path, "r")
     except Exception as err:  # truncated / corrupt files fail deep inside numpy memmaps
         raise GGUFError(f"cannot read GGUF file {path} (truncated or corrupt?): {type(err).__name__}: {err}") from err
 
@@ -149,7 +170,8 @@ def _release_file_pages(mapped: Any, t: Any) -> None:
     """Drop the mapped file pages of tensor ``t`` from this process's resident memory once it has been
     dequantized (they stay in the OS page cache). Without this, loading counts the whole GGUF file on
     top of the float32 weights. Best effort: a no-op where ``madvise`` is unavailable."""
-    mm = getattr(mapped, "_mmap", None)  # the reader's numpy.memmap keeps its mmap.mmap here
+    # the reader's numpy.memmap (the base of its plain view, see _reader_class) keeps its mmap.mmap here
+    mm = getattr(mapped, "_mmap", None) or getattr(getattr(mapped, "base", None), "_mmap", None)
     if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
     start = int(t.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE

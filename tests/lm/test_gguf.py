@@ -116,6 +116,25 @@ def test_transformers_reads_the_tiny_file_like_we_do(tiny_gguf):
         np.testing.assert_array_equal(ours[name], ref[name].float().numpy(), err_msg=name)
 
 
+def test_our_reader_parses_exactly_what_ggufs_reader_parses(tiny_gguf, smollm2_gguf):
+    """``gguf_loader._reader_class`` (gguf's reader over a plain view of the mapping, which our loader and
+    the tests' transformers references use) gives every field and tensor of gguf's stock reader."""
+    from gguf.gguf_reader import GGUFReader
+
+    from londi_jax.lm.gguf_loader import _reader_class
+
+    for path in (tiny_gguf(quant="Q8_0", tie=False)[0], smollm2_gguf):  # the real one: a 49k-token vocabulary
+        ours, stock = _reader_class()(str(path)), GGUFReader(str(path))
+        assert type(ours.data) is np.ndarray and isinstance(stock.data, np.memmap)
+        assert list(ours.fields) == list(stock.fields)
+        for name, field in stock.fields.items():
+            assert ours.fields[name].contents() == field.contents(), name
+        assert [(t.name, t.tensor_type, list(t.shape), t.data_offset) for t in ours.tensors] == \
+            [(t.name, t.tensor_type, list(t.shape), t.data_offset) for t in stock.tensors]
+        for a, b in zip(ours.tensors, stock.tensors):
+            np.testing.assert_array_equal(a.data, b.data, err_msg=a.name)
+
+
 def test_missing_file_error(tmp_path):
     with pytest.raises(GGUFError, match="not found"):
         read_gguf(tmp_path / "nope.gguf")
