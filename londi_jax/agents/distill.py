@@ -34,7 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from londi_jax.agents.bc import BCConfig, BCTrainer, bc_data_from_steps
-from londi_jax.fslm.stack import INPUT, STACK_FORMAT, Stack, Stage, StackError, _spec_stages
+from londi_jax.fslm.stack import INPUT, STACK_FORMAT, Stack, Stage, read_stack_file
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import check_fields, one_of
 
@@ -139,11 +139,7 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
     if isinstance(inputs, str) or not inputs or not all(isinstance(x, str) for x in inputs):
         raise DistillError("give a non-empty list of input texts")
     src = Path(stack_file)
-    try:
-        spec = json.loads(src.read_text())
-    except (OSError, ValueError) as err:
-        raise StackError(f"cannot read the stack file {src}: {err}") from None
-    stages = _spec_stages(spec, str(src))
+    spec, stages = read_stack_file(src)
     names = [s.name for s in stages]
     if candidates is not None and (isinstance(candidates, str) or len(candidates) != len(inputs)):
         raise DistillError(f"give one candidate list per input ({len(inputs)}), got {len(candidates)}")

@@ -78,9 +78,13 @@ class ModelSpec:
     trained on the demos) or a model name / local path accepted by ``lm.registry.load_lm``
     (fine-tuned from those weights with their tokenizer).
     ``demo_kinds``: clone only demos of these task kinds (``None`` = all of ``EnvConfig.kinds``).
+    ``stack``: a saved FSLM stack file (``fslm.save_stack_spec``, e.g. ``agents.distill``'s output)
+    that serves as this model as it is: not behaviour-cloned, so ``source``, the sizes and ``bc``
+    are not used. ``""``: no stack.
     """
 
     source: str = "scratch"
+    stack: str = ""
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
@@ -217,6 +221,11 @@ class PipelineConfig:
             if extra:
                 raise ConfigFieldError(f"{name}.demo_kinds", f"kinds among env.kinds {self.env.kinds}",
                                        spec.demo_kinds)
+        if self.online.enabled and (self.quick.stack or self.deep.stack):
+            raise ConfigFieldError("quick.stack" if self.quick.stack else "deep.stack",
+                                   "'' when online.enabled (the online loop scores with one model's pure programs "
+                                   "on device; a stack generates text between its stages)",
+                                   self.quick.stack or self.deep.stack)
         if self.online.enabled and self.env.name != "babyai-text":
             raise ConfigFieldError("online.enabled", f"false for env.name={self.env.name!r} (online switch training "
                                    "runs on BabyAI-Text in JAX)", True)

@@ -344,7 +344,14 @@ class Pipeline:
 
             for name in ("quick", "deep"):
                 spec = getattr(self.config, name)
-                if spec.source != "scratch":
+                if spec.stack:  # its fields now; its models load in the stage
+                    from londi_jax.fslm.stack import StackError, read_stack_file
+
+                    try:
+                        read_stack_file(Path(spec.stack).expanduser())
+                    except StackError as err:
+                        raise PipelineError(f"{name}.stack: {err}") from None
+                elif spec.source != "scratch":
                     try:
                         path = resolve_model_path(spec.source)
                     except LondiError as err:
@@ -464,10 +471,13 @@ class Pipeline:
         for name in MODEL_NAMES:
             target = self.out / "models" / name
             record = self.out / "models" / f"{name}_bc.json"
-            if (target / "config.json").exists() and record.exists():  # finished before a kill
-                info[name] = _model_info(read_json(record))
+            if ((target / "config.json").exists() or self._stack_file(name).exists()) and record.exists():
+                info[name] = _model_info(read_json(record))  # finished before a kill
                 continue
             spec = self._spec(name)
+            if spec.stack:
+                info[name] = self._use_stack(name, spec.stack, record)
+                continue
             kinds = spec.demo_kinds or self.config.env.kinds
             mine = [ep for ep in episodes if ep["task_kind"] in kinds]
             model, tok = self._fresh_model(name, episodes)
@@ -492,7 +502,42 @@ class Pipeline:
             info[name] = _model_info(rec)
         return info
 
+    def _stack_file(self, name: str) -> Path:
+        return self.out / "models" / f"{name}.stack.json"
+
+    def _use_stack(self, name: str, stack_file: str, record: Path) -> dict[str, Any]:
+        """A saved FSLM stack as this model: loaded once to check it (models, adapters, templates),
+        then written into the run with absolute paths (``models/<name>.stack.json``), so the run
+        reads the same stack wherever it is resumed from."""
+        from londi_jax.fslm.stack import StackError, load_stack, read_stack_file, save_stack_spec
+
+        src = Path(stack_file).expanduser()
+        try:
+            spec, _ = read_stack_file(src)
+            stack = load_stack(src, progress=self.config.progress)
+        except StackError as err:
+            raise PipelineError(f"{'quick' if name == 'quick' else 'deep'}.stack={stack_file!r}: {err}") from None
+        stages = []
+        for st in spec["stages"]:
+            st = dict(st)
+            for key in ("model", "adapter"):
+                ref = st.get(key)
+                if ref and not Path(ref).is_absolute() and (src.parent / ref).exists():
+                    st[key] = str((src.parent / ref).resolve())
+            stages.append(st)
+        save_stack_spec(self._stack_file(name), stages, name=str(spec.get("name") or src.stem))
+        self._say(f"{name}: the FSLM stack {src} ({len(stack.stages)} stages: "
+                  f"{', '.join(s.name for s in stack.stages)}), used as it is (no behaviour cloning)")
+        rec = {"examples": 0, "kinds": [], "steps": 0, "history": [], "stack": str(src.resolve()),
+               "stages": [s.name for s in stack.stages]}
+        _write_json(record, rec)
+        return {**_model_info(rec), "stack": rec["stack"], "stages": rec["stages"]}
+
     def model(self, name: str) -> LanguageModel:
+        if name not in self._models and self._stack_file(name).exists():
+            from londi_jax.fslm.stack import load_stack
+
+            self._models[name] = load_stack(self._stack_file(name), progress=False)
         if name not in self._models:
             path = self.out / "models" / name
             if not (path / "config.json").exists():
@@ -525,7 +570,7 @@ class Pipeline:
     def encoder(self) -> SwitchEncoder:
         """The switcher's state encoder over QUICK's outputs (``switch.encoder``)."""
         q = self.model("quick")
-        return SwitchEncoder(self.config.switch.encoder, q.config.hidden_size, q.tokenizer)
+        return SwitchEncoder(self.config.switch.encoder, q.hidden_size, q.tokenizer)
 
     # ------------------------------------------------------------------ stage 4: switchers
     def switcher_config(self, use_budget: bool) -> SwitcherConfig:

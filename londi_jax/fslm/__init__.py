@@ -7,7 +7,7 @@ The names load on first use, so the command line's parser does not import numpy 
 """
 
 __all__ = ["Stack", "StackError", "Stage", "check_stages", "default_parser", "load_stack", "looks_like_stack_file",
-           "save_stack_spec"]
+           "read_stack_file", "save_stack_spec"]
 
 
 def __getattr__(name: str):

@@ -318,6 +318,17 @@ def looks_like_stack_file(path: str | os.PathLike) -> bool:
     return p.suffix.lower() == ".json" and p.is_file()
 
 
+def read_stack_file(path: str | os.PathLike) -> tuple[dict[str, Any], list[Stage]]:
+    """``(spec, stages)`` of a stack file with every field checked and no model loaded (each
+    stage's ``model`` holds its reference). Raises ``StackError`` for an unreadable or bad file."""
+    p = Path(path)
+    try:
+        spec = json.loads(p.read_text())
+    except (OSError, ValueError) as err:
+        raise StackError(f"cannot read the stack file {p}: {err}") from None
+    return spec, _spec_stages(spec, str(p))
+
+
 def load_stack(path: str | os.PathLike, dtype: str = "float32", progress: bool = False) -> Stack:
     """A stack from its file (``save_stack_spec``): every field is checked before any model loads,
     then each model is loaded once, and the LoRA adapters its stages name become one adapter bank on
@@ -328,11 +339,7 @@ the base weights and compiled programs).
     from londi_jax.lm.registry import load_lm
 
     p = Path(path)
-    try:
-        spec = json.loads(p.read_text())
-    except (OSError, ValueError) as err:
-        raise StackError(f"cannot read the stack file {p}: {err}") from None
-    skeleton = _spec_stages(spec, str(p))
+    spec, skeleton = read_stack_file(p)
     refs = []
     for st in spec["stages"]:
         model_ref = str(st["model"])

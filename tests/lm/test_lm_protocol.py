@@ -34,7 +34,11 @@ def test_engine_signatures_match_the_protocol():
             continue
         ours = inspect.signature(getattr(LanguageModel, name))
         want = inspect.signature(proto)
-        assert list(ours.parameters) == list(want.parameters), name
+        names = list(ours.parameters)
+        assert names[:len(want.parameters)] == list(want.parameters), name
+        for extra in names[len(want.parameters):]:  # extensions (adapters=): keyword-only, optional
+            q = ours.parameters[extra]
+            assert q.kind is inspect.Parameter.KEYWORD_ONLY and q.default is not inspect.Parameter.empty, (name, extra)
         for p in want.parameters.values():  # same kinds and defaults: callers may rely on either
             q = ours.parameters[p.name]
             assert (q.kind, q.default) == (p.kind, p.default), (name, p.name)
