@@ -89,7 +89,8 @@ def test_zero_b_is_exactly_the_base_model(base, family):
     for m in layers:
         assert np.all(np.asarray(m.lora.lora_b[...]) == 0) and np.any(np.asarray(m.lora.lora_a[...]) != 0)
         assert isinstance(m.lora.lora_a, nnx.LoRAParam) and m.lora_scale == 2.0
-    np.testing.assert_allclose(logits_of(fresh), logits_of(base), rtol=0, atol=1e-6)
+    # B = 0 adds exact zeros; what is left is float rounding between two different compiled programs
+    np.testing.assert_allclose(logits_of(fresh), logits_of(base), rtol=0, atol=1e-5)
     # the input model is not mutated
     assert not any(isinstance(m, LoRALinear) for _, m in nnx.iter_modules(base))
 
