@@ -65,6 +65,8 @@ class DistillConfig:
                             "final_loss": [one_of(("choice", "tokens", "both"), "final-stage loss")]})
         if not isinstance(self.bc, BCConfig):
             raise DistillError(f"bc must be a BCConfig, got {type(self.bc).__name__}")
+        if self.bc.finetune != "lora":  # checked here, not after a stage's whole training
+            raise DistillError("distillation writes one LoRA adapter per stage; set bc=BCConfig(finetune='lora', ...)")
 
 
 @dataclasses.dataclass
@@ -209,8 +211,6 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
             res = trainer.train(checkpoint_dir=work / "checkpoints" / stage.name, progress=progress,
                                 desc=f"distill {stage.name} ({k + 1}/{len(stages)})")
             history[stage.name] = res.history
-            if res.adapted is None:  # full fine-tuning: the stage gets its own model directory
-                raise DistillError("distillation writes LoRA adapters; set bc=BCConfig(finetune='lora', ...)")
             save_lora(res.adapted, adapter_dir, base=ref)
         if config.stage_inputs == "stack":
             from londi_jax.lm.engine import LanguageModel

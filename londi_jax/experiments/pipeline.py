@@ -531,6 +531,7 @@ class Pipeline:
         rec = {"examples": 0, "kinds": [], "steps": 0, "history": [], "stack": str(src.resolve()),
                "stages": [s.name for s in stack.stages]}
         _write_json(record, rec)
+        self._models[name] = stack  # loaded once: the later stages use this one
         return {**_model_info(rec), "stack": rec["stack"], "stages": rec["stages"]}
 
     def model(self, name: str) -> LanguageModel:

@@ -132,6 +132,8 @@ def test_targets_and_bad_input(spec, tmp_path):
         distill(spec, oracle, INPUTS, tmp_path / "c", CONFIG, candidates=[["go"]], progress=False)
     with pytest.raises(DistillError, match="is not one of its candidates"):
         distill(spec, oracle, INPUTS, tmp_path / "d", CONFIG, candidates=[["go"]] * len(INPUTS), progress=False)
+    with pytest.raises(DistillError, match="one LoRA adapter per stage"):
+        DistillConfig(bc=BCConfig(finetune="full"))
     with pytest.raises(Exception, match="stage input mode"):
         DistillConfig(stage_inputs="own")
     with pytest.raises(DistillError, match="an LM .* or a function"):
