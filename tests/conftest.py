@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -209,6 +210,29 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 
 # The slowest files first, so the two xdist workers end together (longest-processing-time order);
+# ------------------------------------------------------------------ offline evaluation
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection or resolve a host fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="module")
+def real_sets():
+    """The real evaluation sets (``make test`` installs them with ``londi-jax eval --fetch``)."""
+    from londi_jax.evaluation import data
+
+    if not data.installed():
+        pytest.skip(f"the evaluation sets are not installed ({data.FETCH_HINT}; `make test` does)")
+    return data.data_dir()
+
+
 # xdist hands out whole files (`--dist loadfile`) in collection order given `--no-loadscope-reorder`
 # (its default orders files by test count, which sent the few-test, minutes-long files last and
 # left one worker idle at the end). Measured on the 2-core CPU, seconds per file, slowest first.

@@ -15,10 +15,11 @@ What a later stage sees while it trains is a choice (``DistillConfig.stage_input
   trained, i.e. what the stage will read when the stack runs (errors of earlier stages included).
 
 Everything resumes from ``workdir``: the teacher's texts (``targets.jsonl``, written once), each
-stage's adapter (``adapters/<stage>``, written when its training ends) and the trainer's
+stage's LoRA adapter (``adapters/<stage>``) or, with ``bc.finetune="full"``, its whole model
+(``models/<stage>``, a Hugging Face directory), written when its training ends, and the trainer's
 checkpoints inside a stage (``checkpoints/<stage>``). The result is a stack file
-(``stack.json``) whose stages name their adapters; ``fslm.load_stack`` loads the adapters of one
-base as one adapter bank.
+(``stack.json``) whose stages name their adapters (``fslm.load_stack`` loads the adapters of one
+base as one adapter bank) or their own models.
 """
 
 from __future__ import annotations
@@ -65,8 +66,6 @@ class DistillConfig:
                             "final_loss": [one_of(("choice", "tokens", "both"), "final-stage loss")]})
         if not isinstance(self.bc, BCConfig):
             raise DistillError(f"bc must be a BCConfig, got {type(self.bc).__name__}")
-        if self.bc.finetune != "lora":  # checked here, not after a stage's whole training
-            raise DistillError("distillation writes one LoRA adapter per stage; set bc=BCConfig(finetune='lora', ...)")
 
 
 @dataclasses.dataclass
@@ -118,22 +117,27 @@ def teacher_texts(stages: Sequence[Stage], teacher: Any, inputs: Sequence[str],
     return [{**{n: h[n] for n in names[:-1]}, final.name: final.parse(t)} for h, t in zip(res.handoffs, res.texts)]
 
 
-def _fingerprint(inputs: Sequence[str], stages: Sequence[Stage]) -> str:
+def _fingerprint(inputs: Sequence[str], stages: Sequence[Stage], answers: Sequence[str] | None = None) -> str:
     spec = [[s.name, s.template, s.max_new_tokens, list(s.stop)] for s in stages]
-    return hashlib.sha256(json.dumps([list(inputs), spec]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([list(inputs), spec] + ([list(answers)] if answers is not None else []))
+                          .encode()).hexdigest()
 
 
 def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], workdir: str | os.PathLike,
             config: DistillConfig = DistillConfig(), candidates: Sequence[Sequence[str]] | None = None,
-            dtype: str = "float32", progress: bool = True) -> DistillResult:
+            dtype: str = "float32", progress: bool = True, answers: Sequence[str] | None = None) -> DistillResult:
     """Fine-tune each stage of the stack in ``stack_file`` (its stages' models are the bases; stage
     adapters named there are ignored) on the ``teacher``'s texts for ``inputs``, in order, and write
     the distilled stack to ``workdir/stack.json``. ``candidates`` (one list per input, holding the
     teacher's final text): the final stage learns to choose among them (``config.final_loss``).
+    ``answers`` (one text per input, e.g. the gold answers of training questions): the final
+    stage's targets; the teacher then writes only the earlier stages (and ``teacher`` may be
+    ``None`` for a one-stage stack).
 
     Resumes from ``workdir`` (see the module docstring). Raises ``DistillError`` for no inputs, a
     ``workdir`` holding another run's texts, a bad teacher text; ``StackError`` for a bad stack file;
     ``bc.BCError`` for fewer examples than a batch."""
+    from londi_jax.lm.hf_writer import save_hf_directory
     from londi_jax.lm.lora import load_lora, save_lora
     from londi_jax.lm.registry import load_lm
     from londi_jax.utils.io import atomic_write_json, atomic_write_text, read_jsonl
@@ -145,6 +149,11 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
     names = [s.name for s in stages]
     if candidates is not None and (isinstance(candidates, str) or len(candidates) != len(inputs)):
         raise DistillError(f"give one candidate list per input ({len(inputs)}), got {len(candidates)}")
+    if answers is not None and (isinstance(answers, str) or len(answers) != len(inputs)
+                                or not all(isinstance(a, str) and a.strip() for a in answers)):
+        raise DistillError(f"give one non-empty answer text per input ({len(inputs)})")
+    if teacher is None and (answers is None or len(stages) > 1):
+        raise DistillError("no teacher: give one (an LM or an oracle function), or answers for a one-stage stack")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     refs = []
@@ -155,7 +164,7 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
         refs.append(ref)
 
     # the teacher's texts: computed once, then read back (teacher calls are the expensive part)
-    fp = _fingerprint(inputs, stages)
+    fp = _fingerprint(inputs, stages, answers)
     tfile = work / "targets.jsonl"
     saved = read_jsonl(tfile) if tfile.exists() else []
     if saved:
@@ -164,7 +173,12 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
                                f"delete {work} to start over")
         targets = [row["texts"] for row in saved[1:]]
     else:
-        targets = teacher_texts(stages, teacher, inputs, progress=progress)
+        if answers is None:
+            targets = teacher_texts(stages, teacher, inputs, progress=progress)
+        else:  # the teacher writes the earlier stages only; the final targets are given
+            earlier = teacher_texts(stages[:-1], teacher, inputs, progress=progress) if len(stages) > 1 else \
+                [{} for _ in inputs]
+            targets = [{**t, names[-1]: a} for t, a in zip(earlier, answers)]
         lines = [{"fingerprint": fp, "stages": names}, *({"input": x, "texts": t} for x, t in zip(inputs, targets))]
         atomic_write_text(tfile, "".join(json.dumps(r) + "\n" for r in lines))
     if candidates is not None:
@@ -191,8 +205,9 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
             _, rows, _ = probe.run(list(inputs))
         prompts = [stage.template.format(**r) for r in rows]
         prompts_of[stage.name] = prompts
-        adapter_dir = work / "adapters" / stage.name
-        if (adapter_dir / "adapter_config.json").exists():
+        full = config.bc.finetune == "full"
+        out_dir = work / ("models" if full else "adapters") / stage.name
+        if (out_dir / ("config.json" if full else "adapter_config.json")).exists():
             reused.append(stage.name)
         else:
             final_choice = candidates is not None and k == len(stages) - 1
@@ -205,21 +220,28 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
                                          candidates=max(config.bc.candidates, max(map(len, cands))))
             else:
                 acts = [stage_target(stage, t[stage.name], eos) for t in targets]
-                cands, bc = [[a] for a in acts], config.bc
+                # one candidate (the target): the fewest slots the trainer takes, not config.bc's
+                cands, bc = [[a] for a in acts], dataclasses.replace(config.bc, candidates=2)
             data = bc_data_from_steps(prompts, cands, acts, [stage.name] * len(prompts), tok)
             trainer = BCTrainer(base.model, tok, data, bc)
             res = trainer.train(checkpoint_dir=work / "checkpoints" / stage.name, progress=progress,
                                 desc=f"distill {stage.name} ({k + 1}/{len(stages)})")
             history[stage.name] = res.history
-            save_lora(res.adapted, adapter_dir, base=ref)
+            if full:  # the whole fine-tuned model, with its base's tokenizer and stop tokens
+                save_hf_directory(res.model, out_dir, tok, eog_token_ids=base.declared_eog_ids)
+            else:
+                save_lora(res.adapted, out_dir, base=ref)
         if config.stage_inputs == "stack":
             from londi_jax.lm.engine import LanguageModel
 
-            lm = LanguageModel(base.config, load_lora(base.model, adapter_dir), base.tokenizer,
-                               name=f"{base.name}+{stage.name}", eog_token_ids=base.declared_eog_ids)
+            weights = load_lm(out_dir, dtype=dtype, progress=False).model if full else load_lora(base.model, out_dir)
+            lm = LanguageModel(base.config, weights, base.tokenizer, name=f"{base.name}+{stage.name}",
+                               eog_token_ids=base.declared_eog_ids)
             trained.append(dataclasses.replace(stage, model=lm))
     out_spec = {"format": STACK_FORMAT, "name": f"{spec.get('name') or src.stem}-distilled",
-                "stages": [{**{k2: v for k2, v in st.items() if k2 != "adapter"}, "model": ref,
-                            "adapter": f"adapters/{st['name']}"} for st, ref in zip(spec["stages"], refs)]}
+                "stages": [{**{k2: v for k2, v in st.items() if k2 != "adapter"},
+                            **({"model": f"models/{st['name']}"} if config.bc.finetune == "full" else
+                               {"model": ref, "adapter": f"adapters/{st['name']}"})}
+                           for st, ref in zip(spec["stages"], refs)]}
     stack_path = atomic_write_json(work / "stack.json", out_spec, allow_nan=False)
     return DistillResult(stack_path, targets, prompts_of, history, reused)

@@ -122,7 +122,11 @@ def _check_stages(stages: Iterable[str], what: str = "stage") -> list[str]:
 
 
 def _depends(stage: str, field: str) -> bool:
-    return any(field == p or field.startswith(p + ".") for p in STAGE_DEPENDS[stage])
+    return any(_depends_on(field, p) for p in STAGE_DEPENDS[stage])
+
+
+def _depends_on(field: str, prefix: str) -> bool:
+    return field == prefix or field.startswith(prefix + ".")
 
 
 def first_affected(diff: Iterable[str]) -> int:
@@ -478,6 +482,9 @@ class Pipeline:
             if spec.stack:
                 info[name] = self._use_stack(name, spec.stack, record)
                 continue
+            if self._reuse_model(name):
+                info[name] = {**_model_info(read_json(record)), "copied_from": str(self.fork_from)}
+                continue
             kinds = spec.demo_kinds or self.config.env.kinds
             mine = [ep for ep in episodes if ep["task_kind"] in kinds]
             model, tok = self._fresh_model(name, episodes)
@@ -501,6 +508,28 @@ class Pipeline:
             _write_json(record, rec)  # after the weights: its presence means the model is complete
             info[name] = _model_info(rec)
         return info
+
+    def _reuse_model(self, name: str) -> bool:
+        """In a fork whose change leaves this model's inputs alone (its spec, the demos, the BC
+        evaluation rollouts; e.g. only the other model changed), copy the fork source's finished
+        model instead of cloning it again: weights, LoRA adapter, then its record (the record's
+        presence marks a complete model). Returns whether it did."""
+        if self._fork_config is None or not self._done("models", self.fork_from):
+            return False
+        other = "deep" if name == "quick" else "quick"
+        changed = [f for f in config_diff(self._fork_config, self.config)
+                   if (_depends("models", f) or _depends("demos", f)) and not _depends_on(f, other)]
+        src_dir = self.fork_from / "models"
+        if changed or self._spec(name).stack or not (src_dir / f"{name}_bc.json").exists() \
+                or not (src_dir / name / "config.json").exists():
+            return False
+        for rel in (name, f"{name}_lora"):
+            _remove(self.out / "models" / rel)
+            if (src_dir / rel).exists():
+                _copy(src_dir / rel, self.out / "models" / rel)
+        _write_json(self.out / "models" / f"{name}_bc.json", read_json(src_dir / f"{name}_bc.json"))  # atomic, last
+        self._say(f"{name}: unchanged, reused from {self.fork_from} (no behaviour cloning)")
+        return True
 
     def _stack_file(self, name: str) -> Path:
         return self.out / "models" / f"{name}.stack.json"

@@ -132,9 +132,58 @@ def test_targets_and_bad_input(spec, tmp_path):
         distill(spec, oracle, INPUTS, tmp_path / "c", CONFIG, candidates=[["go"]], progress=False)
     with pytest.raises(DistillError, match="is not one of its candidates"):
         distill(spec, oracle, INPUTS, tmp_path / "d", CONFIG, candidates=[["go"]] * len(INPUTS), progress=False)
-    with pytest.raises(DistillError, match="one LoRA adapter per stage"):
-        DistillConfig(bc=BCConfig(finetune="full"))
     with pytest.raises(Exception, match="stage input mode"):
         DistillConfig(stage_inputs="own")
     with pytest.raises(DistillError, match="an LM .* or a function"):
         teacher_texts([st], 5, ["x"])
+
+
+def test_given_answers_train_the_final_stage_and_the_teacher_writes_the_rest(spec, tmp_path):
+    """``answers``: the final stage's targets are given (gold answers); the teacher is asked only
+    for the earlier stages, and a one-stage stack needs no teacher."""
+    from londi_jax.fslm import save_stack_spec
+
+    answers = [" " + x.split()[-2] for x in INPUTS]  # the colour named in the input
+    cands = [[" " + c for c in COLORS]] * len(INPUTS)
+    cfg = DistillConfig(bc=BCConfig(**{**CONFIG.bc.__dict__, "candidates": 4, "learning_rate": 3e-3}),
+                        final_loss="both")
+    res = distill(spec, lambda x: {"facts": oracle(x)["facts"]}, INPUTS, tmp_path / "two", cfg, candidates=cands,
+                  answers=answers, progress=False)
+    assert res.targets == [{"facts": oracle(x)["facts"], "answer": a} for x, a in zip(INPUTS, answers)]
+    stack = load_stack(res.stack_path)
+    chosen = stack.score(INPUTS, cands).logprobs
+    acc = np.mean([cs[int(np.argmax(lp))] == a for lp, cs, a in zip(chosen, cands, answers)])
+    assert acc >= 0.75, acc  # four colours, learned from the given answers (chance 0.25)
+
+    one = save_stack_spec(tmp_path / "one.json", [{"name": "answer", "model": json.loads(Path(spec).read_text())[
+        "stages"][0]["model"], "template": "{input} | do:"}])
+    res1 = distill(one, None, INPUTS, tmp_path / "one", dataclasses.replace(cfg, bc=dataclasses.replace(
+        cfg.bc, epochs=1)), candidates=cands, answers=answers, progress=False)
+    assert res1.targets == [{"answer": a} for a in answers] and list(res1.history) == ["answer"]
+    with pytest.raises(DistillError, match="no teacher"):
+        distill(spec, None, INPUTS, tmp_path / "x", cfg, answers=answers, progress=False)
+    with pytest.raises(DistillError, match="one non-empty answer text per input"):
+        distill(spec, oracle, INPUTS, tmp_path / "y", cfg, answers=answers[:3], progress=False)
+    with pytest.raises(DistillError, match="no teacher"):
+        distill(spec, None, INPUTS, tmp_path / "z", cfg, progress=False)
+
+
+def test_full_fine_tuning_writes_one_model_per_stage(spec, tmp_path):
+    """``bc.finetune="full"``: each stage is its own fine-tuned model (``models/<stage>``), the base
+    left as it was; the stack file names those models, and later stages read the trained ones."""
+    cfg = DistillConfig(bc=BCConfig(**{**CONFIG.bc.__dict__, "finetune": "full", "epochs": 6, "learning_rate": 1e-2}),
+                        stage_inputs="stack")
+    res = distill(spec, oracle, INPUTS, tmp_path, cfg, progress=False)
+    written = json.loads(Path(res.stack_path).read_text())
+    assert [(s["model"], s.get("adapter")) for s in written["stages"]] == [("models/facts", None), ("models/answer", None)]
+    stack = load_stack(res.stack_path)
+    assert stack.stages[0].model is not stack.stages[1].model
+    base = load_lm(json.loads(Path(spec).read_text())["stages"][0]["model"], progress=False)
+    for stage in stack.stages:
+        targets = [[stage_target(stage, t[stage.name])] for t in res.targets]
+        mine = np.concatenate(stage.model.score(res.prompts[stage.name], targets).logprobs)
+        theirs = np.concatenate(base.score(res.prompts[stage.name], targets).logprobs)
+        assert mine.mean() > theirs.mean() + 5.0, (stage.name, mine.mean(), theirs.mean())
+    own = [t.strip() for t in stack.stages[0].model.generate([f"{x}. facts:" for x in INPUTS], 8, stop=("\n",)).texts]
+    assert res.prompts["answer"] == [f"{x} | {h} | do:" for x, h in zip(INPUTS, own)]
+    assert distill(spec, oracle, INPUTS, tmp_path, cfg, progress=False).reused == ["facts", "answer"]

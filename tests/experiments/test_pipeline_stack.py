@@ -34,6 +34,13 @@ def test_a_stack_serves_as_quick(tiny_run, tmp_path, capsys):
     models = json.loads((out / "models.done.json").read_text())
     assert models["quick"]["stages"] == ["notes", "act"] and models["quick"]["steps"] == 0  # not cloned
     assert not (out / "models" / "quick").exists()
+    # DEEPTHINK's inputs did not change: the fork copied it instead of cloning it again
+    assert models["deepthink"]["copied_from"] == str(tiny_run.path)
+    mine, src = out / "models" / "deepthink", tiny_run.path / "models" / "deepthink"
+    assert sorted(p.name for p in mine.iterdir()) == sorted(p.name for p in src.iterdir())
+    assert all((mine / p.name).read_bytes() == p.read_bytes() for p in src.iterdir() if p.is_file())
+    assert json.loads((out / "models" / "deepthink_bc.json").read_text()) == json.loads(
+        (tiny_run.path / "models" / "deepthink_bc.json").read_text())
     written = json.loads((out / "models" / "quick.stack.json").read_text())
     assert [s["model"] for s in written["stages"]] == [str(quick_dir)] * 2
     # QUICK's scores in the switch data are the stack's: its final prompt is the input, so they equal
