@@ -125,6 +125,11 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
         rf"\g<1>{ROOT / 'londi_jax' / 'evaluation' / 'tasks'}\2 --limit 5", 150,
         "lm-eval's own command through the installed hook: the steps run in a scratch folder, so the "
         "repository-relative task folder is given absolute; 5 items of tinyMMLU"),
+    Sub(r"^(londi-jax fslm experiment (?!.*babyai).*)$", r"\1 --out runs/fslm-readme --set models=base --set tasks=tinymmlu "
+        r"--set eval_limit=5 --set train_questions=8", 120,
+        "the fslm-small experiment takes about 40 min on 2 cores (its table is in the README): the command builds "
+        "its training questions and evaluates the base on 5 items end to end; distillation and the stack's "
+        "evaluation run on a tiny model in tests/experiments/test_fslm_experiment.py"),
     # --- Python API -----------------------------------------------------------------------------
     Sub(r'toy_trainer\("dqn", use_budget=True\)', 'toy_trainer("dqn", use_budget=True, num_updates=100)', 120,
         "48 switchers x 3000 updates take about a minute; 100 run the same single compiled program"),

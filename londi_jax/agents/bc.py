@@ -63,6 +63,7 @@ class BCConfig:
     finetune: str = "full"
     lora: LoRAConfig = LoRAConfig()
     length_multiple: int = 32  # prompt lengths are padded to a multiple of this (few programs)
+    candidate_length_multiple: int = 8  # per-row candidate lengths likewise (distillation sets one per stage)
     pool_batches: int = 16  # batches drawn together and sorted by length (less padding)
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at every epoch end)
     seed: int = 0
@@ -74,8 +75,8 @@ class BCConfig:
 
     def __post_init__(self) -> None:  # every field typed and in range when built (overrides too)
         check_fields(self, {
-            **{name: [at_least(1)] for name in ("epochs", "batch_size", "length_multiple", "pool_batches",
-                                                "checkpoint_every")},
+            **{name: [at_least(1)] for name in ("epochs", "batch_size", "length_multiple", "candidate_length_multiple",
+                                                "pool_batches", "checkpoint_every")},
             "candidates": [at_least(2)], "hard_negatives": [within(0, 1)],
             "learning_rate": [above(0)], "warmup_steps": [at_least(0)], "weight_decay": [at_least(0)],
             "max_grad_norm": [above(0)], "seed": [at_least(0)],
@@ -314,7 +315,7 @@ class BCTrainer:
         the example's set drawn without replacement (``hard_negatives`` of them, where there are
         enough, among those sharing the expert's first token); a pure function of (seed, epoch,
         examples), so a resumed run draws the same. Sets labels to 0 (the expert's slot). L is
-        padded to a multiple of 8 (few programs)."""
+        padded to a multiple of ``candidate_length_multiple`` (few programs)."""
         K, B = self.config.candidates, self.config.batch_size
         chosen = []
         for r, i in enumerate(idx):
@@ -329,7 +330,8 @@ class BCTrainer:
             pick += [rest[j] for j in rng.choice(len(rest), size=n - n_hard, replace=False)] if n > n_hard else []
             chosen.append([row[lab]] + [row[k] for k in pick])
             labels[r] = 0
-        L = 8 * math.ceil(max(len(c) for cs in chosen for c in cs) / 8)
+        m = self.config.candidate_length_multiple
+        L = m * math.ceil(max(len(c) for cs in chosen for c in cs) / m)
         tok = np.zeros((B, K, L), np.int32)
         valid = np.zeros((B, K, L), bool)
         for r, cs in enumerate(chosen):

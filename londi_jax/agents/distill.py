@@ -223,6 +223,11 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
                 # one candidate (the target): the fewest slots the trainer takes, not config.bc's
                 cands, bc = [[a] for a in acts], dataclasses.replace(config.bc, candidates=2)
             data = bc_data_from_steps(prompts, cands, acts, [stage.name] * len(prompts), tok)
+            # one candidate length for the whole stage (its longest, to a multiple of 8): one program
+            # per prompt length, not one per batch's longest target (each compile of a real model is
+            # a minute on a CPU)
+            longest = max(len(c) for row in data.candidate_ids for c in row)
+            bc = dataclasses.replace(bc, candidate_length_multiple=8 * -(-longest // 8))
             trainer = BCTrainer(base.model, tok, data, bc)
             res = trainer.train(checkpoint_dir=work / "checkpoints" / stage.name, progress=progress,
                                 desc=f"distill {stage.name} ({k + 1}/{len(stages)})")

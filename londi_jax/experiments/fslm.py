@@ -67,7 +67,7 @@ class FSLMConfig:
     max_train_tokens: int = 160
     stage_inputs: str = "teacher"
     bc: BCConfig = BCConfig(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=4, loss="both",
-                            finetune="lora", candidates=4, length_multiple=32,
+                            finetune="lora", candidates=4, length_multiple=128,
                             lora=LoRAConfig(rank=8, alpha=16.0, targets=ALL_LINEAR))
     tasks: tuple[str, ...] = ("tinymmlu", "arc_challenge")
     eval_limit: int = 100

@@ -432,13 +432,7 @@ class Pipeline:
             lm = load_lm(spec.source, dtype=spec.dtype, progress=self.config.progress)
             return lm.model, lm.tokenizer
         tok = train_word_tokenizer(self.family.tokenizer_texts(episodes), vocab_size=spec.vocab_size)
-        cfg = ModelConfig(family="llama", vocab_size=len(tok), hidden_size=spec.hidden_size,
-                          num_layers=spec.num_layers, num_heads=spec.num_heads, num_kv_heads=spec.num_heads,
-                          head_dim=spec.head_dim, intermediate_size=spec.intermediate_size, tie_embeddings=True,
-                          max_position_embeddings=spec.max_position_embeddings, dtype=spec.dtype,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, model_type="llama")
-        return init_model(cfg, seed=self.config.env.seed + (0 if name == "quick" else 1)), tok
+        return scratch_model(spec, tok, seed=self.config.env.seed + (0 if name == "quick" else 1)), tok
 
     def _policy_eval_fn(self, name: str, tokenizer: Any) -> Callable[[Any], dict[str, float]] | None:
         spec = self._spec(name)
@@ -868,6 +862,19 @@ class Pipeline:
         results = read_json(self.out / "eval" / "results.json")
         paths = write_report(results, self.out / "report")
         return {"paths": {k: str(v) for k, v in paths.items()}}
+
+
+def scratch_model(spec: ModelSpec, tokenizer: Any, seed: int) -> Any:
+    """A randomly initialised Llama-style model of ``spec``'s sizes (``source="scratch"``) over
+    ``tokenizer``'s vocabulary, tied embeddings."""
+    tok = tokenizer
+    cfg = ModelConfig(family="llama", vocab_size=len(tok), hidden_size=spec.hidden_size,
+                      num_layers=spec.num_layers, num_heads=spec.num_heads, num_kv_heads=spec.num_heads,
+                      head_dim=spec.head_dim, intermediate_size=spec.intermediate_size, tie_embeddings=True,
+                      max_position_embeddings=spec.max_position_embeddings, dtype=spec.dtype,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, model_type="llama")
+    return init_model(cfg, seed=seed)
 
 
 def _model_info(record: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,10 @@
 - ``distill --stack FILE --inputs FILE --workdir DIR [--teacher MODEL]``: fine-tune each stage
   (a LoRA adapter, or the whole model with ``--set finetune=full``) on a teacher's texts
   (``agents.distill``); resumable.
-- ``experiment [--preset fslm-small] [--out DIR] [--set KEY=VALUE]``: the FSLM benchmark
-  experiment (``experiments.fslm``): stack vs base vs one adapter, through lm-eval; resumable.
+- ``experiment [--preset fslm-small] [--out DIR] [--set KEY=VALUE]``: the FSLM experiments,
+  resumable: on benchmarks (``experiments.fslm``: stack vs base vs one adapter, through lm-eval)
+  or on BabyAI-Text (``--preset fslm-babyai-small``, ``experiments.fslm_babyai``: a stack
+  distilled from the bot vs single models, then as LONDI's QUICK).
 
 A command-line module: it sits above every layer and imports the one it runs when it runs.
 """
@@ -62,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = sub.add_parser("experiment", help="the FSLM benchmark experiment: a distilled stack vs its base vs one "
                                           "adapter, zero-shot through lm-eval (resumable)")
     e.add_argument("--preset", default="fslm-small", choices=FSLM_PRESET_NAMES,
-                   help="fslm-small: a 2-core CPU in about 30 minutes; fslm-gpu: an accelerator")
+                   help="fslm-small: benchmarks on a 2-core CPU; fslm-gpu: benchmarks on an accelerator; "
+                        "fslm-babyai-small: a stack distilled from the BabyAI bot as LONDI's QUICK (2-core CPU)")
     e.add_argument("--out", default=None, help="output directory (default runs/<preset>); rerunning resumes it")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of londi_jax.experiments.fslm.FSLMConfig, e.g. --set train_questions=32 "
@@ -72,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_experiment)
 
 
-FSLM_PRESET_NAMES = ("fslm-small", "fslm-gpu")  # experiments.fslm.FSLM_PRESETS' keys (a test keeps them equal)
+# experiments.fslm.FSLM_PRESETS' keys, then experiments.fslm_babyai.BABYAI_PRESETS' (a test keeps them equal)
+FSLM_PRESET_NAMES = ("fslm-small", "fslm-gpu", "fslm-babyai-small")
 
 
 def _read_inputs(path: str) -> tuple[list[str], list[str] | None, list[list[str]] | None]:
@@ -144,11 +148,14 @@ def _distill(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from londi_jax.experiments.cli import _parse_set
     from londi_jax.experiments.config import with_overrides
-    from londi_jax.experiments.fslm import fslm_preset, run_fslm
+    from londi_jax.experiments.fslm import FSLM_PRESETS, fslm_preset, run_fslm
+    from londi_jax.experiments.fslm_babyai import babyai_preset, run_fslm_babyai
 
-    config = with_overrides(fslm_preset(args.preset), _parse_set(args.set))
+    benchmarks = args.preset in FSLM_PRESETS
+    config = with_overrides(fslm_preset(args.preset) if benchmarks else babyai_preset(args.preset),
+                            _parse_set(args.set))
     out = args.out or f"runs/{args.preset}"
-    res = run_fslm(config, out, progress=not (args.no_progress or args.json))
+    res = (run_fslm if benchmarks else run_fslm_babyai)(config, out, progress=not (args.no_progress or args.json))
     from pathlib import Path
 
     emit({**res, "out_dir": out}, args.json,

@@ -72,7 +72,9 @@ def test_presets_and_bad_configurations(tmp_path, tiny):
     from londi_jax.fslm.cli import FSLM_PRESET_NAMES
     from londi_jax.utils.errors import UnknownNameError
 
-    assert tuple(FSLM_PRESETS) == FSLM_PRESET_NAMES
+    from londi_jax.experiments.fslm_babyai import BABYAI_PRESETS
+
+    assert (*FSLM_PRESETS, *BABYAI_PRESETS) == FSLM_PRESET_NAMES
     assert fslm_preset("fslm-small").teacher == "qwen2.5-coder-0.5b-instruct"
     with pytest.raises(UnknownNameError, match="fslm-small"):
         fslm_preset("fslm")
