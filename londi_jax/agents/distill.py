@@ -52,9 +52,10 @@ class DistillError(LondiError):
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
-    """How each stage is fine-tuned (``bc``: the trainer's settings; its loss is the target's
-    token NLL, ``final_loss`` for a final stage given candidates) and what later stages read while
-    they train (``stage_inputs``: ``"teacher"`` or ``"stack"``, see the module docstring)."""
+    """How each stage is fine-tuned (``bc``: the trainer's settings; its ``loss`` is not used: a
+    stage learns its target's token NLL, a final stage given candidates ``final_loss``) and what
+    later stages read while they train (``stage_inputs``: ``"teacher"`` or ``"stack"``, see the
+    module docstring)."""
 
     bc: BCConfig = BCConfig(epochs=4, batch_size=8, learning_rate=3e-3, warmup_steps=10, loss="tokens",
                             finetune="lora", candidates=2, length_multiple=16)
@@ -221,7 +222,7 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
             else:
                 acts = [stage_target(stage, t[stage.name], eos) for t in targets]
                 # one candidate (the target): the fewest slots the trainer takes, not config.bc's
-                cands, bc = [[a] for a in acts], dataclasses.replace(config.bc, candidates=2)
+                cands, bc = [[a] for a in acts], dataclasses.replace(config.bc, candidates=2, loss="tokens")
             data = bc_data_from_steps(prompts, cands, acts, [stage.name] * len(prompts), tok)
             # one candidate length for the whole stage (its longest, to a multiple of 8): one program
             # per prompt length, not one per batch's longest target (each compile of a real model is
