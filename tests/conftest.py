@@ -243,6 +243,8 @@ SLOWEST_FIRST = (
     "tests/experiments/test_pipeline_resume.py",  # ~260 (makes the tiny run)
     "tests/experiments/test_pipeline_scienceworld.py",  # ~180
     "tests/envs/test_babyai_jax.py",  # ~200
+    "tests/experiments/test_fslm_babyai.py",  # ~130
+    "tests/experiments/test_fslm_experiment.py",  # ~90
     "tests/lm/test_real_gemma3.py",  # ~170
     "tests/agents/test_online.py",  # ~160
     "tests/lm/test_real_qwen.py",  # ~150

@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a trainer setting (agents.bc.BCConfig), e.g. --set epochs=2 --set learning_rate=1e-3 "
                         "--set lora.rank=16")
-    d.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    d.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the stages' models and the teacher")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_json_flag(d)
     d.set_defaults(func=_distill)
