@@ -103,6 +103,7 @@ BABYAI_PRESETS: dict[str, Callable[[], FSLMBabyAIConfig]] = {"fslm-babyai-small"
 
 
 def babyai_preset(name: str) -> FSLMBabyAIConfig:
+    """The named BabyAI FSLM preset (``UnknownNameError`` lists them)."""
     if name not in BABYAI_PRESETS:
         raise UnknownNameError("BabyAI FSLM preset", name, BABYAI_PRESETS)
     return BABYAI_PRESETS[name]()
@@ -270,16 +271,16 @@ def report_markdown(result: dict[str, Any]) -> str:
     label = {"stack": "FSLM stack (facts -> subgoal -> action)", "single_total": "one model, ~the stack's parameters",
              "single_stage": "one model, one stage's size"}
     kinds = list(next(iter(result["evals"].values()))["success_by_kind"]) if result["evals"] else []
-    head = ["QUICK alone", "params", "success", *(f"success {k}" for k in kinds), "kFLOP per episode",
+    head = ["QUICK alone", "params", "success", *(f"success {k}" for k in kinds), "MFLOP per episode",
             "ms per episode"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, r in result["evals"].items():
         lines.append("| " + " | ".join([label.get(name, name), f"{r['params']:,}", f"{100 * r['success']:.1f}%",
                                         *(f"{100 * r['success_by_kind'][k]:.1f}%" for k in kinds),
-                                        f"{r['flops_per_episode'] / 1e3:,.0f}",
+                                        f"{r['flops_per_episode'] / 1e6:,.1f}",
                                         f"{1e3 * r['seconds_per_episode']:.0f}"]) + " |")
-    text = "\n".join(lines) + f"\n\n({result['evals'] and next(iter(result['evals'].values()))['episodes']} " \
-        "episodes each, the same for every row)\n"
+    episodes = {r["episodes"] for r in result["evals"].values()}
+    text = "\n".join(lines) + f"\n\n({', '.join(map(str, sorted(episodes)))} episodes each, the same for every row)\n"
     if result["handoffs"]:
         text += "\nThe stack on held-out demo steps (the bot's own in brackets):\n\n"
         for h in result["handoffs"]:

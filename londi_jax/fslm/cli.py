@@ -69,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fslm-babyai-small: a stack distilled from the BabyAI bot as LONDI's QUICK (2-core CPU)")
     e.add_argument("--out", default=None, help="output directory (default runs/<preset>); rerunning resumes it")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of londi_jax.experiments.fslm.FSLMConfig, e.g. --set train_questions=32 "
-                        "--set tasks=tinymmlu --set bc.epochs=1")
+                   help="override a field of the preset's config (experiments.fslm.FSLMConfig, or "
+                        "experiments.fslm_babyai.FSLMBabyAIConfig for fslm-babyai-small), e.g. "
+                        "--set train_questions=32 --set tasks=tinymmlu --set bc.epochs=1")
     e.add_argument("--no-progress", action="store_true", help="no progress bars / stage messages")
     add_json_flag(e)
     e.set_defaults(func=_experiment)
@@ -106,6 +107,11 @@ def _read_inputs(path: str) -> tuple[list[str], list[str] | None, list[list[str]
             unknown = sorted(set(row) - {"input", "answer", "candidates"})
             if unknown:
                 raise LondiError(f"{p} line {i}: unknown key(s) {unknown}; known: input, answer, candidates")
+            if "answer" in row and not isinstance(row["answer"], str):
+                raise LondiError(f"{p} line {i}: \"answer\" must be a text, got {row['answer']!r}")
+            cands = row.get("candidates", [])
+            if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+                raise LondiError(f"{p} line {i}: \"candidates\" must be a list of texts, got {cands!r}")
             rows.append(row)
     if not rows:
         raise LondiError(f"{p} holds no inputs")
@@ -139,7 +145,7 @@ def _distill(args: argparse.Namespace) -> int:
     res = distill(args.stack, teacher, inputs, args.workdir, config, candidates=candidates, dtype=args.dtype,
                   progress=not args.no_progress, answers=answers)
     out = {"stack": str(res.stack_path), "reused": res.reused,
-           "final_loss": {k: (h[-1].get("loss") if h else None) for k, h in res.history.items()}}
+           "final_loss": {k: (h[-1].get("train_loss") if h else None) for k, h in res.history.items()}}
     emit(out, args.json, lambda r: f"distilled stack: {r['stack']}" + (
         f" (stages already distilled, reused: {', '.join(r['reused'])})" if r["reused"] else "") + "".join(
         f"\n  {k}: final training loss {v:.4f}" for k, v in r["final_loss"].items() if v is not None))

@@ -39,6 +39,7 @@ def test_distill_from_the_command_line_learns_the_answers_and_resumes(one_stage,
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stack"] == str(tmp_path / "stack.json") and out["reused"] == []
+    assert out["final_loss"]["answer"] > 0  # the trainer's last epoch, reported
     stack = load_stack(out["stack"])
     lp = stack.score([r["input"] for r in rows], [r["candidates"] for r in rows]).logprobs
     acc = sum(r["candidates"][int(v.argmax())] == r["answer"] for r, v in zip(rows, lp)) / len(rows)
@@ -51,6 +52,8 @@ def test_distill_from_the_command_line_learns_the_answers_and_resumes(one_stage,
     ('{"text": "a"}\n', 'line 1: expected an object with an "input" text'),
     ('{"input": "a", "answer": "b"}\n{"input": "c"}\n', "'answer' is on 1 of 2 rows"),
     ('{"input": "a", "label": 1}\n', r"unknown key\(s\) \['label'\]"),
+    ('{"input": "a", "candidates": "b c"}\n', r'line 1: "candidates" must be a list of texts'),
+    ('{"input": "a", "answer": 3}\n', r'line 1: "answer" must be a text'),
     ("\n\n", "holds no inputs"),
 ])
 def test_bad_input_files_name_the_line(one_stage, tmp_path, capsys, content, expected):
