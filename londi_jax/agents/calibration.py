@@ -21,6 +21,7 @@ from londi_jax.switcher.core import greedy
 from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, grid_hparams, make_offline_train, validate
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.mesh import replicate, shard_members, unpad
 from londi_jax.utils.programs import program_cache
 
 __all__ = ["CalibrationError", "CalibrationResult", "monotone_rates", "interpolate_cost", "greedy_call_rate",
@@ -134,14 +135,16 @@ def _rates_program(cfg: SwitcherConfig):
 
 
 def offline_call_rates(config: SwitcherConfig, dataset: OfflineDataset, c_grid: Sequence[float], *,
-                       seeds: Sequence[int] = (0, 1, 2), **hparams: float) -> np.ndarray:
+                       seeds: Sequence[int] = (0, 1, 2), mesh: jax.sharding.Mesh | None = None,
+                       **hparams: float) -> np.ndarray:
     """Mean greedy DEEPTHINK call rate over the dataset's states, per c in ``c_grid``.
 
     One offline Double-DQN switcher per (c, seed), all trained in one ``jit(vmap(...))`` program
     (``make_offline_train`` over ``grid_hparams``); ``hparams`` override the other traced
     hyper-parameters (lr, gamma, ...). Every c shares a seed's key (common random numbers, which
     keeps the measured curve smooth in c). Rates are budget-free: a LONDI-B ``config`` is
-    trained without its budget feature (``use_budget=False``). Ties go to QUICK.
+    trained without its budget feature (``use_budget=False``). Ties go to QUICK. ``mesh``: the
+    members are sharded over its ``data`` axis (``utils.mesh``), with the same rates.
     """
     c = _check_grid(c_grid)
     seeds = [int(s) for s in seeds]
@@ -155,13 +158,14 @@ def offline_call_rates(config: SwitcherConfig, dataset: OfflineDataset, c_grid: 
     n_c, n_s = c.size, len(seeds)
     hp = jax.tree.map(lambda x: jnp.repeat(x, n_s, axis=0), hp)  # member (i, j) = (c_i, seeds_j)
     keys = jnp.tile(jnp.stack([jax.random.key(s) for s in seeds]), n_c)
-    rates = _rates_program(cfg)(keys, hp, ds)
+    (keys, hp), m = shard_members((keys, hp), mesh)
+    rates = unpad(_rates_program(cfg)(keys, hp, replicate(ds, mesh)), m)
     return np.asarray(rates, np.float64).reshape(n_c, n_s).mean(axis=1)
 
 
 def calibrate_cost(config: SwitcherConfig, dataset: OfflineDataset, target_rate: float,
                    c_grid: Sequence[float], *, seeds: Sequence[int] = (0, 1, 2),
-                   **hparams: float) -> CalibrationResult:
+                   mesh: jax.sharding.Mesh | None = None, **hparams: float) -> CalibrationResult:
     """The cost c whose offline-trained switcher calls DEEPTHINK at ``target_rate`` of the states.
 
     Measures :func:`offline_call_rates` on ``c_grid`` and interpolates with
@@ -171,7 +175,7 @@ def calibrate_cost(config: SwitcherConfig, dataset: OfflineDataset, target_rate:
     check_target(target_rate=target_rate)
     target = float(target_rate)
     c = _check_grid(c_grid)
-    rates = offline_call_rates(config, dataset, c, seeds=seeds, **hparams)
+    rates = offline_call_rates(config, dataset, c, seeds=seeds, mesh=mesh, **hparams)
     return CalibrationResult(c=interpolate_cost(c, rates, target), c_grid=c, rates=rates, target=target)
 
 

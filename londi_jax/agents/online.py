@@ -245,13 +245,15 @@ class OnlineResult:
 
 def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, seeds: list[int],
                  ckpt_dir: Any, *, every_updates: int, total_updates: int | None = None,
-                 progress: bool = True) -> OnlineResult:
+                 progress: bool = True, mesh: Any = None) -> OnlineResult:
     """Train ``len(seeds)`` switches (stacked ``hparams``, one seed each) online in ONE compiled
     program: ``jit(vmap(train_chunk))`` over members with the LM weights shared, checkpointed every
     ``every_updates`` updates into ``ckpt_dir`` (a killed run resumes there and ends bit-for-bit
     where an uninterrupted one would: ``switcher.checkpoint.train_resumable``). ``total_updates``:
     stop after that many (default ``config.num_updates``, which also sets the epsilon schedule; a
     later call with a larger total resumes). Programs are compiled once per (env, config).
+    ``mesh``: members sharded over its ``data`` axis, the LM weights replicated
+    (``switcher.checkpoint.train_resumable``).
 
     ``config``: a ``SwitcherConfig`` with ``obs_dim = env.obs_dim``. Summary per member, over the
     updates of this call: episodes ended, success rate, DEEPTHINK call rate (calls per step),
@@ -286,7 +288,8 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     t0 = time.perf_counter()
     res = train_resumable(trainer, hparams, keys, ckpt_dir, every_updates=every_updates, total_updates=total_updates,
-                          progress=progress, env_params=params, meta={"seeds": [int(k) for k in seeds]})
+                          progress=progress, env_params=params, meta={"seeds": [int(k) for k in seeds]},
+                          mesh=mesh)
     jax.block_until_ready(res.train_state)
     seconds = time.perf_counter() - t0
     m = {k: np.asarray(v) for k, v in res.metrics.items()}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from londi_jax.utils import cli_args as A
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.output import add_json_flag, emit
 
@@ -90,6 +91,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     # everything is parsed and checked before any work: a bad --set fails here, in one line
     overrides = _parse_set(args.set)
+    if args.mesh:  # the same field as --set mesh=...
+        overrides["mesh"] = ",".join(f"{k}={v}" for k, v in args.mesh.items())
     stages = _stage_list(args.stages, "--stages") or None
     force = _stage_list(args.force_stages, "--force-stages")
     out = args.out or f"runs/{args.preset or DEFAULT_PRESET}"
@@ -149,5 +152,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="start --out as a copy of the finished stages of RUN_DIR that the configuration change "
                         "does not affect (without --preset: RUN_DIR's configuration plus --set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars / stage messages")
+    A.add_mesh_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_demo)

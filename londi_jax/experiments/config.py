@@ -212,9 +212,19 @@ class PipelineConfig:
     eval: EvalConfig = EvalConfig()
     online: OnlineConfig = OnlineConfig()
     progress: bool = True  # stage lines and progress bars (not part of what a run's results depend on)
+    # device mesh for the switcher grids' members, "data=8" (utils/mesh.py); "" = every visible
+    # device on data. Where a run computes, not what: results and resumes do not depend on it.
+    mesh: str = ""
 
     def __post_init__(self) -> None:
         check_fields(self, {"preset": [_NONBLANK]})
+        if self.mesh:
+            from londi_jax.utils.mesh import parse_mesh
+
+            try:
+                parse_mesh(self.mesh)
+            except LondiError as err:
+                raise ConfigFieldError("mesh", f"AXIS=N[,AXIS=N] over data / fsdp / model ({err})", self.mesh) from err
         for name in ("quick", "deep"):
             spec = getattr(self, name)
             extra = sorted(set(spec.demo_kinds or ()) - set(self.env.kinds))
@@ -452,7 +462,7 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = ("progress",)) -> dict[str, tuple[Any, Any]]:
+def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = ("progress", "mesh")) -> dict[str, tuple[Any, Any]]:
     """``{dotted field: (old value, new value)}`` for every leaf that differs (``ignore``d fields
     aside; a field only one side has shows ``None`` on the other)."""
     a, b = flatten_config(old), flatten_config(new)

@@ -57,9 +57,10 @@ from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.switcher.classifier import FailureClassifier, fit_failure_classifier
 from londi_jax.switcher.config import SwitcherConfig
 from londi_jax.switcher.network import graphdef
-from londi_jax.switcher.offline import OfflineDataset, load_dataset, make_offline_train, save_dataset
+from londi_jax.switcher.offline import OfflineDataset, load_dataset, save_dataset, train_offline_grid
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.mesh import default_mesh
 from londi_jax.utils.io import (DataFileError, append_jsonl, atomic_write, atomic_write_json, check_writable_dir,
                                 read_json, read_jsonl)
 
@@ -180,6 +181,7 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self._models: dict[str, LanguageModel] = {}
         self.pool = EnvPool()  # envs (ScienceWorld JVMs) kept across the stages' rollouts; closed by run()
+        self._mesh: Any = False  # built on first use (config.mesh): the switcher grids' members are sharded over it
         self.log: RunLogger | None = None
         self.stored = read_run_config(self.out)
         self.fork_from = Path(fork_from) if fork_from is not None else None
@@ -341,8 +343,11 @@ class Pipeline:
         return {k: str(self.out / v) for k, v in files.items() if (self.out / v).exists()}
 
     def _preflight(self, to_run: Sequence[str]) -> None:
-        """Fail before any work: an unwritable --out, a model source or level that does not exist."""
+        """Fail before any work: an unwritable --out, a model source or level that does not exist, a
+        mesh the visible devices cannot hold."""
         check_writable_dir(self.out, "output directory (--out)")
+        if {"switchers", "online"} & set(to_run):
+            self.mesh  # noqa: B018 (built now: a bad config.mesh fails here, not stages later)
         if "models" in to_run:
             from londi_jax.lm.registry import resolve_model_path
 
@@ -604,14 +609,20 @@ class Pipeline:
                               num_updates=s.num_updates, batch_size=s.batch_size, buffer_size=max(s.batch_size, 1),
                               learning_starts=1)
 
+    @property
+    def mesh(self) -> Any:
+        """The device mesh (``config.mesh``; every visible device on data), None on one device."""
+        if self._mesh is False:
+            self._mesh = default_mesh(self.config.mesh or None)
+        return self._mesh
+
     def _grid(self, cfg: SwitcherConfig, members: list[dict[str, float]], seeds: list[int], ds: OfflineDataset):
         s = self.config.switch
         base = {"lr": s.lr, "gamma": s.gamma, "target_period": s.target_period}
         hp = stack_hparams(members, base)
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-        train = jax.jit(jax.vmap(make_offline_train(cfg), in_axes=(0, 0, None)))
-        state, metrics = train(keys, hp, ds)
-        return state.params, np.asarray(metrics["loss"])
+        params, metrics = train_offline_grid(cfg, keys, hp, ds, self.mesh)
+        return jax.device_put(params, jax.devices()[0]), np.asarray(metrics["loss"])  # gathered: stored on one device
 
     def stage_switchers(self) -> dict[str, Any]:
         s = self.config.switch
@@ -719,7 +730,7 @@ class Pipeline:
             self._say(f"online {name}: {len(members)} members x {o.num_envs} envs in one program")
             res = train_online(env, params, self.online_switcher_config(use_budget), stack_hparams(members, {}),
                                seeds, self.out / "online" / name, every_updates=o.checkpoint_every,
-                               progress=self.config.progress)
+                               progress=self.config.progress, mesh=self.mesh)
             out[name] = res.params
             info[name] = res.summary
         store = CheckpointStore(self.out / "online" / "switchers", keep=1)

@@ -51,6 +51,8 @@ def run_resumable(
     hparams: Any = None,
     on_checkpoint: Callable[[int, Any], None] | None = None,
     progress: bool = True,
+    to_store: Callable[[Any], Any] | None = None,
+    from_store: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, int]:
     """Advance a state in chunks of ``every_updates`` up to ``total_updates``, saving after each.
 
@@ -59,17 +61,22 @@ def run_resumable(
     otherwise starts from ``init_state()``.
     ``chunk(state, n)`` must advance the state by ``n`` updates. ``on_checkpoint(step, state)``
     runs after each save (tests use it to stop a run part-way). Returns ``(state, resumed_from)``
-    with ``resumed_from = 0`` for a fresh start.
+    with ``resumed_from = 0`` for a fresh start. ``to_store(state)`` is what a checkpoint holds
+    and ``from_store(stored)`` places it for training (default: as is, committed to the first
+    device); a sweep sharded over devices stores its real members only, so a checkpoint restores
+    onto any mesh.
     """
+    to_store = to_store or (lambda s: s)
+    # orbax restores committed arrays; committing the fresh state too keeps one compiled
+    # chunk program for fresh and resumed runs (committed-ness is part of jit's cache key)
+    from_store = from_store or (lambda s: jax.device_put(s, jax.devices()[0]))
     if every_updates < 1 or total_updates < 0:
         raise CheckpointError(
             f"every_updates must be >= 1 and total_updates >= 0 (got {every_updates}, {total_updates})"
         )
     start = store.latest_step()
     if start is None:
-        # orbax restores committed arrays; committing the fresh state too keeps one compiled
-        # chunk program for fresh and resumed runs (committed-ness is part of jit's cache key)
-        state, start = jax.device_put(init_state(), jax.devices()[0]), 0
+        state, start = from_store(to_store(init_state())), 0
     else:
         if start > total_updates:
             raise CheckpointError(
@@ -77,15 +84,16 @@ def run_resumable(
                 f"{total_updates}; raise total_updates or use another directory"
             )
         # only the structure is needed: eval_shape traces init without compiling or running it
-        like = jax.eval_shape(init_state)
+        like = jax.eval_shape(lambda: to_store(init_state()))
         state, _ = store.restore(like, start, kind=kind, config=config, hparams=hparams)
+        state = from_store(state)
     step = start
     with tqdm(total=total_updates, initial=start, desc="train", unit="upd", disable=not progress) as bar:
         while step < total_updates:
             n = min(every_updates, total_updates - step)
             state = chunk(state, n)
             step += n
-            store.save(step, state, kind=kind, config=config, hparams=hparams)
+            store.save(step, to_store(state), kind=kind, config=config, hparams=hparams)
             bar.update(n)
             if on_checkpoint is not None:
                 store.wait()
@@ -137,6 +145,7 @@ def train_resumable(
     progress: bool = True,
     env_params: Any = None,
     meta: dict[str, Any] | None = None,
+    mesh: Any = None,
 ) -> ResumableResult:
     """Train a switcher (or a vmapped sweep) with a checkpoint every ``every_updates`` updates.
 
@@ -150,7 +159,9 @@ def train_resumable(
     differences. ``total_updates`` defaults to ``config.num_updates`` (which also sets the
     epsilon schedule). ``env_params``: passed to the compiled programs as an argument (shared by a
     sweep's members), default ``trainer.env_params``. ``meta``: more JSON-able facts stored with
-    every checkpoint and checked on resume (e.g. the members' seeds).
+    every checkpoint and checked on resume (e.g. the members' seeds). ``mesh``: a sweep's members
+    are sharded over its ``data`` axis (``utils.mesh``; padded, the copies never stored or
+    returned) and ``env_params`` replicated; a checkpoint resumes on any mesh.
     """
     config = trainer.config
     total = int(config.num_updates if total_updates is None else total_updates)
@@ -165,6 +176,15 @@ def train_resumable(
     init, step = _jitted(trainer, sweep)
     env_params = trainer.env_params if env_params is None else env_params
     chunks: list[dict[str, Any]] = []
+    to_store = from_store = None
+    stored_hparams, n_real = hparams, None
+    if mesh is not None and sweep:
+        from londi_jax.utils import mesh as mesh_lib
+
+        (rng, hparams), n_real = mesh_lib.shard_members((rng, hparams), mesh)
+        env_params = mesh_lib.replicate(env_params, mesh)
+        to_store = lambda s: mesh_lib.unpad(s, n_real)  # noqa: E731
+        from_store = lambda s: mesh_lib.shard_members(s, mesh)[0]  # noqa: E731
 
     def chunk(ts: Any, n: int) -> Any:
         ts, metrics = step(ts, hparams, n, env_params)
@@ -177,8 +197,11 @@ def train_resumable(
         ts, start = run_resumable(
             store, lambda: init(rng, hparams, env_params), chunk, every_updates=every_updates,
             total_updates=total, kind=f"switcher-train/{config.learner}", config=meta_config,
-            hparams=hparams, on_checkpoint=on_checkpoint, progress=progress,
+            hparams=stored_hparams, on_checkpoint=on_checkpoint, progress=progress,
+            to_store=to_store, from_store=from_store,
         )
     axis = 1 if sweep else 0
     metrics = (jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *chunks) if chunks else {})
+    if n_real is not None:
+        ts, metrics = to_store(ts), jax.tree.map(lambda x: x[:n_real], metrics)
     return ResumableResult(train_state=ts, metrics=metrics, resumed_from=start)

@@ -107,8 +107,17 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", default=None, metavar="PATH",
                    help="also write the table as CSV (default: not written)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    A.add_mesh_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_toy_sweep)
+
+
+def _where(result: dict[str, Any]) -> str:
+    d, lay = result["devices"], result["layout"]
+    if d["devices"] == 1:
+        return f"one {d['platform']} device"
+    pad = f", {lay['padded']} padding members dropped" if lay["padded"] else ""
+    return f"{d['devices']} {d['platform']} devices (mesh {d['mesh']}{pad})"
 
 
 _SWEEP_COLUMNS = ["c", "budget", "lr", "seed", "agreement", "learned_value", "exact_value",
@@ -120,6 +129,9 @@ def _toy_sweep(args: argparse.Namespace) -> int:
         check_writable_file(args.csv, "--csv")
     from londi_jax.switcher.sweep import ResultsTable
     from londi_jax.switcher.toy_bench import sweep_toy
+    from londi_jax.utils.mesh import default_mesh, mesh_info
+
+    mesh = default_mesh(args.mesh)  # before training: a mesh the devices cannot hold fails at once
 
     params: dict[str, list] = {"c": args.c}
     if args.budget is not None:
@@ -128,7 +140,7 @@ def _toy_sweep(args: argparse.Namespace) -> int:
         params["lr"] = args.lr
     table = sweep_toy(params, learner=args.learner, use_budget=args.budget is not None,
                       seeds=args.seeds, num_updates=args.updates, eval_episodes=args.eval_episodes,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, mesh=mesh)
     hidden = set() if args.budget is not None else {"budget", "violations"}
     if "lr" not in params:
         hidden.add("lr")
@@ -138,7 +150,8 @@ def _toy_sweep(args: argparse.Namespace) -> int:
         with open(args.csv, "w", encoding="utf-8") as f:
             f.write(ResultsTable(columns=[c for c in table.columns if "policy" not in c],
                                  rows=table.rows).to_csv())
-    result = {"learner": args.learner, "members": len(table.rows), "rows": shown.to_records()}
+    result = {"learner": args.learner, "members": len(table.rows), "devices": mesh_info(mesh),
+              "layout": table.layout, "rows": shown.to_records()}
     emit(result, args.json, lambda r: f"toy sweep: learner={r['learner']}, {r['members']} members "
-                                      f"trained in one program\n" + shown.render())
+                                      f"trained in one program on {_where(r)}\n" + shown.render())
     return 0

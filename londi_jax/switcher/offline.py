@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,8 @@ from londi_jax.switcher.core import Transition
 from londi_jax.switcher.network import graphdef, q_values
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.mesh import replicate, shard_members, unpad
+from londi_jax.utils.programs import program_cache
 
 __all__ = [
     "OfflineDataset",
@@ -55,6 +58,7 @@ __all__ = [
     "collect_toy",
     "OfflineLogger",
     "make_offline_train",
+    "train_offline_grid",
     "grid_hparams",
     "q_table",
 ]
@@ -294,6 +298,25 @@ def make_offline_train(
         return state, {"loss": losses}
 
     return train
+
+
+@program_cache(maxsize=16)
+def _grid_program(config: SwitcherConfig) -> Callable:
+    return jax.jit(jax.vmap(make_offline_train(config), in_axes=(0, 0, None)))
+
+
+def train_offline_grid(config: SwitcherConfig, keys: jax.Array, hparams: HParams, dataset: OfflineDataset,
+                       mesh: jax.sharding.Mesh | None = None) -> tuple[Any, dict[str, jax.Array]]:
+    """One offline switcher per member (``keys [M]``, ``hparams`` stacked ``[M]``), in ONE program
+    (``jit(vmap(make_offline_train(config)))``, compiled once per config) with the dataset shared.
+
+    ``mesh``: the members are sharded over its ``data`` axis (padded to a multiple of its size;
+    the copies are dropped) and the dataset replicated; the results equal the one-device run's.
+    Returns ``(params, metrics)`` with a leading member axis ``[M]`` (``metrics["loss"] [M, U]``).
+    """
+    (keys, hparams), n = shard_members((keys, hparams), mesh)
+    state, metrics = _grid_program(config)(keys, hparams, replicate(dataset, mesh))
+    return unpad((state.params, metrics), n)
 
 
 def grid_hparams(c: Sequence[float], budget: Sequence[int],

@@ -4,7 +4,9 @@ A ``SweepSpec`` names traced ``HParams`` fields and their values (grid) or distr
 (random search). ``run_sweep`` stacks the members' ``HParams`` along a leading axis, trains them
 all with ``jax.vmap`` inside one ``jax.jit`` (chunked, so a progress bar can advance), evaluates
 the greedy switches, and returns a ``ResultsTable`` (one row per member, printable, JSON/CSV).
-Changing values never recompiles; only static ``SwitcherConfig`` changes do.
+Changing values never recompiles; only static ``SwitcherConfig`` changes do. Given a device mesh
+(``utils/mesh.py``), the member axis is sharded over its ``data`` axis (padded to a multiple of
+its size; the copies are dropped), and the table records the layout.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from londi_jax.switcher.config import HPARAM_NAMES, HParams, check_value
 from londi_jax.switcher.train import Trainer, TrainState
+from londi_jax.utils import mesh as mesh_lib
 from londi_jax.utils.errors import LondiError, UnknownNameError
 from londi_jax.utils.fields import at_least
 
@@ -115,7 +118,8 @@ def train_many(trainer: Trainer, rngs: jax.Array, hparams: HParams, num_updates:
     ``[members, num_updates]``. The progress bar counts *finished* updates: JAX dispatches
     asynchronously, so chunk k is dispatched first and then chunk k-1's output is waited on
     before the bar advances (the device never idles between chunks). ``num_updates`` and
-    ``chunk`` must be ints >= 1 (``ConfigError``).
+    ``chunk`` must be ints >= 1 (``ConfigError``). Members sharded over devices
+    (``mesh.shard_members``) stay where they are: each device trains its own.
     """
     check_value("num_updates", num_updates, int, at_least(1), optional=True)
     check_value("chunk", chunk, int, at_least(1), optional=True)
@@ -160,15 +164,19 @@ def _chunk_fn(trainer: Trainer, n: int) -> Callable:
 
 def evaluate_many(trainer: Trainer, params: Any, hparams: HParams, rng: jax.Array,
                   num_episodes: int, max_steps: int, env_params: Any = None) -> dict[str, np.ndarray]:
-    """Greedy evaluation of every member; per-member summary arrays ``[members]``."""
+    """Greedy evaluation of every member; per-member summary arrays ``[members]``.
+
+    ``rng``: one key (split per member) or a ``[members]`` batch of keys (a sharded sweep passes
+    its padded keys, so member i's episodes do not depend on the padding)."""
     m = jax.tree.leaves(hparams)[0].shape[0]
+    keys = jax.random.split(rng, m) if rng.ndim == 0 else rng
     cache = trainer.__dict__.setdefault("_vmapped_evals", {})
     if (num_episodes, max_steps) not in cache:
         cache[num_episodes, max_steps] = jax.jit(jax.vmap(
             lambda p, hp, k, ep: trainer.evaluate(p, hp, k, num_episodes, max_steps, ep),
             in_axes=(0, 0, 0, None)))
     env_params = trainer.env_params if env_params is None else env_params
-    out = cache[num_episodes, max_steps](params, hparams, jax.random.split(rng, m), env_params)
+    out = cache[num_episodes, max_steps](params, hparams, keys, env_params)
     return {
         "disc_return": np.asarray(out["disc_return"].mean(-1)),
         "env_return": np.asarray(out["env_return"].mean(-1)),
@@ -186,6 +194,7 @@ class ResultsTable:
 
     columns: list[str]
     rows: list[dict[str, Any]]
+    layout: dict[str, Any] | None = None  # members, padding, mesh and devices (utils.mesh.layout)
 
     def to_records(self) -> list[dict[str, Any]]:
         return [{c: _plain(r.get(c)) for c in self.columns} for r in self.rows]
@@ -226,10 +235,12 @@ def _fmt(v: Any) -> str:
 def run_sweep(trainer: Trainer, spec: SweepSpec, seed: int = 0, eval_episodes: int = 1000,
               eval_max_steps: int = 200, chunk: int | None = None, progress: bool = True,
               row_fn: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
-              eval_env_params: Any = None) -> ResultsTable:
+              eval_env_params: Any = None, mesh: Any = None) -> ResultsTable:
     """Train and evaluate every member of ``spec`` in one compiled program; one row per member.
 
     ``row_fn(row, params)`` may add columns per member (``params`` = that member's Q-net params).
+    ``mesh``: a ``jax.sharding.Mesh`` (``utils.mesh.make_mesh``) whose ``data`` axis shards the
+    members; the rows equal the one-device run's, and ``table.layout`` says how they were laid out.
     Every member's values are checked (``HParams.create``) and ``eval_episodes``,
     ``eval_max_steps`` and ``chunk`` must be ints >= 1, before any training (``ConfigError``).
     """
@@ -243,19 +254,22 @@ def run_sweep(trainer: Trainer, spec: SweepSpec, seed: int = 0, eval_episodes: i
     k_train, k_eval = jax.random.split(key)
     point_keys = jax.random.split(k_train, spec.seeds)  # same seed index -> same key across points
     rngs = jnp.stack([point_keys[m["seed"]] for m in mem])
+    (rngs, hp, eval_keys), n = mesh_lib.shard_members((rngs, hp, jax.random.split(k_eval, len(mem))), mesh)
     ts, metrics = train_many(trainer, rngs, hp, chunk=chunk, progress=progress, desc="sweep")
-    ev = evaluate_many(trainer, ts.learner.params, hp, k_eval, eval_episodes, eval_max_steps,
-                       eval_env_params)
+    ev = evaluate_many(trainer, ts.learner.params, hp, eval_keys, eval_episodes, eval_max_steps,
+                       mesh_lib.replicate(eval_env_params, mesh))
+    ev, metrics, params = mesh_lib.unpad((ev, metrics, ts.learner.params), n)
     tail = max(1, trainer.config.num_updates // 10)
-    loss = np.asarray(metrics["loss"][:, -tail:].mean(-1))
-    train_viol = np.asarray(metrics["violations"].sum(-1))
-    train_eps = np.asarray(metrics["episodes"].sum(-1))
+    metrics = jax.device_get(metrics)  # reduced on the host: the same sums whatever the device layout
+    loss = metrics["loss"][:, -tail:].mean(-1)
+    train_viol = metrics["violations"].sum(-1)
+    train_eps = metrics["episodes"].sum(-1)
     rows = []
     for i, m in enumerate(mem):
         row = {**m, **{k: v[i] for k, v in ev.items()}, "final_loss": loss[i],
                "train_episodes": train_eps[i], "train_violations": train_viol[i]}
         if row_fn is not None:
-            row.update(row_fn(row, jax.tree.map(lambda x: x[i], ts.learner.params)))
+            row.update(row_fn(row, jax.tree.map(lambda x: x[i], params)))
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    return ResultsTable(columns=columns, rows=rows)
+    return ResultsTable(columns=columns, rows=rows, layout=mesh_lib.layout(mesh, n).to_dict())

@@ -154,14 +154,16 @@ def run_toy(c: float = 0.1, budget: int | None = None, seeds: int = 4, learner: 
 def sweep_toy(params: dict[str, Any], learner: str = "dqn", use_budget: bool = False,
               seeds: int = 2, base: dict[str, float] | None = None, num_updates: int | None = None,
               eval_episodes: int = 2000, eval_max_steps: int = 200, seed: int = 0,
-              progress: bool = True, mode: str = "grid", num_samples: int = 8) -> ResultsTable:
+              progress: bool = True, mode: str = "grid", num_samples: int = 8,
+              mesh: Any = None) -> ResultsTable:
     """A sweep on the toy benchmark (one compiled program) with exact-optimum columns per member.
 
     ``params`` maps ``HParams`` names to values (grid) or distributions (random); ``base`` fixes
     others (defaults: the tuned ``TOY_HPARAMS``). Rows carry the sweep's metrics plus
     ``agreement``, ``learned_value`` / ``exact_value``, ``learned_calls`` / ``exact_calls``
     and the ``policy`` / ``exact_policy`` tables. Arguments are checked before any training, as
-    in ``run_toy`` (the swept values by ``HParams.create``).
+    in ``run_toy`` (the swept values by ``HParams.create``). ``mesh`` shards the members over
+    its ``data`` axis (``run_sweep``).
     """
     _check_run_args(seeds=seeds, eval_episodes=eval_episodes, eval_max_steps=eval_max_steps,
                     num_updates=num_updates, num_samples=num_samples, seed=seed)
@@ -180,4 +182,5 @@ def sweep_toy(params: dict[str, Any], learner: str = "dqn", use_budget: bool = F
     eval_params = trainer.env_params.replace(max_steps=jnp.asarray(eval_max_steps, jnp.int32))
     return run_sweep(trainer, spec, seed=seed, eval_episodes=eval_episodes,
                      eval_max_steps=eval_max_steps, progress=progress, row_fn=row_fn,
-                     chunk=max(1, trainer.config.num_updates // 10), eval_env_params=eval_params)
+                     chunk=max(1, trainer.config.num_updates // 10), eval_env_params=eval_params,
+                     mesh=mesh)

@@ -22,7 +22,7 @@ from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import ConfigFieldError, Rule, above, at_least, conform, describe, within
 
 __all__ = ["checked", "count", "nonneg_int", "seed", "nonneg_float", "pos_float", "unit_interval",
-           "open_unit_interval", "check_writable_file", "check_new_dir_parent", "HelpFormatter", "LondiParser"]
+           "open_unit_interval", "mesh_shape", "add_mesh_flag", "check_writable_file", "check_new_dir_parent", "HelpFormatter", "LondiParser"]
 
 
 def checked(tp: type, *rules: Rule) -> Callable[[str], Any]:
@@ -56,6 +56,25 @@ nonneg_float = checked(float, at_least(0))  # costs, temperatures
 pos_float = checked(float, above(0))  # learning rates
 unit_interval = checked(float, within(0.0, 1.0))  # probabilities, rates
 open_unit_interval = checked(float, Rule("in (0, 1]", lambda v: 0.0 < v <= 1.0))  # top-p
+
+
+def mesh_shape(text: str) -> dict[str, int]:
+    """``--mesh data=4,model=2``: axis names and sizes checked when the command line is read (the
+    device count is checked when the mesh is built, ``utils.mesh.make_mesh``)."""
+    from londi_jax.utils.mesh import parse_mesh  # imports JAX: only when the flag is given
+
+    try:
+        return parse_mesh(text)
+    except LondiError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_mesh_flag(parser: argparse.ArgumentParser) -> None:
+    """The ``--mesh`` option shared by every command that shards work over devices."""
+    parser.add_argument("--mesh", type=mesh_shape, default=None, metavar="AXIS=N[,AXIS=N]",
+                        help="device mesh: data shards sweep members and batches, fsdp / model shard "
+                             "LM parameters; one size may be -1 (the rest); e.g. data=8 or data=4,model=2 "
+                             "(default: every visible device on data)")
 
 
 def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
