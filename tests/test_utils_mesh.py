@@ -122,7 +122,10 @@ SCRIPT = textwrap.dedent('''
     keys = jax.random.split(jax.random.key(1), 5)
     (k8, hp8), n = shard_members((keys, hp), make_mesh("data=8"))
     ts, _ = train_many(trainer, k8, hp8, num_updates=20, progress=False)
-    out["state_devices"] = len(jax.tree.leaves(ts)[0].sharding.device_set)
+    leaf = jax.tree.leaves(ts)[0]  # 5 members padded to 8: one row on each of the 8 devices
+    out["state_spec"] = str(leaf.sharding.spec)
+    out["state_rows"] = sorted({int(s.data.shape[0]) for s in leaf.addressable_shards})
+    out["state_devices"] = len({s.device for s in leaf.addressable_shards})
 
     # 3. an offline switcher grid (the pipeline's): 5 members on data=8 and on one device
     rng = np.random.default_rng(0)
@@ -190,7 +193,7 @@ def test_sharded_sweeps_equal_the_one_device_run_on_8_devices(tmp_path):
     assert out["sweep"]["data=4,model=2"]["layout"]["padded"] == 2
     for shape in ("data=8", "data=4,model=2"):
         assert out["sweep"][shape]["rel_diff"] < 1e-4, out["sweep"]
-    assert out["state_devices"] == 8
+    assert out["state_devices"] == 8 and out["state_rows"] == [1] and "data" in out["state_spec"]
     assert out["offline_diff"] < 1e-5
     res = out["resume"]
     assert res["from"] == 20 and res["members"] == 5

@@ -21,7 +21,7 @@ from londi_jax.switcher.core import greedy
 from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, grid_hparams, make_offline_train, validate
 from londi_jax.utils.errors import LondiError
-from londi_jax.utils.mesh import replicate, shard_members, unpad
+from londi_jax.utils.mesh import member_sharding, replicate, shard_members, unpad
 from londi_jax.utils.programs import program_cache
 
 __all__ = ["CalibrationError", "CalibrationResult", "monotone_rates", "interpolate_cost", "greedy_call_rate",
@@ -122,7 +122,7 @@ def greedy_call_rate(gdef, params, obs: jax.Array) -> jax.Array:
 
 
 @program_cache(maxsize=16)
-def _rates_program(cfg: SwitcherConfig):
+def _rates_program(cfg: SwitcherConfig, mesh: jax.sharding.Mesh | None = None):
     """``jit(vmap(train -> greedy call rate))`` over members, dataset shared (cached per config,
     so repeated calibrations with the same shapes do not recompile)."""
     train, gdef = make_offline_train(cfg), graphdef(cfg)
@@ -131,7 +131,8 @@ def _rates_program(cfg: SwitcherConfig):
         state, _ = train(key, h, ds)
         return greedy_call_rate(gdef, state.params, ds.obs)
 
-    return jax.jit(jax.vmap(call_rate, in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(call_rate, in_axes=(0, 0, None)),
+                   out_shardings=None if mesh is None else member_sharding(mesh))
 
 
 def offline_call_rates(config: SwitcherConfig, dataset: OfflineDataset, c_grid: Sequence[float], *,
@@ -159,7 +160,7 @@ def offline_call_rates(config: SwitcherConfig, dataset: OfflineDataset, c_grid: 
     hp = jax.tree.map(lambda x: jnp.repeat(x, n_s, axis=0), hp)  # member (i, j) = (c_i, seeds_j)
     keys = jnp.tile(jnp.stack([jax.random.key(s) for s in seeds]), n_c)
     (keys, hp), m = shard_members((keys, hp), mesh)
-    rates = unpad(_rates_program(cfg)(keys, hp, replicate(ds, mesh)), m)
+    rates = unpad(_rates_program(cfg, mesh)(keys, hp, replicate(ds, mesh)), m)
     return np.asarray(rates, np.float64).reshape(n_c, n_s).mean(axis=1)
 
 

@@ -45,7 +45,7 @@ from londi_jax.switcher.core import Transition
 from londi_jax.switcher.network import graphdef, q_values
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
-from londi_jax.utils.mesh import replicate, shard_members, unpad
+from londi_jax.utils.mesh import member_sharding, replicate, shard_members, unpad
 from londi_jax.utils.programs import program_cache
 
 __all__ = [
@@ -301,8 +301,10 @@ def make_offline_train(
 
 
 @program_cache(maxsize=16)
-def _grid_program(config: SwitcherConfig) -> Callable:
-    return jax.jit(jax.vmap(make_offline_train(config), in_axes=(0, 0, None)))
+def _grid_program(config: SwitcherConfig, mesh: jax.sharding.Mesh | None) -> Callable:
+    # outputs placed member-sharded: params derived from keys need not inherit their sharding
+    out = None if mesh is None else member_sharding(mesh)
+    return jax.jit(jax.vmap(make_offline_train(config), in_axes=(0, 0, None)), out_shardings=out)
 
 
 def train_offline_grid(config: SwitcherConfig, keys: jax.Array, hparams: HParams, dataset: OfflineDataset,
@@ -315,7 +317,7 @@ def train_offline_grid(config: SwitcherConfig, keys: jax.Array, hparams: HParams
     Returns ``(params, metrics)`` with a leading member axis ``[M]`` (``metrics["loss"] [M, U]``).
     """
     (keys, hparams), n = shard_members((keys, hparams), mesh)
-    state, metrics = _grid_program(config)(keys, hparams, replicate(dataset, mesh))
+    state, metrics = _grid_program(config, mesh)(keys, hparams, replicate(dataset, mesh))
     return unpad((state.params, metrics), n)
 
 

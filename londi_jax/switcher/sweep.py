@@ -128,6 +128,9 @@ def train_many(trainer: Trainer, rngs: jax.Array, hparams: HParams, num_updates:
     init = trainer.__dict__.setdefault("_vmapped_init", jax.jit(jax.vmap(trainer.init_train_state)))
     step = _chunk_fn(trainer, chunk)
     ts = init(rngs, hparams)
+    sharding = mesh_lib.members_sharding_of(hparams)
+    if sharding is not None:  # a fresh state does not inherit the members' sharding: place it so
+        ts = jax.device_put(ts, sharding)
     metrics, done = [], 0
     bar = tqdm(total=num_updates, desc=desc, disable=not progress, unit="upd", leave=False)
     pending: tuple[Any, int] | None = None  # (output, updates) of the chunk dispatched last

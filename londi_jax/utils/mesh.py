@@ -153,6 +153,18 @@ def member_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
 
 
+def members_sharding_of(tree: Any) -> NamedSharding | None:
+    """The member sharding of a tree placed by ``shard_members`` (its first leaf's), else None.
+
+    Programs whose outputs are derived from random keys (a fresh train state) may not inherit
+    the inputs' sharding; callers place such outputs with it explicitly."""
+    leaves = jax.tree.leaves(tree)
+    s = getattr(leaves[0], "sharding", None) if leaves else None
+    if isinstance(s, NamedSharding) and len(s.spec) and s.spec[0] == MEMBER_AXIS:
+        return s
+    return None
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
