@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -218,6 +219,56 @@ def test_toy_sweep_cli_on_8_devices_prints_the_one_device_rows(capsys, tmp_path)
     assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in eight["rows"]] == \
         [{k: v for k, v in r.items() if not isinstance(v, float)} for r in one["rows"]]
     for a, b in zip(one["rows"], eight["rows"]):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
+def test_a_bad_multi_process_launch_is_refused(capsys):
+    for argv, msg in [(["--num-processes", "2"], "need --coordinator HOST:PORT"),
+                      (["--coordinator", "127.0.0.1:1", "--num-processes", "2"], "needs --num-processes and --process-id"),
+                      (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+                       r"--process-id must be in \[0, 2\)")]:
+        assert main([*argv, "toy-sweep", "--no-progress"]) == 2
+        assert re.search(msg, capsys.readouterr().err)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_run_one_sweep_with_the_one_device_rows(capsys, tmp_path):
+    """Two processes with 4 virtual CPU devices each (gloo collectives) form one 8-device mesh;
+    process 0 prints the sweep, process 1 prints nothing."""
+    args = ["toy-sweep", "--c", "0.1", "0.3", "0.5", "--seeds", "1", "--updates", "100", "--eval-episodes", "32",
+            "--no-progress", "--json"]
+    assert main(args) == 0
+    one = json.loads(capsys.readouterr().out)
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", "import sys; from londi_jax.cli import main; sys.exit(main(sys.argv[1:]))",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--local-devices", "4", *args, "--mesh", "data=8"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    # gloo's C++ library prints its connection lines to stdout before the result
+    text = outs[0][0]
+    two = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
+    assert "{" not in outs[1][0]  # only process 0 prints results
+    assert two["devices"]["processes"] == 2 and two["devices"]["devices"] == 8
+    assert two["layout"] == {"members": 3, "padded": 5, "mesh": "data=8", "devices": 8}
+    assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in two["rows"]] == \
+        [{k: v for k, v in r.items() if not isinstance(v, float)} for r in one["rows"]]
+    for a, b in zip(one["rows"], two["rows"]):
         for k, v in a.items():
             if isinstance(v, float):
                 assert b[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k

@@ -75,7 +75,10 @@ class FSLMBabyAIConfig:
     the kinds every variant learns from); ``vocab_size``: the shared tokenizer's; ``bc``: every
     variant's trainer (full fine-tuning); ``eval_episodes``: QUICK-alone episodes per variant;
     ``holdout``: demo episodes kept out of training whose steps show the stack's hand-offs;
-    ``londi``: run the pipeline with the stack as QUICK."""
+    ``londi``: run the pipeline with the stack as QUICK, with ``londi_collect_episodes`` switch-data
+    episodes and ``londi_eval_episodes`` x ``londi_eval_seeds`` evaluation episodes per method
+    (fewer than the pipeline's own: the stack generates two hand-offs at every step of every
+    method's episodes, about 4x QUICK's cost per step on a CPU)."""
 
     preset: str = "fslm-babyai-small"
     pipeline: PipelineConfig = dataclasses.field(default_factory=_small_pipeline)
@@ -87,11 +90,15 @@ class FSLMBabyAIConfig:
     eval_episodes: int = 96
     holdout: int = 2
     londi: bool = True
+    londi_collect_episodes: int = 64
+    londi_eval_episodes: int = 32
+    londi_eval_seeds: int = 1
 
     def __post_init__(self) -> None:
         check_fields(self, {"vocab_size": [at_least(64)], "facts_tokens": [at_least(4)],
                             "subgoal_tokens": [at_least(2)], "eval_episodes": [at_least(1)],
-                            "holdout": [at_least(0)]})
+                            "holdout": [at_least(0)], "londi_collect_episodes": [at_least(1)],
+                            "londi_eval_episodes": [at_least(1)], "londi_eval_seeds": [at_least(1)]})
         if self.pipeline.env.name != "babyai-text":
             raise FSLMBabyAIError(f"pipeline.env.name must be 'babyai-text' (the bot's subgoals), got "
                                   f"{self.pipeline.env.name!r}")
@@ -250,7 +257,10 @@ def run_fslm_babyai(config: FSLMBabyAIConfig, out: str | Path, progress: bool = 
     londi = None
     if config.londi:
         t0 = time.perf_counter()
-        lcfg = dataclasses.replace(pcfg, quick=dataclasses.replace(pcfg.quick, stack=str(Path(files["stack"]).resolve())))
+        lcfg = dataclasses.replace(
+            pcfg, quick=dataclasses.replace(pcfg.quick, stack=str(Path(files["stack"]).resolve())),
+            switch=dataclasses.replace(pcfg.switch, collect_episodes=config.londi_collect_episodes),
+            eval=dataclasses.replace(pcfg.eval, episodes=config.londi_eval_episodes, seeds=config.londi_eval_seeds))
         say("LONDI with the stack as QUICK")
         res = Pipeline(lcfg, out / "londi", fork_from=demo_run if not (out / "londi").exists() else None).run()
         if res["ran"]:

@@ -179,7 +179,7 @@ def evaluate_many(trainer: Trainer, params: Any, hparams: HParams, rng: jax.Arra
             lambda p, hp, k, ep: trainer.evaluate(p, hp, k, num_episodes, max_steps, ep),
             in_axes=(0, 0, 0, None)))
     env_params = trainer.env_params if env_params is None else env_params
-    out = cache[num_episodes, max_steps](params, hparams, keys, env_params)
+    out = mesh_lib.to_host(cache[num_episodes, max_steps](params, hparams, keys, env_params))
     return {
         "disc_return": np.asarray(out["disc_return"].mean(-1)),
         "env_return": np.asarray(out["env_return"].mean(-1)),
@@ -261,9 +261,9 @@ def run_sweep(trainer: Trainer, spec: SweepSpec, seed: int = 0, eval_episodes: i
     ts, metrics = train_many(trainer, rngs, hp, chunk=chunk, progress=progress, desc="sweep")
     ev = evaluate_many(trainer, ts.learner.params, hp, eval_keys, eval_episodes, eval_max_steps,
                        mesh_lib.replicate(eval_env_params, mesh))
-    ev, metrics, params = mesh_lib.unpad((ev, metrics, ts.learner.params), n)
+    ev, metrics, params = mesh_lib.unpad((ev, metrics, mesh_lib.to_host(ts.learner.params)), n)
     tail = max(1, trainer.config.num_updates // 10)
-    metrics = jax.device_get(metrics)  # reduced on the host: the same sums whatever the device layout
+    metrics = mesh_lib.to_host(metrics)  # reduced on the host: the same sums whatever the device layout
     loss = metrics["loss"][:, -tail:].mean(-1)
     train_viol = metrics["violations"].sum(-1)
     train_eps = metrics["episodes"].sum(-1)

@@ -169,21 +169,48 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put`` that also works when ``sharding`` spans other processes' devices: every
+    process holds the same full values (the sweep's members are computed identically everywhere)
+    and gives its own devices their slices (``jax.make_array_from_callback``)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def one(x: Any) -> Any:
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of ``tree``'s arrays, gathered from every process when they span several."""
+    leaves = jax.tree.leaves(tree)
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
 def shard_members(tree: Any, mesh: Mesh | None) -> tuple[Any, int]:
     """Pad the member axis to the ``data`` axis size and place it sharded; ``(tree, real_count)``.
 
     With ``mesh=None`` the tree is returned as is (one device). Jitted programs called on the
-    result run each device's members there; outputs keep the member sharding.
+    result run each device's members there; outputs keep the member sharding. On several
+    processes every process passes the same members and holds its devices' share.
     """
     if mesh is None:
         return tree, int(np.shape(jax.tree.leaves(tree)[0])[0])
     padded, n = pad_members(tree, mesh.shape[MEMBER_AXIS])
-    return jax.device_put(padded, member_sharding(mesh)), n
+    return place(padded, member_sharding(mesh)), n
 
 
 def replicate(tree: Any, mesh: Mesh | None) -> Any:
     """Put a shared input (a dataset, the LM weights) on every device of ``mesh`` (None: as is)."""
-    return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+    return tree if mesh is None else place(tree, replicated(mesh))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,12 @@ def to_jsonable(obj: Any, *, finite: bool = False) -> Any:
 
 
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
-    """Print ``result`` as JSON (``as_json``) or as the text ``render(result)`` returns."""
+    """Print ``result`` as JSON (``as_json``) or as the text ``render(result)`` returns; on a
+    multi-process run only process 0 prints (``utils.distributed``)."""
+    from londi_jax.utils.distributed import is_main_process
+
+    if not is_main_process():
+        return
     if as_json:
         sys.stdout.write(json.dumps(to_jsonable(result), indent=2) + "\n")
     else:
