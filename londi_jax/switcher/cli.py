@@ -116,7 +116,7 @@ def _where(result: dict[str, Any]) -> str:
     d, lay = result["devices"], result["layout"]
     if d["devices"] == 1:
         return f"one {d['platform']} device"
-    pad = f", {lay['padded']} padding members dropped" if lay["padded"] else ""
+    pad = f", {lay['padded']} padding member{'s' if lay['padded'] != 1 else ''} dropped" if lay["padded"] else ""
     return f"{d['devices']} {d['platform']} devices (mesh {d['mesh']}{pad})"
 
 
