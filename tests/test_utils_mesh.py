@@ -107,13 +107,13 @@ SCRIPT = textwrap.dedent('''
                     assert a[k] == b[k], (k, a[k], b[k])
         return worst
 
-    # 1. a toy sweep: 6 members (3 c x 2 budgets), padded to 8 on data=8, to 8 on data=4 x model=2
+    # 1. a toy sweep: 6 members (3 c x 2 budgets), padded to 8 on data=8
     trainer = toy_trainer("dqn", use_budget=True, num_updates=60)
     spec = SweepSpec(params={"c": [0.1, 0.3, 0.5], "budget": [1, 2]}, seeds=1, base=TOY_HPARAMS["dqn"])
     kw = dict(eval_episodes=32, eval_max_steps=32, progress=False, chunk=60)
     one = run_sweep(trainer, spec, **kw)
     out["sweep"] = {}
-    for shape in ("data=8", "data=4,model=2"):
+    for shape in ("data=8",):
         t = run_sweep(trainer, spec, mesh=make_mesh(shape), **kw)
         out["sweep"][shape] = {"rel_diff": rows_diff(one, t), "layout": t.layout}
 
@@ -145,7 +145,7 @@ SCRIPT = textwrap.dedent('''
 
     # 4. resumable sweep on data=8: stopped after 20 of 60 updates and resumed, it ends bit for bit
     #    where the uninterrupted data=8 run ends; its checkpoint (real members only) restores onto
-    #    data=2 (another padding) bit for bit. (Across layouts runs agree to rounding, which RL
+    #    data=2 x model=2 (another padding, a second axis) bit for bit. (Across layouts runs agree to rounding, which RL
     #    training can amplify over many updates: a near-tie in one member's greedy choice flips.)
     class Stop(Exception):
         pass
@@ -161,7 +161,7 @@ SCRIPT = textwrap.dedent('''
         run(d, "data=8", total_updates=60, on_checkpoint=stop)
     except Stop:
         pass
-    moved = run(d, "data=2", total_updates=20)  # restore only: no update runs
+    moved = run(d, "data=2,model=2", total_updates=20)  # restore only: no update runs
     resumed = run(d, "data=8", total_updates=60)
     ref = train_resumable(trainer, hp, keys, tempfile.mkdtemp(), every_updates=20, total_updates=60, progress=False)
     out["resume"] = {"from": resumed.resumed_from, "same_layout": diff(resumed.train_state.learner.params,
@@ -191,37 +191,13 @@ def test_sharded_sweeps_equal_the_one_device_run_on_8_devices(tmp_path):
     # a member's arithmetic is the same on every layout, but XLA vectorises a vmapped batch of 6
     # members differently from one of 1 per device: equal to float32 rounding, not always bitwise
     assert out["sweep"]["data=8"]["layout"] == {"members": 6, "padded": 2, "mesh": "data=8", "devices": 8}
-    assert out["sweep"]["data=4,model=2"]["layout"]["padded"] == 2
-    for shape in ("data=8", "data=4,model=2"):
-        assert out["sweep"][shape]["rel_diff"] < 1e-4, out["sweep"]
+    assert out["sweep"]["data=8"]["rel_diff"] < 1e-4, out["sweep"]
     assert out["state_devices"] == 8 and out["state_rows"] == [1] and "data" in out["state_spec"]
     assert out["offline_diff"] < 1e-5
     res = out["resume"]
     assert res["from"] == 20 and res["members"] == 5
-    assert res["same_layout"] == 0.0 and res["moved"] == 0.0 and res["moved_devices"] == 2
+    assert res["same_layout"] == 0.0 and res["moved"] == 0.0 and res["moved_devices"] == 4
     assert res["one_device"] < 1e-4
-
-
-@pytest.mark.slow
-def test_toy_sweep_cli_on_8_devices_prints_the_one_device_rows(capsys, tmp_path):
-    args = ["toy-sweep", "--c", "0.1", "0.3", "0.5", "--seeds", "1", "--updates", "100", "--eval-episodes", "32",
-            "--no-progress", "--json"]
-    assert main(args) == 0
-    one = json.loads(capsys.readouterr().out)
-    r = subprocess.run([sys.executable, "-c", "import sys; from londi_jax.cli import main; sys.exit(main(sys.argv[1:]))",
-                        *args], capture_output=True, text=True, env=_eight_devices_env(), cwd=tmp_path, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    eight = json.loads(r.stdout)
-    assert one["devices"]["devices"] == 1 and one["layout"]["mesh"] == "one device"
-    assert eight["devices"] == {"platform": "cpu", "device_kind": "cpu", "devices": 8, "mesh": "data=8",
-                                "processes": 1}
-    assert eight["layout"] == {"members": 3, "padded": 5, "mesh": "data=8", "devices": 8}
-    assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in eight["rows"]] == \
-        [{k: v for k, v in r.items() if not isinstance(v, float)} for r in one["rows"]]
-    for a, b in zip(one["rows"], eight["rows"]):
-        for k, v in a.items():
-            if isinstance(v, float):
-                assert b[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
 
 
 def test_a_bad_multi_process_launch_is_refused(capsys):

@@ -147,7 +147,8 @@ def run_fslm_babyai(config: FSLMBabyAIConfig, out: str | Path, progress: bool = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, progress=True))
-    cfg = config_to_dict(config)  # what the results depend on (progress display is not)
+    cfg = config_to_dict(config)  # what the results depend on (progress display is not, nor the mesh)
+    cfg["pipeline"].pop("mesh", None)
     if (out / "config.json").exists() and read_json(out / "config.json") != cfg:
         raise FSLMBabyAIError(f"{out} holds a run of another configuration; use a new --out or delete it")
     atomic_write_json(out / "config.json", cfg)
