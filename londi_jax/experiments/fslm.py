@@ -63,14 +63,14 @@ class FSLMConfig:
     base: str = "smollm2-135m-instruct"
     teacher: str = "qwen2.5-coder-0.5b-instruct"
     train_sources: tuple[str, ...] = ("mmlu:validation", "arc_easy:validation")
-    train_questions: int = 32
+    train_questions: int = 24
     max_train_tokens: int = 160
     stage_inputs: str = "teacher"
     bc: BCConfig = BCConfig(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=4, loss="both",
                             finetune="lora", candidates=4, length_multiple=128,
                             lora=LoRAConfig(rank=8, alpha=16.0, targets=ALL_LINEAR))
     tasks: tuple[str, ...] = ("tinymmlu", "arc_challenge")
-    eval_limit: int = 100
+    eval_limit: int = 32
     models: tuple[str, ...] = ("base", "single", "stack")
     batch_size: int = 16
     dtype: str = "float32"

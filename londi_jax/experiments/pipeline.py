@@ -60,7 +60,7 @@ from londi_jax.switcher.network import graphdef
 from londi_jax.switcher.offline import OfflineDataset, load_dataset, save_dataset, train_offline_grid
 from londi_jax.switcher.sweep import stack_hparams
 from londi_jax.utils.errors import LondiError
-from londi_jax.utils.mesh import default_mesh
+from londi_jax.utils.mesh import default_mesh, mesh_info
 from londi_jax.utils.io import (DataFileError, append_jsonl, atomic_write, atomic_write_json, check_writable_dir,
                                 read_json, read_jsonl)
 
@@ -667,7 +667,7 @@ class Pipeline:
             clf_info = {"skipped": str(err)}
             self._say(f"failure classifier skipped: {err}")
         return {"c_grid": list(s.c_grid), "offline_call_rates": rates.tolist(), "c_star": c_star,
-                "classifier": clf_info,
+                "classifier": clf_info, "devices": mesh_info(self.mesh),
                 "target_call_rate": s.target_call_rate, "final_loss": float(loss[:, -100:].mean()),
                 "final_loss_budget": float(loss_b[:, -100:].mean())}
 
@@ -732,7 +732,7 @@ class Pipeline:
                                seeds, self.out / "online" / name, every_updates=o.checkpoint_every,
                                progress=self.config.progress, mesh=self.mesh)
             out[name] = res.params
-            info[name] = res.summary
+            info[name] = {**res.summary, "devices": mesh_info(self.mesh)}
         store = CheckpointStore(self.out / "online" / "switchers", keep=1)
         store.save(1, out, kind="londi-online-grid", config={"online": config_to_dict(o)}, extra=info)
         store.wait()

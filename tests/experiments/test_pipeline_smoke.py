@@ -57,6 +57,7 @@ def test_outputs_exist_and_are_well_formed(run_dir):
     assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tb").iterdir())
     data = json.loads((run_dir / "switchers.done.json").read_text())
     assert len(data["offline_call_rates"]) == len(cfg.switch.c_grid)
+    assert data["devices"]["mesh"] == "one device" and data["devices"]["devices"] == 1  # where the grids ran
 
 
 def test_rerun_resumes_and_mismatch_is_refused(run_dir, capsys):
