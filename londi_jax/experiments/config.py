@@ -462,7 +462,12 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = ("progress", "mesh")) -> dict[str, tuple[Any, Any]]:
+# How a run shows its progress and where it computes: no result depends on them, so changing
+# them never invalidates a stage (config_diff ignores them).
+RUN_ONLY_FIELDS = ("progress", "mesh")
+
+
+def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = RUN_ONLY_FIELDS) -> dict[str, tuple[Any, Any]]:
     """``{dotted field: (old value, new value)}`` for every leaf that differs (``ignore``d fields
     aside; a field only one side has shows ``None`` on the other)."""
     a, b = flatten_config(old), flatten_config(new)
