@@ -42,7 +42,9 @@ def test_online_stage_stores_what_the_evaluation_restores(run_copy, monkeypatch)
                       seeds * len(s.c_grid)),
                      (True, [np.float32(s.budget_c).item()] * (len(s.budgets) * s.seeds),
                       [n for n in s.budgets for _ in seeds], seeds * len(s.budgets))]
-    assert info == {"londi": {"members": len(s.c_grid) * s.seeds}, "londi_b": {"members": len(s.budgets) * s.seeds}}
+    one = {"platform": "cpu", "device_kind": "cpu", "devices": 1, "mesh": "one device", "processes": 1}
+    assert info == {"londi": {"members": len(s.c_grid) * s.seeds, "devices": one},
+                    "londi_b": {"members": len(s.budgets) * s.seeds, "devices": one}}  # where the grids ran
     tree = pipe._online_switchers()
     for name, use_budget, i in (("londi", False, 1), ("londi_b", True, 2)):
         cfg_o = pipe.online_switcher_config(use_budget)
