@@ -275,4 +275,4 @@ def run_sweep(trainer: Trainer, spec: SweepSpec, seed: int = 0, eval_episodes: i
             row.update(row_fn(row, jax.tree.map(lambda x: x[i], params)))
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    return ResultsTable(columns=columns, rows=rows, layout=mesh_lib.layout(mesh, n).to_dict())
+    return ResultsTable(columns=columns, rows=rows, layout=mesh_lib.layout(mesh, n))

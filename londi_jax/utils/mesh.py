@@ -19,7 +19,6 @@ Virtual devices for tests and trials: ``XLA_FLAGS=--xla_force_host_platform_devi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -213,21 +212,10 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
     return tree if mesh is None else place(tree, replicated(mesh))
 
 
-@dataclasses.dataclass(frozen=True)
-class MemberLayout:
-    """How a sweep's members were laid out: recorded with its results."""
-
-    members: int
-    padded: int
-    mesh: str
-    devices: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def layout(mesh: Mesh | None, members: int) -> MemberLayout:
+def layout(mesh: Mesh | None, members: int) -> dict[str, Any]:
+    """How a sweep's members were laid out, recorded with its results:
+    ``{"members", "padded", "mesh", "devices"}``."""
     per = 1 if mesh is None else mesh.shape[MEMBER_AXIS]
-    return MemberLayout(members=members, padded=-members % per,
-                        mesh=format_mesh(mesh) if mesh is not None else "one device",
-                        devices=1 if mesh is None else mesh.devices.size)
+    return {"members": members, "padded": -members % per,
+            "mesh": format_mesh(mesh) if mesh is not None else "one device",
+            "devices": 1 if mesh is None else mesh.devices.size}
