@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from processes import json_result, run_processes
+
 from londi_jax.cli import main
 from londi_jax.utils.errors import UnknownNameError
 from londi_jax.utils.mesh import (AXES, MeshError, format_mesh, make_mesh, pad_members, parse_mesh,
@@ -209,14 +211,6 @@ def test_a_bad_multi_process_launch_is_refused(capsys):
         assert re.search(msg, capsys.readouterr().err)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_on_loopback_run_one_sweep_with_the_one_device_rows(capsys, tmp_path):
     """Two processes with 4 virtual CPU devices each (gloo collectives) form one 8-device mesh;
@@ -225,21 +219,9 @@ def test_two_processes_on_loopback_run_one_sweep_with_the_one_device_rows(capsys
             "--no-progress", "--json"]
     assert main(args) == 0
     one = json.loads(capsys.readouterr().out)
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, "-c", "import sys; from londi_jax.cli import main; sys.exit(main(sys.argv[1:]))",
-                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-                               "--local-devices", "4", *args, "--mesh", "data=8"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    # gloo's C++ library prints its connection lines to stdout before the result
-    text = outs[0][0]
-    two = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
-    assert "{" not in outs[1][0]  # only process 0 prints results
+    outs = run_processes([*args, "--mesh", "data=8"], tmp_path)
+    two = json_result(outs[0])
+    assert "{" not in outs[1]  # only process 0 prints results
     assert two["devices"]["processes"] == 2 and two["devices"]["devices"] == 8
     assert two["layout"] == {"members": 3, "padded": 5, "mesh": "data=8", "devices": 8}
     assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in two["rows"]] == \

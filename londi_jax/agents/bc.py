@@ -28,15 +28,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.lm.engine import score_candidates
 from londi_jax.lm.layers import CausalLM
 from londi_jax.lm.lora import LoRAConfig, add_lora, merge_lora, merge_trainable, split_trainable
+from londi_jax.lm.sharding import shard_state
 from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import above, at_least, check_fields, one_of, within
+from londi_jax.utils.mesh import MEMBER_AXIS, member_sharding, place
 
 __all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
            "bc_data_from_episodes", "bc_data_from_steps", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
@@ -248,7 +251,7 @@ class BCTrainer:
     KIND = "bc-train"
 
     def __init__(self, model: CausalLM, tokenizer: Any, data: BCData, config: BCConfig = BCConfig(),
-                 actions: Sequence[str] = ACTIONS):
+                 actions: Sequence[str] = ACTIONS, mesh: Mesh | None = None):
         if len(data) < config.batch_size:
             raise BCError(f"{len(data)} examples are fewer than one batch ({config.batch_size}); "
                           f"write more demos or lower batch_size")
@@ -263,6 +266,13 @@ class BCTrainer:
             model = add_lora(model, config.lora, seed=config.seed)
         self.model_config = model.config
         self.graphdef, trainable, frozen = split_trainable(model, config.finetune)
+        self.mesh = mesh
+        if mesh is not None:  # parameters (and so their optimizer state) on fsdp / model, batches on data
+            rows = mesh.shape[MEMBER_AXIS]
+            if config.batch_size % rows:
+                raise BCError(f"batch_size {config.batch_size} does not split over the mesh's data axis ({rows} "
+                              f"devices); use a multiple of {rows}")
+            trainable, frozen = shard_state(trainable, mesh), shard_state(frozen, mesh)
         self.frozen = frozen
         self._init_trainable = trainable
         self.c_tok, self.c_valid = encode_candidates(tokenizer, actions) if data.candidate_ids is None else (None, None)
@@ -309,6 +319,13 @@ class BCTrainer:
             return p_tok, p_valid, labels, row_valid
         c_tok, c_valid = self._candidate_batch(idx, epoch, labels)  # sets labels to the expert's slot
         return p_tok, p_valid, labels, row_valid, c_tok, c_valid
+
+    def _placed(self, batch: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
+        """A batch's rows split over the mesh's ``data`` axis (as is without a mesh): each device
+        computes its rows' gradients and the compiler reduces them."""
+        if self.mesh is None:
+            return batch
+        return tuple(place(b, member_sharding(self.mesh)) for b in batch)
 
     def _candidate_batch(self, idx: np.ndarray, epoch: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row candidates ``(B, K, L)``: the expert's action first, then up to K - 1 others of
@@ -364,7 +381,7 @@ class BCTrainer:
                        "model": dataclasses.asdict(self.model_config)}
         try:
             if store is not None and store.latest_step() is not None:
-                like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+                like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
                 state, meta = store.restore(like, kind=self.KIND, config=meta_config)
                 start = int(meta["step"])
                 extra = meta.get("extra", {})
@@ -383,7 +400,7 @@ class BCTrainer:
                     epoch_metrics: list[dict[str, jax.Array]] = []  # read back once per epoch, not per step
                     for b_idx in range(step - epoch * self.steps_per_epoch, len(batches)):
                         tr, opt, metrics = self._step(state["trainable"], state["opt"], self.frozen,
-                                                      *self._batch(batches[b_idx], epoch))
+                                                      *self._placed(self._batch(batches[b_idx], epoch)))
                         state = {"trainable": tr, "opt": opt}
                         step += 1
                         if epoch_metrics:  # the previous step is finished once its metrics are ready

@@ -16,7 +16,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"registered name, .gguf file or Hugging Face directory (default {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    A.add_mesh_flag(p)
     add_json_flag(p)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The model, its parameters loaded straight into their shards when a mesh is in use."""
+    from londi_jax.lm.registry import load_lm
+    from londi_jax.utils.mesh import default_mesh
+
+    return load_lm(args.model, dtype=args.dtype, progress=not args.json, mesh=default_mesh(args.mesh))
+
+
+def _devices(lm: Any) -> dict[str, Any]:
+    from londi_jax.utils.mesh import mesh_info
+
+    return mesh_info(lm.mesh)
 
 
 def _cost_dict(lm: Any, last: Any) -> dict[str, Any]:
@@ -37,11 +52,10 @@ def _score(args: argparse.Namespace) -> int:
     import numpy as np
 
     from londi_jax.lm.demo import softmax
-    from londi_jax.lm.registry import load_lm
 
     if not args.candidate:
         raise LondiError("give at least one --candidate TEXT to score")
-    lm = load_lm(args.model, dtype=args.dtype, progress=not args.json)
+    lm = _load(args)
     res = lm.score([args.prompt], [list(args.candidate)])
     lps = np.asarray(res.logprobs[0], np.float64)
     among = softmax(lps)  # renormalised over the given candidates only
@@ -58,6 +72,7 @@ def _score(args: argparse.Namespace) -> int:
         ],
         "best": args.candidate[res.best()[0]],
         "cost": _cost_dict(lm, res.cost),
+        "devices": _devices(lm),
     }
 
     def render(r: dict[str, Any]) -> str:
@@ -78,11 +93,9 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from londi_jax.lm.registry import load_lm
-
     if args.max_new_tokens < 1:
         raise LondiError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    lm = load_lm(args.model, dtype=args.dtype, progress=not args.json)
+    lm = _load(args)
     prompt = args.prompt
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=tuple(args.stop or ()),
               seed=args.seed)
@@ -100,6 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
         "num_tokens": len(res.token_ids[0]),
         "finish_reason": res.finish_reasons[0],
         "cost": _cost_dict(lm, res.cost),
+        "devices": _devices(lm),
     }
 
     def render(r: dict[str, Any]) -> str:

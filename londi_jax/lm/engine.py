@@ -73,6 +73,7 @@ from londi_jax.lm.interface import (
 )
 from londi_jax.lm.layers import CausalLM, KVCache, init_cache
 from londi_jax.lm.lora import adapter_bank_size, set_adapter_rows
+from londi_jax.utils.mesh import host_to_global, mesh_spans_processes, replicated_constraint
 
 
 def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
@@ -278,7 +279,50 @@ def score_candidates(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, c_to
     return score_blocks(model, cache, p_valid, last_logits, c_tok, c_valid, c_row), pooled, last
 
 
-class LanguageModel:
+class MeshProgram:
+    """``jax.jit(fn)`` for a model's program, called as ``(state, *arrays)``. When the model's mesh
+    spans several processes, host inputs (token ids, masks, keys) are first placed replicated on it
+    (a multi-process program takes only global arrays); otherwise this is the plain jit."""
+
+    def __init__(self, owner: Any, fn: Any, **jit_kwargs: Any):
+        self.owner = owner
+        self.jitted = jax.jit(fn, **jit_kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        mesh = self.owner.mesh
+        if mesh is not None and mesh_spans_processes(mesh):
+            args = (args[0], *(host_to_global(a, mesh) for a in args[1:]))
+        return self.jitted(*args, **kwargs)
+
+
+class MeshPlacement:
+    """What both engines (decoder-only and seq2seq) share for running over a device mesh: ``mesh``
+    (None: one device), ``shard(mesh)`` and their programs as ``MeshProgram``s."""
+
+    mesh: Any = None
+
+    def shard(self, mesh: Any) -> Any:
+        """Place the parameters over ``mesh`` (``lm.sharding``'s rules: ``fsdp`` / ``model`` axes;
+        LoRA factors and adapter banks follow their kernels) and run every program there; returns
+        self. Results equal the one-device ones to float rounding (the compiler inserts the
+        collectives). Outputs that come back to the host are gathered (replicated) in the program,
+        so this works with the mesh spanning several processes; every process must make the same
+        calls."""
+        from londi_jax.lm.sharding import shard_state
+
+        self.state = shard_state(self.state, mesh)
+        self.mesh = mesh
+        return self
+
+    def _gathered(self, tree: Any) -> Any:
+        """Host-bound outputs, replicated over the mesh (every process can read them)."""
+        return tree if self.mesh is None else replicated_constraint(tree, self.mesh)
+
+    def _program(self, fn: Any, **jit_kwargs: Any) -> MeshProgram:
+        return MeshProgram(self, fn, **jit_kwargs)
+
+
+class LanguageModel(MeshPlacement):
     """A loaded LM with ``score`` / ``generate`` / ``embed`` / ``cost`` (see ``interface.LM``).
 
     ``batch_size`` bounds how many prompts go through one program call (bigger inputs are chunked);
@@ -293,7 +337,7 @@ class LanguageModel:
 
     def __init__(self, config: ModelConfig, model: CausalLM, tokenizer: Any = None, name: str = "lm",
                  batch_size: int = 16, min_batch: int = 1, eog_token_ids: Sequence[int] = (),
-                 candidate_block: int = 256):
+                 candidate_block: int = 256, mesh: Any = None):
         self.config = config
         self.tokenizer = tokenizer
         self.name = name
@@ -304,12 +348,14 @@ class LanguageModel:
             raise LMInputError(f"candidate_block must be >= 1, got {candidate_block}")
         self.candidate_block = candidate_block
         self.graphdef, self.state = nnx.split(model)
+        if mesh is not None:
+            self.shard(mesh)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._prefill_jit = jax.jit(self._prefill_impl, static_argnames=("packed",))
-        self._blocks_jit = jax.jit(self._blocks_impl)
-        self._generate_jit = jax.jit(self._generate_impl, static_argnames=("new_cap", "sample", "packed"))
-        self._embed_jit = jax.jit(self._embed_impl, static_argnames=("packed",))
-        self._logits_jit = jax.jit(self._logits_impl)
+        self._prefill_jit = self._program(self._prefill_impl, static_argnames=("packed",))
+        self._blocks_jit = self._program(self._blocks_impl)
+        self._generate_jit = self._program(self._generate_impl, static_argnames=("new_cap", "sample", "packed"))
+        self._embed_jit = self._program(self._embed_impl, static_argnames=("packed",))
+        self._logits_jit = self._program(self._logits_impl)
         self._token_texts: list[str] | None = None
         self._stop_masks: dict[tuple[str, ...], np.ndarray] = {}
         self._last_call: CallCost | None = None  # running totals, not a growing list of calls
@@ -337,6 +383,7 @@ class LanguageModel:
         """The NNX module (merged view of the current state)."""
         return nnx.merge(self.graphdef, self.state)
 
+
     # ------------------------------------------------------------------ pure programs
     def _bind(self, state, rows):
         """The module of ``state``, its adapter bank (if any) set to ``rows`` (one id per row of the
@@ -348,24 +395,25 @@ class LanguageModel:
 
     def _prefill_impl(self, state, p_tok, p_valid, rows, *, packed: int | None):
         self.trace_counts["prefill"] += 1
-        return prefill_prompts(self._bind(state, rows), p_tok, p_valid, packed)
+        cache, last_logits, pooled, last = prefill_prompts(self._bind(state, rows), p_tok, p_valid, packed)
+        return cache, last_logits, *self._gathered((pooled, last))
 
     def _blocks_impl(self, state, cache, p_valid, last_logits, c_tok, c_valid, c_row, rows):
         self.trace_counts["score"] += 1
-        return score_blocks(self._bind(state, rows), cache, p_valid, last_logits, c_tok, c_valid, c_row,
-                            with_greedy=True)
+        return self._gathered(score_blocks(self._bind(state, rows), cache, p_valid, last_logits, c_tok, c_valid,
+                                           c_row, with_greedy=True))
 
     def _embed_impl(self, state, p_tok, p_valid, rows, *, packed: int | None):
         self.trace_counts["embed"] += 1
         model = self._bind(state, rows)
         hidden, _, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
-        return mean_pool(hidden, p_valid)
+        return self._gathered(mean_pool(hidden, p_valid))
 
     def _logits_impl(self, state, tok, valid, rows):
         self.trace_counts["logits"] += 1
         model = self._bind(state, rows)
         hidden, _, _ = prefill(model, tok, valid, tok.shape[1])
-        return model.logits(hidden)
+        return self._gathered(model.logits(hidden))
 
     def _generate_impl(self, state, p_tok, p_valid, rows, max_new, temperature, top_k, top_p, key, stop_mask,
                        *, new_cap: int, sample: bool, packed: int | None = None):
@@ -403,7 +451,7 @@ class LanguageModel:
 
         carry = (jnp.int32(0), cache, key_valid, ring_valid, logits, out, done, n_gen, key)
         _, _, _, _, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, carry)
-        return out, n_gen
+        return self._gathered((out, n_gen))
 
     # ------------------------------------------------------------------ host helpers
     def _tok(self) -> Any:
@@ -524,7 +572,7 @@ class LanguageModel:
         lm = LanguageModel(self.config, add_lora_bank(base, models), self.tokenizer,
                            name=name or f"{self.name}+{len(models)} adapters", batch_size=self.batch_size,
                            min_batch=self.min_batch, eog_token_ids=self.declared_eog_ids,
-                           candidate_block=self.candidate_block)
+                           candidate_block=self.candidate_block, mesh=self.mesh)
         lm.adapter_names = tuple(names)
         return lm
 

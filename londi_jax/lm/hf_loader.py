@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
+from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
 from londi_jax.lm.config import SUPPORTED_DTYPES, ConfigError, ModelConfig
@@ -28,6 +30,7 @@ from londi_jax.lm.gemma3 import Gemma3ForCausalLM
 from londi_jax.lm.gpt_neox import GPTNeoXForCausalLM
 from londi_jax.lm.layers import CausalLM, jnp_dtype
 from londi_jax.lm.llama import LlamaForCausalLM
+from londi_jax.lm.sharding import partition_spec
 from londi_jax.lm.t5 import T5ForConditionalGeneration
 from londi_jax.utils.errors import LondiError
 
@@ -227,8 +230,14 @@ def _shape_of(tensors: Mapping[str, Any], name: str) -> tuple[int, ...]:
 
 
 def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "float32",
-                progress: bool = False) -> CausalLM:
+                progress: bool = False, mesh: Mesh | None = None) -> CausalLM:
     """Build the NNX model for ``config`` from Hugging Face-named, PyTorch-layout ``tensors``.
+
+    With a ``mesh`` every parameter is created directly in its shards (``lm.sharding`` rules):
+    each device's slice is read from ``tensors`` on its own (``tensors.get_slice`` where the
+    mapping has it, as safetensors files do, for the tensors whose transform is a transpose or
+    nothing), so no device and, for sliced reads, no host ever holds a whole sharded tensor; on
+    several processes each reads only its own devices' slices.
 
     Raises one ``CheckpointError`` listing every missing tensor, unexpected tensor and shape
     mismatch (with the expected shape and the config field responsible).
@@ -287,6 +296,12 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
     target_dtype = jnp_dtype(dtype)
     values: dict[tuple, Any] = {}
     for name, rule, layer in tqdm(plan, desc="loading weights", disable=not progress, leave=False):
+        if mesh is not None:
+            for template, transform in rule.targets:
+                path = _path(template, layer)
+                values[path] = _load_sharded(tensors, name, transform, config, expected[path].shape, target_dtype,
+                                             NamedSharding(mesh, partition_spec(path, expected[path].shape, mesh)))
+            continue
         arr = np.asarray(tensors[name])
         for template, transform in rule.targets:
             path = _path(template, layer)
@@ -296,6 +311,21 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
         del arr
     nnx.replace_by_pure_dict(abs_state, traverse_util.unflatten_dict(values))
     return nnx.merge(graphdef, abs_state)
+
+
+def _load_sharded(tensors: Mapping[str, Any], name: str, transform: Callable, config: Any,
+                  shape: tuple[int, ...], dtype: Any, sharding: NamedSharding) -> jax.Array:
+    """One parameter built from its devices' slices (``build_model`` with a mesh)."""
+    get_slice = getattr(tensors, "get_slice", None)
+    if get_slice is not None and transform is _identity:
+        read = lambda index: get_slice(name, index)  # noqa: E731
+    elif get_slice is not None and transform is _transpose:  # the slice of a.T is a's slice, transposed
+        read = lambda index: get_slice(name, tuple(reversed(index))).T  # noqa: E731
+    else:  # other transforms (fused-qkv splits, dequantized GGUF blocks) need the whole tensor once
+        whole = np.ascontiguousarray(transform(np.asarray(tensors[name]), config))
+        read = lambda index: whole[index]  # noqa: E731
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: np.ascontiguousarray(np.asarray(read(index)).astype(dtype)))
 
 
 def _hf_name_hint(rules: Sequence[_Rule], path: tuple, config: ModelConfig) -> str:
@@ -353,6 +383,10 @@ class SafetensorsTensors(Mapping[str, np.ndarray]):
         except Exception as err:
             raise CheckpointError(f"cannot read tensor {name!r} from {self._where[name]} ({err}); "
                                   f"the file is corrupt: download the checkpoint again") from err
+
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """``self[name][index]`` read from the file alone (a device's shard; ``build_model``)."""
+        return self._handle(self._where[name]).get_slice(name)[index]
 
     def get_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(self._where[name]).get_slice(name).get_shape())
@@ -446,7 +480,8 @@ def model_type_of(path: Path) -> str | None:
         return None  # read_config reports it
 
 
-def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True) -> tuple[Any, Any]:
+def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True,
+                      mesh: Mesh | None = None) -> tuple[Any, Any]:
     """A local T5 / Flan-T5 Hugging Face directory as ``(T5ForConditionalGeneration, T5Config)``; a
     stored ``lm_head.weight`` is the LM head even where the config says tied (transformers v5
     writes every T5 config tied)."""
@@ -465,13 +500,15 @@ def load_t5_directory(path: str | os.PathLike, dtype: str = "float32", progress:
     tensors = open_safetensors_dir(p)
     if config.tie_embeddings and "lm_head.weight" in tensors:
         config = config.replace(tie_embeddings=False)
-    return build_model(config, tensors, dtype=dtype, progress=progress), config.replace(dtype=dtype)
+    return build_model(config, tensors, dtype=dtype, progress=progress, mesh=mesh), config.replace(dtype=dtype)
 
 
-def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True):
+def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress: bool = True,
+                      mesh: Mesh | None = None):
     """Load a local Hugging Face model directory as a ``LanguageModel`` (see engine.py); generation
     stops on generation_config.json's and config.json's EOS ids (and the tokenizer's EOS). A T5 /
-    Flan-T5 directory gives a ``seq2seq.Seq2SeqLanguageModel`` (the same interface)."""
+    Flan-T5 directory gives a ``seq2seq.Seq2SeqLanguageModel`` (the same interface). ``mesh``: load
+    the parameters straight into their shards over it (``build_model``) and run there."""
     from londi_jax.lm.engine import LanguageModel  # engine builds on this module
 
     p = Path(path)
@@ -480,11 +517,11 @@ def load_hf_directory(path: str | os.PathLike, dtype: str = "float32", progress:
     if model_type_of(p) == "t5":  # encoder-decoder: the seq2seq engine
         from londi_jax.lm.seq2seq import Seq2SeqLanguageModel
 
-        model, t5_config = load_t5_directory(p, dtype, progress)
-        return Seq2SeqLanguageModel(t5_config, model, load_tokenizer(p), name=p.name)
+        model, t5_config = load_t5_directory(p, dtype, progress, mesh)
+        return Seq2SeqLanguageModel(t5_config, model, load_tokenizer(p), name=p.name, mesh=mesh)
     config = read_config(p, dtype)
     tensors = open_safetensors_dir(p)
-    model = build_model(config, tensors, dtype=dtype, progress=progress)
+    model = build_model(config, tensors, dtype=dtype, progress=progress, mesh=mesh)
     tokenizer = load_tokenizer(p)
     return LanguageModel(config.replace(dtype=dtype), model, tokenizer, name=p.name,
-                         eog_token_ids=generation_eos_ids(p))
+                         eog_token_ids=generation_eos_ids(p), mesh=mesh)

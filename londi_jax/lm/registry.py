@@ -169,9 +169,10 @@ def _refuse_checkpoint_file(path: Path) -> None:
 
 
 def load_gguf(path: str | os.PathLike, dtype: str = "float32", name: str | None = None,
-              progress: bool = True) -> LanguageModel:
+              progress: bool = True, mesh: Any = None) -> LanguageModel:
     """A ``LanguageModel`` from a llama.cpp GGUF file (weights dequantized to ``dtype``); a T5 file
-    gives a ``seq2seq.Seq2SeqLanguageModel`` (the same interface)."""
+    gives a ``seq2seq.Seq2SeqLanguageModel`` (the same interface). ``mesh``: parameters built in
+    their shards (each tensor is dequantized once on the host, then sliced per device)."""
     from londi_jax.lm.config import ModelConfig
     from londi_jax.lm.gguf_loader import read_gguf
     from londi_jax.lm.hf_loader import build_model
@@ -183,33 +184,38 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32", name: str | None 
         from londi_jax.lm.t5 import T5Config
 
         t5 = T5Config.from_hf_dict(ck.config, dtype=dtype)
-        return Seq2SeqLanguageModel(t5, build_model(t5, ck.tensors, dtype=dtype, progress=progress),
+        return Seq2SeqLanguageModel(t5, build_model(t5, ck.tensors, dtype=dtype, progress=progress, mesh=mesh),
                                     ck.tokenizer() if "tokenizer.ggml.tokens" in ck.metadata else None,
-                                    name=name or Path(path).stem)
+                                    name=name or Path(path).stem, mesh=mesh)
     config = ModelConfig.from_hf_dict(ck.config, dtype=dtype)
-    model = build_model(config, ck.tensors, dtype=dtype, progress=progress)
+    model = build_model(config, ck.tensors, dtype=dtype, progress=progress, mesh=mesh)
     tokenizer = ck.tokenizer()
     return LanguageModel(config.replace(dtype=dtype), model, tokenizer, name=name or Path(path).stem,
-                         eog_token_ids=ck.end_of_generation_ids)
+                         eog_token_ids=ck.end_of_generation_ids, mesh=mesh)
 
 
-def load_lm(name_or_path: str | os.PathLike, dtype: str = "float32", progress: bool = True) -> LanguageModel:
-    """Load a model by registered name (see :func:`registered_models`), .gguf file or HF directory."""
+def load_lm(name_or_path: str | os.PathLike, dtype: str = "float32", progress: bool = True,
+            mesh: Any = None) -> LanguageModel:
+    """Load a model by registered name (see :func:`registered_models`), .gguf file or HF directory.
+
+    ``mesh`` (a ``jax.sharding.Mesh``, e.g. ``utils.mesh.make_mesh("fsdp=2,model=4")``): load the
+    parameters directly into their shards over it (``lm.sharding``'s rules) and run every program
+    there; a factory-registered model is built whole, then placed."""
     key = os.fspath(name_or_path)
     src = _REGISTRY.get(key)
     if src is not None and callable(src) and src not in _PATH_FACTORIES:
         lm = src(dtype)  # type: ignore[call-arg]
         if not isinstance(lm, LanguageModel):
             raise LondiError(f"the factory registered as {key!r} returned {type(lm).__name__}, not a LanguageModel")
-        return lm
+        return lm.shard(mesh) if mesh is not None else lm
     path = resolve_model_path(key)
     assert path is not None
     display = key if key in _REGISTRY else None
     if path.is_dir():
         from londi_jax.lm.hf_loader import load_hf_directory
 
-        lm = load_hf_directory(path, dtype=dtype, progress=progress)
+        lm = load_hf_directory(path, dtype=dtype, progress=progress, mesh=mesh)
         if display:
             lm.name = display
         return lm
-    return load_gguf(path, dtype=dtype, name=display, progress=progress)
+    return load_gguf(path, dtype=dtype, name=display, progress=progress, mesh=mesh)

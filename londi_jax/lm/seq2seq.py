@@ -27,7 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from londi_jax.lm.engine import CANDIDATE_BUCKET, PROMPT_BUCKET, bucket, sample_token, token_logprobs
+from londi_jax.lm.engine import (
+    CANDIDATE_BUCKET,
+    PROMPT_BUCKET,
+    MeshPlacement,
+    bucket,
+    sample_token,
+    token_logprobs,
+)
 from londi_jax.lm.interface import CallCost, ContextLengthError, CostReport, GenerateResult, LMInputError, ScoreResult
 from londi_jax.lm.t5 import T5Config, T5ForConditionalGeneration
 
@@ -43,22 +50,25 @@ def _right_pad(rows: Sequence[Sequence[int]], n: int, length: int) -> tuple[np.n
     return tok, valid
 
 
-class Seq2SeqLanguageModel:
+class Seq2SeqLanguageModel(MeshPlacement):
     """A T5-family model (``T5ForConditionalGeneration``) as an ``LM`` (see the module docstring)."""
 
     is_encoder_decoder = True
 
-    def __init__(self, config: T5Config, model: T5ForConditionalGeneration, tokenizer: Any = None, name: str = "t5"):
+    def __init__(self, config: T5Config, model: T5ForConditionalGeneration, tokenizer: Any = None, name: str = "t5",
+                 mesh: Any = None):
         self.config, self.tokenizer, self.name = config, tokenizer, name
         self.graphdef, self.state = nnx.split(model)
+        if mesh is not None:
+            self.shard(mesh)
         leaves = jax.tree.leaves(self.state)
         self.num_params = int(sum(x.size for x in leaves))
         emb = config.vocab_size * config.hidden_size
         self.num_nonembedding_params = self.num_params - emb * (1 if config.tie_embeddings else 2)
         self.trace_counts: Counter[str] = Counter()
-        self._score_jit = jax.jit(self._score_impl)
-        self._generate_jit = jax.jit(self._generate_impl, static_argnames=("new_cap", "sample"))
-        self._embed_jit = jax.jit(self._embed_impl)
+        self._score_jit = self._program(self._score_impl)
+        self._generate_jit = self._program(self._generate_impl, static_argnames=("new_cap", "sample"))
+        self._embed_jit = self._program(self._embed_impl)
         self._totals = {"seconds": 0.0, "flops": 0.0, "calls": 0}
         self._last_call: CallCost | None = None
         self._last_context = config.context_window / 2
@@ -90,13 +100,13 @@ class Seq2SeqLanguageModel:
         w = p_valid.astype(jnp.float32)[..., None]
         pooled = (enc.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
         last = jnp.take_along_axis(enc, jnp.maximum(p_valid.sum(1) - 1, 0)[:, None, None], axis=1)[:, 0]
-        return tok_lp, greedy, pooled, last.astype(jnp.float32)
+        return self._gathered((tok_lp, greedy, pooled, last.astype(jnp.float32)))
 
     def _embed_impl(self, state, p_tok, p_valid):
         self.trace_counts["embed"] += 1
         enc = nnx.merge(self.graphdef, state).encode(p_tok, p_valid)
         w = p_valid.astype(jnp.float32)[..., None]
-        return (enc.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+        return self._gathered((enc.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0))
 
     def _generate_impl(self, state, p_tok, p_valid, max_new, temperature, top_k, top_p, key, stop_mask, *,
                        new_cap: int, sample: bool):
@@ -108,7 +118,7 @@ class Seq2SeqLanguageModel:
                 jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         out, n_gen, _ = model.generate(p_tok, p_valid, max_new, key, pick, stop_mask, new_cap)
-        return out, n_gen
+        return self._gathered((out, n_gen))
 
     # ------------------------------------------------------------------ cost
     def _flops(self, enc_tokens: int, dec_tokens: int, enc_ctx: float, dec_ctx: float) -> float:

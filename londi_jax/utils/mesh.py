@@ -168,6 +168,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def mesh_spans_processes(mesh: Mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes (multi-host)."""
+    return not replicated(mesh).is_fully_addressable
+
+
+def replicated_constraint(tree: Any, mesh: Mesh) -> Any:
+    """Inside a jitted program: ``tree``'s arrays replicated over ``mesh`` (outputs every process
+    reads back)."""
+    return jax.lax.with_sharding_constraint(tree, replicated(mesh))
+
+
+def host_to_global(tree: Any, mesh: Mesh) -> Any:
+    """Host values (numpy, scalars, one-device arrays) placed replicated on ``mesh``; arrays
+    already laid out on it pass through. A program over a mesh that spans processes takes only
+    such global arrays."""
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return place(x if isinstance(x, jax.Array) else np.asarray(x), replicated(mesh))
+
+    return jax.tree.map(one, tree)
+
+
 def place(tree: Any, sharding: NamedSharding) -> Any:
     """``jax.device_put`` that also works when ``sharding`` spans other processes' devices: every
     process holds the same full values (the sweep's members are computed identically everywhere)
@@ -176,6 +199,8 @@ def place(tree: Any, sharding: NamedSharding) -> Any:
         return jax.device_put(tree, sharding)
 
     def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
         if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
             return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         host = np.asarray(x)
