@@ -97,6 +97,17 @@ def save_tiny(root: Path, kind: str, seed: int = 0, max_shard_size: str | None =
     return out, model
 
 
+def save_tiny_without_torch(root: Path, kind: str, seed: int = 0) -> Path:
+    """``save_tiny``'s config and tokenizer, random weights from our own initialiser written by our
+    own HF writer: for tests that run where PyTorch is not installed (the current-JAX smoke step)."""
+    from londi_jax.lm.config import ModelConfig
+    from londi_jax.lm.hf_loader import init_model
+    from londi_jax.lm.hf_writer import save_hf_directory
+
+    config = ModelConfig.from_hf_dict(hf_config(kind).to_dict())
+    return save_hf_directory(init_model(config, seed), root / kind, make_tokenizer(str(root)))
+
+
 def torch_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
     """Reference logits from the PyTorch model on a LEFT-padded batch (mask + position ids)."""
     import torch

@@ -97,3 +97,27 @@ def test_smollm2_equals_lm_eval_hf(smollm2_lm, smollm2_torch):
     gen = [("Question: What is 2 + 2?\nAnswer:", {"until": ["\n"], "max_gen_toks": 10, "do_sample": False})]
     assert ours.generate_until(_instances("generate_until", gen), disable_tqdm=True) == \
         hf.generate_until(_instances("generate_until", gen), disable_tqdm=True)
+
+
+def test_the_stored_reference_is_what_pytorch_computes(smollm2_torch):
+    """tests/data/smollm2_reference.json (what tests/test_current_jax.py compares londi_jax with on
+    the newest JAX, where PyTorch is not installed) holds transformers' own outputs."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    model, tok = smollm2_torch
+    ref = json.loads((Path(__file__).parents[1] / "data" / "smollm2_reference.json").read_text())
+    for prompt, want in zip(PROMPTS, ref["greedy_token_ids"], strict=True):
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=ref["max_new_tokens"], do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        assert out[0, ids.shape[1]:].tolist() == want
+    p_ids = tok(GLAM_PROMPT)["input_ids"]
+    for action, want in zip(BABYAI_ACTIONS, ref["glam_action_logprobs"], strict=True):
+        c_ids = tok(action, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p_ids + c_ids])).logits[0].double(), -1).numpy()
+        assert sum(logp[len(p_ids) - 1 + j, t] for j, t in enumerate(c_ids)) == pytest.approx(want, abs=1e-6)
