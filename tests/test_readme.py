@@ -113,6 +113,8 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
         "real SmolLM2 + Qwen2.5-0.5B pair runs (and is checked) in tests/lm/test_lm_demo_pair.py, so here the "
         "command runs end to end with SmolLM2 in both roles (half the CPU time); 8 chat tokens, not 32"),
     Sub(r'load_lm\("smollm2-135m-instruct"\)', None, 120, "as written: the real SmolLM2-135M, as above"),
+    Sub(r"^londi-jax --local-devices \d+ lm (score|generate)\b", None, 120,
+        "as written: the real SmolLM2-135M split over 8 virtual CPU devices (about 10 CPU-s more than one)"),
     Sub(r"^(londi-jax lm fetch (?!qwen2\.5-coder-0\.5b-instruct$)\S+.*?)( --dry-run)?$", r"\1 --dry-run", 60,
         "other models are 0.25-1.1 GB downloads (and Gemma's licence is the user's to accept): the command's "
         "name and options are checked and its plan printed; the 0.5B line runs as written, a no-op since "
