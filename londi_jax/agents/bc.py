@@ -268,7 +268,7 @@ class BCTrainer:
         self.graphdef, trainable, frozen = split_trainable(model, config.finetune)
         self.mesh = mesh
         if mesh is not None:  # parameters (and so their optimizer state) on fsdp / model, batches on data
-            rows = mesh.shape[MEMBER_AXIS]
+            rows = mesh.shape.get(MEMBER_AXIS, 1)
             if config.batch_size % rows:
                 raise BCError(f"batch_size {config.batch_size} does not split over the mesh's data axis ({rows} "
                               f"devices); use a multiple of {rows}")

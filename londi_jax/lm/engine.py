@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from londi_jax.lm.config import ModelConfig
@@ -73,7 +74,7 @@ from londi_jax.lm.interface import (
 )
 from londi_jax.lm.layers import CausalLM, KVCache, init_cache
 from londi_jax.lm.lora import adapter_bank_size, set_adapter_rows
-from londi_jax.utils.mesh import host_to_global, mesh_spans_processes, replicated_constraint
+from londi_jax.utils.mesh import MEMBER_AXIS, host_to_global, mesh_spans_processes, replicated_constraint
 
 
 def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
@@ -318,6 +319,17 @@ class MeshPlacement:
         """Host-bound outputs, replicated over the mesh (every process can read them)."""
         return tree if self.mesh is None else replicated_constraint(tree, self.mesh)
 
+    def _rows(self, *xs: jax.Array) -> Any:
+        """Inside a program: batch inputs with their rows split over the mesh's ``data`` axis (data-
+        parallel scoring / generation: each data slice runs its rows on its fsdp x model devices);
+        left as they are without a mesh, with ``data=1``, or when the rows do not divide evenly."""
+        n = 1 if self.mesh is None else self.mesh.shape.get(MEMBER_AXIS, 1)
+        if n == 1:
+            return xs if len(xs) > 1 else xs[0]
+        split = NamedSharding(self.mesh, PartitionSpec(MEMBER_AXIS))
+        out = tuple(jax.lax.with_sharding_constraint(x, split) if x.shape[0] % n == 0 else x for x in xs)
+        return out if len(out) > 1 else out[0]
+
     def _program(self, fn: Any, **jit_kwargs: Any) -> MeshProgram:
         return MeshProgram(self, fn, **jit_kwargs)
 
@@ -395,22 +407,26 @@ class LanguageModel(MeshPlacement):
 
     def _prefill_impl(self, state, p_tok, p_valid, rows, *, packed: int | None):
         self.trace_counts["prefill"] += 1
+        p_tok, p_valid = self._rows(p_tok, p_valid)
         cache, last_logits, pooled, last = prefill_prompts(self._bind(state, rows), p_tok, p_valid, packed)
         return cache, last_logits, *self._gathered((pooled, last))
 
     def _blocks_impl(self, state, cache, p_valid, last_logits, c_tok, c_valid, c_row, rows):
         self.trace_counts["score"] += 1
+        c_tok, c_valid = self._rows(c_tok, c_valid)
         return self._gathered(score_blocks(self._bind(state, rows), cache, p_valid, last_logits, c_tok, c_valid,
                                            c_row, with_greedy=True))
 
     def _embed_impl(self, state, p_tok, p_valid, rows, *, packed: int | None):
         self.trace_counts["embed"] += 1
+        p_tok, p_valid = self._rows(p_tok, p_valid)
         model = self._bind(state, rows)
         hidden, _, _ = prefill(model, p_tok, p_valid, p_tok.shape[1], packed)
         return self._gathered(mean_pool(hidden, p_valid))
 
     def _logits_impl(self, state, tok, valid, rows):
         self.trace_counts["logits"] += 1
+        tok, valid = self._rows(tok, valid)
         model = self._bind(state, rows)
         hidden, _, _ = prefill(model, tok, valid, tok.shape[1])
         return self._gathered(model.logits(hidden))
@@ -418,6 +434,7 @@ class LanguageModel(MeshPlacement):
     def _generate_impl(self, state, p_tok, p_valid, rows, max_new, temperature, top_k, top_p, key, stop_mask,
                        *, new_cap: int, sample: bool, packed: int | None = None):
         self.trace_counts["generate"] += 1
+        p_tok, p_valid = self._rows(p_tok, p_valid)
         model = self._bind(state, rows)
         B, P = p_tok.shape
         hidden, cache, key_valid = prefill(model, p_tok, p_valid, P, packed)

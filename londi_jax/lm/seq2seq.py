@@ -92,6 +92,8 @@ class Seq2SeqLanguageModel(MeshPlacement):
     # ------------------------------------------------------------------ programs
     def _score_impl(self, state, p_tok, p_valid, c_in, c_tgt, c_valid, c_row):
         self.trace_counts["score"] += 1
+        p_tok, p_valid = self._rows(p_tok, p_valid)
+        c_in, c_tgt, c_valid = self._rows(c_in, c_tgt, c_valid)
         model = nnx.merge(self.graphdef, state)
         enc = model.encode(p_tok, p_valid)
         hidden = model.decode(c_in, c_valid, enc[c_row], p_valid[c_row])
@@ -104,6 +106,7 @@ class Seq2SeqLanguageModel(MeshPlacement):
 
     def _embed_impl(self, state, p_tok, p_valid):
         self.trace_counts["embed"] += 1
+        p_tok, p_valid = self._rows(p_tok, p_valid)
         enc = nnx.merge(self.graphdef, state).encode(p_tok, p_valid)
         w = p_valid.astype(jnp.float32)[..., None]
         return self._gathered((enc.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0))
@@ -111,6 +114,7 @@ class Seq2SeqLanguageModel(MeshPlacement):
     def _generate_impl(self, state, p_tok, p_valid, max_new, temperature, top_k, top_p, key, stop_mask, *,
                        new_cap: int, sample: bool):
         self.trace_counts["generate"] += 1
+        p_tok, p_valid = self._rows(p_tok, p_valid)
         model = nnx.merge(self.graphdef, state)
 
         def pick(logits, k):

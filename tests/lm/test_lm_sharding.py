@@ -130,6 +130,13 @@ SCRIPT = textwrap.dedent('''
         g1, g2 = one.generate(prompts, 12), sh.generate(prompts, 12)
         r["generate_equal"] = g1.token_ids == g2.token_ids
         r["generated"] = sum(map(len, g1.token_ids))
+        if kind == "llama":  # data-parallel rows as well: prompts split over data=2, each half on fsdp x model
+            dp = load_lm(d, progress=False, mesh=make_mesh("data=2,fsdp=2,model=2"))
+            many = prompts * 3  # 6 rows: buckets of 8, split 4 + 4
+            r["dp_score"] = biggest([np.concatenate(one.score(many, cands * 3).logprobs)],
+                                    [np.concatenate(dp.score(many, cands * 3).logprobs)])
+            r["dp_generate_equal"] = one.generate(many, 12).token_ids == dp.generate(many, 12).token_ids
+            r["dp_embed"] = biggest([one.embed(many)], [dp.embed(many)])
         out[kind] = r
 
     # T5: encoder-decoder scoring and generation on the same mesh (its tiny checkpoint is written by
@@ -196,6 +203,7 @@ def test_sharded_lms_equal_the_one_device_model_on_8_devices(tmp_path):
         assert r["plan"]["split"] > 0 and r["plan"]["bytes_per_device"] < r["total_bytes"] / 2, r["plan"]
         assert r["score"] < 1e-4 and r["logits"] < 1e-4 and r["embed"] < 1e-4, (kind, r)
         assert r["greedy_equal"] and r["generate_equal"] and r["generated"] > 0, kind
+    assert out["llama"]["dp_score"] < 1e-4 and out["llama"]["dp_embed"] < 1e-4 and out["llama"]["dp_generate_equal"]
     # every llama / gemma tensor was read slice by slice; NeoX reads only its fused qkv tensors whole
     assert out["llama"]["reads"] == [] and out["gemma3"]["reads"] == []
     assert out["neox_parallel"]["reads"] and all("query_key_value" in n for n in out["neox_parallel"]["reads"])
