@@ -124,9 +124,10 @@ SCRIPT = textwrap.dedent('''
         s1, s2 = one.score(prompts, cands), sh.score(prompts, cands)
         r["score"] = biggest([np.concatenate(x.logprobs) for x in (s1,)], [np.concatenate(s2.logprobs)])
         r["greedy_equal"] = all((np.asarray(a) == np.asarray(b)).all() for a, b in zip(s1.greedy, s2.greedy))
-        ids = [one.tokenizer(p)["input_ids"] for p in prompts]
-        r["logits"] = biggest(one.logits(ids), sh.logits(ids))
-        r["embed"] = biggest([one.embed(prompts)], [sh.embed(prompts)])
+        if kind == "llama":  # the other programs (logits, embed) are family-independent
+            ids = [one.tokenizer(p)["input_ids"] for p in prompts]
+            r["logits"] = biggest(one.logits(ids), sh.logits(ids))
+            r["embed"] = biggest([one.embed(prompts)], [sh.embed(prompts)])
         g1, g2 = one.generate(prompts, 12), sh.generate(prompts, 12)
         r["generate_equal"] = g1.token_ids == g2.token_ids
         r["generated"] = sum(map(len, g1.token_ids))
@@ -201,8 +202,9 @@ def test_sharded_lms_equal_the_one_device_model_on_8_devices(tmp_path):
         assert r["q_shards"] == [[rows // 2, cols // 4]], r  # (hidden, heads x head_dim) over fsdp=2 x model=4
         # every matrix splits 8 ways or (a dimension the axis does not divide) fewer: well under half per device
         assert r["plan"]["split"] > 0 and r["plan"]["bytes_per_device"] < r["total_bytes"] / 2, r["plan"]
-        assert r["score"] < 1e-4 and r["logits"] < 1e-4 and r["embed"] < 1e-4, (kind, r)
+        assert r["score"] < 1e-4 and r.get("logits", 0) < 1e-4 and r.get("embed", 0) < 1e-4, (kind, r)
         assert r["greedy_equal"] and r["generate_equal"] and r["generated"] > 0, kind
+    assert "logits" in out["llama"] and "embed" in out["llama"]
     assert out["llama"]["dp_score"] < 1e-4 and out["llama"]["dp_embed"] < 1e-4 and out["llama"]["dp_generate_equal"]
     # every llama / gemma tensor was read slice by slice; NeoX reads only its fused qkv tensors whole
     assert out["llama"]["reads"] == [] and out["gemma3"]["reads"] == []

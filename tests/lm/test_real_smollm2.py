@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +17,10 @@ PROMPTS = [
     GLAM_PROMPT,
     "<|im_start|>user\nName three primary colours.<|im_end|>\n<|im_start|>assistant\n",
 ]
+
+
+def _reference() -> dict:
+    return json.loads((Path(__file__).parents[1] / "data" / "smollm2_reference.json").read_text())
 
 
 def _torch_logits(model, ids):
@@ -59,14 +66,16 @@ def test_greedy_generation_matches_transformers(smollm2_lm, smollm2_torch):
     import torch
 
     model, tok = smollm2_torch
-    n_new = 20
+    ref = _reference()
+    n_new = ref["max_new_tokens"]
     ours = smollm2_lm.generate(PROMPTS, n_new)  # one batched (left-padded) call
-    for prompt, got_ids in zip(PROMPTS, ours.token_ids):
+    for prompt, got_ids, stored in zip(PROMPTS, ours.token_ids, ref["greedy_token_ids"], strict=True):
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id)
         want = out[0, ids.shape[1]:].tolist()
         assert got_ids == want, (prompt[:40], tok.decode(got_ids), tok.decode(want))
+        assert stored == want  # the stored reference the current-JAX step compares with is PyTorch's
 
 
 def test_smollm2_equals_lm_eval_hf(smollm2_lm, smollm2_torch):
@@ -99,24 +108,15 @@ def test_smollm2_equals_lm_eval_hf(smollm2_lm, smollm2_torch):
         hf.generate_until(_instances("generate_until", gen), disable_tqdm=True)
 
 
-def test_the_stored_reference_is_what_pytorch_computes(smollm2_torch):
+def test_the_stored_reference_log_probabilities_are_what_pytorch_computes(smollm2_torch):
     """tests/data/smollm2_reference.json (what tests/test_current_jax.py compares londi_jax with on
-    the newest JAX, where PyTorch is not installed) holds transformers' own outputs."""
-    import json
-    from pathlib import Path
-
+    the newest JAX, where PyTorch is not installed) holds transformers' own outputs: its greedy
+    tokens are checked in test_greedy_generation_matches_transformers, its log-probabilities here."""
     import torch
 
     model, tok = smollm2_torch
-    ref = json.loads((Path(__file__).parents[1] / "data" / "smollm2_reference.json").read_text())
-    for prompt, want in zip(PROMPTS, ref["greedy_token_ids"], strict=True):
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=ref["max_new_tokens"], do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        assert out[0, ids.shape[1]:].tolist() == want
     p_ids = tok(GLAM_PROMPT)["input_ids"]
-    for action, want in zip(BABYAI_ACTIONS, ref["glam_action_logprobs"], strict=True):
+    for action, want in zip(BABYAI_ACTIONS, _reference()["glam_action_logprobs"], strict=True):
         c_ids = tok(action, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([p_ids + c_ids])).logits[0].double(), -1).numpy()
