@@ -55,7 +55,7 @@ test: $(VENV)/.installed $(TEST_VENV)/.installed
 	$(VENV)/bin/londi-jax lm fetch $(TEST_MODEL)
 	$(VENV)/bin/londi-jax lm fetch $(TEST_GEMMA) --accept-license
 	$(VENV)/bin/londi-jax eval --fetch
-	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not bigmodel" --durations=25
+	LONDI_RUNTIME_VENV=$(abspath $(VENV)) $(TEST_VENV)/bin/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not bigmodel" --durations=25
 	$(MAKE) test-current-jax
 
 test-current-jax: $(CURRENT_VENV)/.installed

@@ -230,3 +230,62 @@ def test_two_processes_on_loopback_run_one_sweep_with_the_one_device_rows(capsys
         for k, v in a.items():
             if isinstance(v, float):
                 assert b[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
+RESUME_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from londi_jax.utils.distributed import initialize
+    initialize(local_devices=4)
+    import jax, numpy as np
+    from londi_jax.switcher.checkpoint import train_resumable
+    from londi_jax.switcher.sweep import stack_hparams
+    from londi_jax.switcher.toy_bench import TOY_HPARAMS, toy_trainer
+    from londi_jax.utils.mesh import make_mesh, to_host
+
+    ckpt = sys.argv[1]
+    trainer = toy_trainer("dqn", use_budget=True, num_updates=60)
+    hp = stack_hparams([{"c": c} for c in (0.1, 0.2, 0.3, 0.4, 0.5)], TOY_HPARAMS["dqn"])
+    keys = jax.random.split(jax.random.key(1), 5)
+    class Stop(Exception):
+        pass
+    def stop(step, state):
+        raise Stop
+    run = lambda **kw: train_resumable(trainer, hp, keys, ckpt, every_updates=20, total_updates=60, progress=False,
+                                       mesh=make_mesh("data=8"), **kw)
+    try:
+        run(on_checkpoint=stop)  # stopped after its first checkpoint (update 20)
+    except Stop:
+        pass
+    res = run()
+    params = to_host(res.train_state.learner.params)
+    if jax.process_index() == 0:
+        print("RESULT " + json.dumps({"resumed_from": res.resumed_from, "devices": len(jax.devices()),
+                                      "params": [np.asarray(x, np.float64).tolist() for x in jax.tree.leaves(params)]}))
+''')
+
+
+@pytest.mark.slow
+def test_two_processes_checkpoint_their_shards_and_resume(tmp_path):
+    """A sharded resumable sweep over 2 processes x 4 devices: both processes write the checkpoint
+    (orbax: one shard directory per process), a stopped run resumes from it, and the result is the
+    one-device run's (to float32 rounding, as on one process)."""
+    from londi_jax.switcher.checkpoint import train_resumable
+    from londi_jax.switcher.sweep import stack_hparams
+    from londi_jax.switcher.toy_bench import TOY_HPARAMS, toy_trainer
+
+    ckpt = tmp_path / "ckpt"
+    outs = run_processes([str(ckpt)], tmp_path, script=RESUME_SCRIPT)
+    got = json.loads(outs[0].split("RESULT ", 1)[1])
+    assert "RESULT" not in outs[1]
+    assert got["resumed_from"] == 20 and got["devices"] == 8
+    written = {p.name for p in ckpt.rglob("*") if p.is_dir() and "process_" in p.name}
+    assert any(n.endswith("process_0") for n in written) and any(n.endswith("process_1") for n in written), written
+    trainer = toy_trainer("dqn", use_budget=True, num_updates=60)
+    hp = stack_hparams([{"c": c} for c in (0.1, 0.2, 0.3, 0.4, 0.5)], TOY_HPARAMS["dqn"])
+    ref = train_resumable(trainer, hp, jax.random.split(jax.random.key(1), 5), tmp_path / "one", every_updates=20,
+                          total_updates=60, progress=False)
+    want = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(ref.train_state.learner.params))]
+    assert len(want) == len(got["params"])
+    for a, b in zip(want, got["params"]):
+        assert np.asarray(b).shape == a.shape
+        np.testing.assert_allclose(np.asarray(b), a, atol=1e-4)

@@ -26,8 +26,10 @@ def real_model_cli(monkeypatch, smollm2_lm):
 
     real = registry.load_lm
 
-    def load(name, dtype="float32", progress=True):
-        return smollm2_lm if name == "smollm2-135m-instruct" and dtype == "float32" else real(name, dtype, progress)
+    def load(name, dtype="float32", progress=True, mesh=None):
+        if name == "smollm2-135m-instruct" and dtype == "float32" and mesh is None:
+            return smollm2_lm
+        return real(name, dtype, progress, mesh=mesh)
 
     monkeypatch.setattr(registry, "load_lm", load)
     return smollm2_lm
