@@ -32,7 +32,7 @@ def test_parse_mesh_reads_axes_and_refuses_bad_ones():
     assert parse_mesh("data=4,model=2") == {"data": 4, "model": 2}
     assert parse_mesh(" fsdp = 2 , data=-1 ") == {"fsdp": 2, "data": -1}
     assert parse_mesh(None) == {} and parse_mesh("") == {}
-    with pytest.raises(UnknownNameError, match="unknown mesh axis 'tensor'; known mesh axiss: data, fsdp, model"):
+    with pytest.raises(UnknownNameError, match="unknown mesh axis 'tensor'; known mesh axes: data, fsdp, model"):
         parse_mesh("tensor=2")
     for bad, msg in [("data", "not AXIS=SIZE"), ("data=two", "not an integer"), ("data=0", "positive integer"),
                      ("data=2,data=2", "given twice"), ("data=-1,model=-1", "at most one")]:

@@ -212,8 +212,10 @@ class PipelineConfig:
     eval: EvalConfig = EvalConfig()
     online: OnlineConfig = OnlineConfig()
     progress: bool = True  # stage lines and progress bars (not part of what a run's results depend on)
-    # device mesh for the switcher grids' members, "data=8" (utils/mesh.py); "" = every visible
-    # device on data. Where a run computes, not what: results and resumes do not depend on it.
+    # device mesh, "data=8" or "data=2,model=4" (utils/mesh.py): the switcher grids' members on data;
+    # with fsdp / model > 1 the LMs load into their shards and BC batches go on data. "" = every
+    # visible device on data. Where a run computes, not what: results and resumes do not depend on it
+    # (beyond float rounding).
     mesh: str = ""
 
     def __post_init__(self) -> None:

@@ -434,7 +434,7 @@ class Pipeline:
         if spec.source != "scratch":
             from londi_jax.lm.registry import load_lm
 
-            lm = load_lm(spec.source, dtype=spec.dtype, progress=self.config.progress)
+            lm = load_lm(spec.source, dtype=spec.dtype, progress=self.config.progress, mesh=self.lm_mesh)
             return lm.model, lm.tokenizer
         tok = train_word_tokenizer(self.family.tokenizer_texts(episodes), vocab_size=spec.vocab_size)
         return scratch_model(spec, tok, seed=self.config.env.seed + (0 if name == "quick" else 1)), tok
@@ -451,7 +451,8 @@ class Pipeline:
             # one LanguageModel across epochs, its weights swapped: its programs compile once
             if "lm" not in holder:
                 holder["lm"] = LanguageModel(model.config, model, tokenizer, name=name,
-                                             batch_size=self.config.eval.num_envs, min_batch=MIN_BATCH)
+                                             batch_size=self.config.eval.num_envs, min_batch=MIN_BATCH,
+                                             mesh=self.lm_mesh)
             else:
                 holder["lm"].state = nnx.state(model)
             pol = LMPolicy(holder["lm"], self.family.prompt_format(), name=name)
@@ -488,7 +489,7 @@ class Pipeline:
             mine = [ep for ep in episodes if ep["task_kind"] in kinds]
             model, tok = self._fresh_model(name, episodes)
             data = self.family.bc_data(mine, tok)
-            trainer = BCTrainer(model, tok, data, spec.bc)
+            trainer = BCTrainer(model, tok, data, spec.bc, mesh=self.lm_mesh)
             self._say(f"behaviour cloning {name}: {len(data)} examples of kinds {list(kinds)}, "
                       f"{trainer.total_steps} steps")
 
@@ -571,7 +572,7 @@ class Pipeline:
             path = self.out / "models" / name
             if not (path / "config.json").exists():
                 raise PipelineError(f"no trained {name} model in {path}; run the 'models' stage first")
-            lm = load_hf_directory(path, progress=False)
+            lm = load_hf_directory(path, progress=False, mesh=self.lm_mesh)
             lm.batch_size = max(self.config.eval.num_envs, 16)
             lm.min_batch = MIN_BATCH
             lm.name = name
@@ -615,6 +616,14 @@ class Pipeline:
         if self._mesh is False:
             self._mesh = default_mesh(self.config.mesh or None)
         return self._mesh
+
+    @property
+    def lm_mesh(self) -> Any:
+        """The mesh the LMs run on: ``mesh`` when it splits parameters (``fsdp`` or ``model`` > 1:
+        loaded straight into their shards, BC batches on ``data``), else None (each LM whole on one
+        device, as without a mesh)."""
+        m = self.mesh
+        return m if m is not None and (m.shape.get("fsdp", 1) > 1 or m.shape.get("model", 1) > 1) else None
 
     def _grid(self, cfg: SwitcherConfig, members: list[dict[str, float]], seeds: list[int], ds: OfflineDataset):
         s = self.config.switch

@@ -12,9 +12,10 @@ class LondiError(Exception):
 class UnknownNameError(LondiError, KeyError):
     """A name (model, level, task, ...) that is not known; the message lists the known ones."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = ""):
+    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "", plural: str | None = None):
         known = sorted(known)
-        msg = f"unknown {kind} {name!r}; known {kind}s: {', '.join(known)}"
+        plural = plural or (kind[:-2] + "es" if kind.endswith("is") else kind + "s")  # axis -> axes
+        msg = f"unknown {kind} {name!r}; known {plural}: {', '.join(known)}"
         if hint:
             msg += f". {hint}"
         super().__init__(msg)

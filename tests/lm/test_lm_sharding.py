@@ -265,3 +265,37 @@ def test_two_processes_score_and_generate_with_one_model_split_over_both(capsys,
                 assert b["logprob"] == pytest.approx(a["logprob"], abs=1e-4)
         else:
             assert two["token_ids"] == one["token_ids"] and two["text"] == one["text"] and one["num_tokens"] == 10
+
+
+PIPELINE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    from londi_jax.experiments.config import with_overrides
+    from londi_jax.experiments.pipeline import Pipeline, read_run_config
+
+    run = sys.argv[1]
+    whole = Pipeline.from_run_dir(run).model("deepthink")
+    p = Pipeline(with_overrides(read_run_config(run), {"mesh": "data=2,model=4"}), run)
+    split = p.model("deepthink")
+    prompts = ["go to the red ball", "pick up the key"]
+    cands = [["go forward", "turn left", "toggle"], ["pick up", "drop"]]
+    a, b = whole.score(prompts, cands), split.score(prompts, cands)
+    q = split.state["layers"][0]["attn"]["q_proj"]["kernel"][...]
+    print("RESULT " + json.dumps({"grid_mesh": dict(p.mesh.shape), "lm_mesh": dict(split.mesh.shape),
+                                  "whole_mesh": whole.mesh is None, "q_spec": list(q.sharding.spec),
+                                  "diff": float(max(np.max(np.abs(x - y)) for x, y in zip(a.logprobs, b.logprobs)))}))
+''')
+
+
+@pytest.mark.slow
+def test_a_pipeline_with_a_model_axis_loads_its_lms_in_shards(tiny_run, tmp_path):
+    """``--mesh data=2,model=4`` on a finished tiny run: its DEEPTHINK loads split over model (the
+    switcher grids keep data) and scores as the one-device model does."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    r = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(tiny_run.path)], capture_output=True, text=True,
+                       env={**env, "JAX_PLATFORMS": "cpu"}, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+    assert out["grid_mesh"] == {"data": 2, "fsdp": 1, "model": 4} == out["lm_mesh"] and out["whole_mesh"]
+    assert "model" in out["q_spec"] and out["diff"] < 1e-4
