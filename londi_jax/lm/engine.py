@@ -303,14 +303,17 @@ class MeshPlacement:
     mesh: Any = None
 
     def shard(self, mesh: Any) -> Any:
-        """Place the parameters over ``mesh`` (``lm.sharding``'s rules: ``fsdp`` / ``model`` axes;
+        """Place the parameters over ``mesh`` (a ``Mesh`` or its shape, ``"fsdp=2,model=4"``;
+        ``lm.sharding``'s rules: ``fsdp`` / ``model`` axes;
         LoRA factors and adapter banks follow their kernels) and run every program there; returns
         self. Results equal the one-device ones to float rounding (the compiler inserts the
         collectives). Outputs that come back to the host are gathered (replicated) in the program,
         so this works with the mesh spanning several processes; every process must make the same
         calls."""
         from londi_jax.lm.sharding import shard_state
+        from londi_jax.utils.mesh import as_mesh
 
+        mesh = as_mesh(mesh)
         self.state = shard_state(self.state, mesh)
         self.mesh = mesh
         return self

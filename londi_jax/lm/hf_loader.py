@@ -293,6 +293,10 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
         raise CheckpointError(f"checkpoint does not match the {config.model_type or config.family} config "
                               f"({len(errors)} problem{'s' * (len(errors) > 1)}):\n  - " + "\n  - ".join(errors))
 
+    if mesh is not None:
+        from londi_jax.utils.mesh import as_mesh
+
+        mesh = as_mesh(mesh)
     target_dtype = jnp_dtype(dtype)
     values: dict[tuple, Any] = {}
     for name, rule, layer in tqdm(plan, desc="loading weights", disable=not progress, leave=False):

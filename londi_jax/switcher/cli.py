@@ -152,6 +152,6 @@ def _toy_sweep(args: argparse.Namespace) -> int:
                                  rows=table.rows).to_csv())
     result = {"learner": args.learner, "members": len(table.rows), "devices": mesh_info(mesh),
               "layout": table.layout, "rows": shown.to_records()}
-    emit(result, args.json, lambda r: f"toy sweep: learner={r['learner']}, {r['members']} members "
+    emit(result, args.json, lambda r: f"toy sweep: learner={r['learner']}, {r['members']} member{'s' * (r['members'] != 1)} "
                                       f"trained in one program on {_where(r)}\n" + shown.render())
     return 0

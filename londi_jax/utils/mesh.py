@@ -91,17 +91,28 @@ def make_mesh(shape: str | dict[str, int] | None = None,
     if -1 in sizes.values():
         if len(devices) % known:
             raise MeshError(f"mesh {format_mesh(sizes)}: the fixed axes' product {known} does not divide "
-                            f"the {len(devices)} visible devices")
+                            f"the {len(devices)} visible devices; make N virtual CPU devices with "
+                            "londi-jax --local-devices N (or XLA_FLAGS=--xla_force_host_platform_device_count=N)")
         sizes = {k: (len(devices) // known if v == -1 else v) for k, v in sizes.items()}
     total = math.prod(sizes.values())
     if total > len(devices) or len(devices) % total:
         raise MeshError(f"mesh {format_mesh(sizes)} needs {total} devices, which does not divide the "
                         f"{len(devices)} visible ({devices[0].platform}); choose sizes whose product "
-                        f"divides {len(devices)}, or set "
-                        "XLA_FLAGS=--xla_force_host_platform_device_count=N for N virtual CPU devices")
+                        f"divides {len(devices)}, or make N virtual CPU devices (londi-jax --local-devices N, "
+                        "or XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     full = {a: sizes.get(a, 1) for a in AXES}
     grid = np.asarray(devices[:total], dtype=object).reshape(tuple(full.values()))
     return Mesh(grid, tuple(full))
+
+
+def as_mesh(mesh: Any) -> Mesh:
+    """A ``Mesh`` as given, or built from its shape (``"fsdp=2,model=4"`` or a dict: ``make_mesh``).
+    Raises ``MeshError`` for anything else."""
+    if isinstance(mesh, Mesh):
+        return mesh
+    if isinstance(mesh, (str, dict)) and mesh:
+        return make_mesh(mesh)
+    raise MeshError(f"expected a jax.sharding.Mesh or a mesh shape such as 'fsdp=2,model=4', got {mesh!r}")
 
 
 def default_mesh(shape: str | dict[str, int] | None = None) -> Mesh | None:

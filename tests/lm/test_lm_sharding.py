@@ -74,6 +74,18 @@ def test_a_one_device_mesh_runs_the_same_programs(tmp_path):
     assert jnp.allclose(a, b, atol=1e-6)
     p = plan(sh.state, mesh)
     assert p["split"] == 0 and p["replicated"] == [] and p["bytes_per_device"] == sh.num_params * 4
+    # a model axis that divides nothing: each tensor it names keeps that dimension whole, and says so
+    fake = plan(sh.state, _FakeMesh(fsdp=2, model=5))
+    assert "layers.0.attn.q_proj.kernel (dim 1: 32 on model=5)" in fake["replicated"]
+    assert not any(n.startswith("embed.") for n in fake["replicated"])  # 320 rows split 5 ways
+    assert not any("norm" in name for name in fake["replicated"])  # norms are never split
+    assert fake["split"] > 0 and sh.num_params * 4 / 10 < fake["bytes_per_device"] < sh.num_params * 4
+    from londi_jax.utils.mesh import MeshError
+
+    for bad in (None, 3, ""):
+        with pytest.raises(MeshError, match="expected a jax.sharding.Mesh or a mesh shape such as 'fsdp=2,model=4'"):
+            sh.shard(bad)
+    assert sh.shard("model=1").mesh.shape["model"] == 1  # a shape string builds the mesh
 
 
 SCRIPT = textwrap.dedent('''
