@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from londi_jax.agents.device_scoring import candidate_block, compact_rows, score_actions, scatter_rows
 from londi_jax.agents.policy import feature_dim, state_features
@@ -125,7 +126,10 @@ class LondiEnv:
         self.capacity, self.resets = int(capacity), int(resets)
         self.sample_actions = bool(sample_actions)
         self._shapes = tuple(jax.tree.map(np.shape, lm.state) for lm in (quick, deep))
-        self._trainers: dict[Any, Any] = {}  # SwitcherConfig -> Trainer (train_online reuses its programs)
+        self._trainers: dict[Any, Any] = {}  # (SwitcherConfig, row sharding) -> Trainer (train_online reuses them)
+        # set by train_online when members do not fill the mesh's data axis: the env rows (prompts,
+        # QUICK's and DEEPTHINK's batches) are split over data instead, read at trace time
+        self.row_sharding: Any = None
         self.hidden_size = int(quick.hidden_size)
         self.obs_dim = feature_dim(self.hidden_size)
         self.names = (quick.name, deep.name)
@@ -172,7 +176,7 @@ class LondiEnv:
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """QUICK at the given envs: ``(scores [B, 6], features [B, obs_dim], cut [B])``."""
         m = self.quick
-        ids, length = self._prompts(m, state.mission, history)
+        ids, length = self._rows(*self._prompts(m, state.mission, history))
         scores, emb = score_actions(nnx.merge(m.graphdef, weights), ids, length, m.cand_tok, m.cand_valid,
                                     with_embedding=True)
         feats = state_features(emb, scores, state.step_count, state.max_steps, xp=jnp)
@@ -183,10 +187,18 @@ class LondiEnv:
         m = self.deep
         rows, used, overflow = compact_rows(g, self.capacity)
         pick = lambda x: x[rows]  # noqa: E731
-        ids, length = self._prompts(m, state.env.mission[rows], jax.tree.map(pick, state.history))
+        ids, length = self._rows(*self._prompts(m, state.env.mission[rows], jax.tree.map(pick, state.history)))
         s = score_actions(nnx.merge(m.graphdef, weights), ids, length, m.cand_tok, m.cand_valid)
         scores, served = scatter_rows(s, rows, used, g.shape[0])
         return scores, served, overflow, jnp.sum(used & (length > m.max_len))
+
+    def _rows(self, *xs: jax.Array) -> tuple[jax.Array, ...]:
+        """Batches of env rows split over the mesh's data axis when ``row_sharding`` is set (and the
+        rows divide evenly): the LMs' work, which is the step's cost, runs data-parallel."""
+        if self.row_sharding is None:
+            return xs
+        n = self.row_sharding.mesh.shape["data"]
+        return tuple(jax.lax.with_sharding_constraint(x, self.row_sharding) if x.shape[0] % n == 0 else x for x in xs)
 
     # ---- the batched env interface (switcher.train.Trainer) -----------------------------
     def _check_batch(self, n: int) -> None:
@@ -253,7 +265,9 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
     stop after that many (default ``config.num_updates``, which also sets the epsilon schedule; a
     later call with a larger total resumes). Programs are compiled once per (env, config).
     ``mesh``: members sharded over its ``data`` axis, the LM weights replicated
-    (``switcher.checkpoint.train_resumable``).
+    (``switcher.checkpoint.train_resumable``); with fewer members than ``data`` devices the members
+    are replicated instead and each member's envs are split over ``data`` (its prompts and both
+    LMs' batches: the step's cost), when ``config.num_envs`` divides evenly.
 
     ``config``: a ``SwitcherConfig`` with ``obs_dim = env.obs_dim``. Summary per member, over the
     updates of this call: episodes ended, success rate, DEEPTHINK call rate (calls per step),
@@ -282,14 +296,18 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
             raise LondiError(f"{name} must be an int >= 1, got {v!r}")
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise LondiError(f"ckpt_dir must be a directory path, got {ckpt_dir!r}")
-    trainer = env._trainers.get(config)
-    if trainer is None:  # one trainer per config: its compiled programs are reused by later calls
-        trainer = env._trainers[config] = make_train(config, env, params)
+    # fewer members than data devices: the members are replicated and each one's envs split over data
+    split_rows = mesh is not None and len(seeds) < mesh.shape["data"] and config.num_envs % mesh.shape["data"] == 0
+    env.row_sharding = NamedSharding(mesh, PartitionSpec("data")) if split_rows else None
+    key = (config, env.row_sharding)
+    trainer = env._trainers.get(key)
+    if trainer is None:  # one trainer per config and layout: its compiled programs are reused by later calls
+        trainer = env._trainers[key] = make_train(config, env, params)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     t0 = time.perf_counter()
     res = train_resumable(trainer, hparams, keys, ckpt_dir, every_updates=every_updates, total_updates=total_updates,
                           progress=progress, env_params=params, meta={"seeds": [int(k) for k in seeds]},
-                          mesh=mesh)
+                          mesh=mesh, shard_members=not split_rows)
     jax.block_until_ready(res.train_state)
     seconds = time.perf_counter() - t0
     m = {k: np.asarray(v) for k, v in res.metrics.items()}

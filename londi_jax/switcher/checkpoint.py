@@ -146,6 +146,7 @@ def train_resumable(
     env_params: Any = None,
     meta: dict[str, Any] | None = None,
     mesh: Any = None,
+    shard_members: bool = True,
 ) -> ResumableResult:
     """Train a switcher (or a vmapped sweep) with a checkpoint every ``every_updates`` updates.
 
@@ -161,7 +162,8 @@ def train_resumable(
     sweep's members), default ``trainer.env_params``. ``meta``: more JSON-able facts stored with
     every checkpoint and checked on resume (e.g. the members' seeds). ``mesh``: a sweep's members
     are sharded over its ``data`` axis (``utils.mesh``; padded, the copies never stored or
-    returned) and ``env_params`` replicated; a checkpoint resumes on any mesh.
+    returned) and ``env_params`` replicated; a checkpoint resumes on any mesh. ``shard_members=False``:
+    the members are replicated over the mesh instead (for an env that splits its own rows over it).
     """
     config = trainer.config
     total = int(config.num_updates if total_updates is None else total_updates)
@@ -178,13 +180,18 @@ def train_resumable(
     chunks: list[dict[str, Any]] = []
     to_store = from_store = None
     stored_hparams, n_real = hparams, None
-    if mesh is not None and sweep:
+    if mesh is not None and sweep and shard_members:
         from londi_jax.utils import mesh as mesh_lib
 
         (rng, hparams), n_real = mesh_lib.shard_members((rng, hparams), mesh)
         env_params = mesh_lib.replicate(env_params, mesh)
         to_store = lambda s: mesh_lib.unpad(s, n_real)  # noqa: E731
         from_store = lambda s: mesh_lib.shard_members(s, mesh)[0]  # noqa: E731
+    elif mesh is not None:  # every device holds the whole state; the programs split what they choose
+        from londi_jax.utils import mesh as mesh_lib
+
+        rng, hparams, env_params = mesh_lib.replicate((rng, hparams, env_params), mesh)
+        from_store = lambda s: mesh_lib.replicate(s, mesh)  # noqa: E731
 
     def chunk(ts: Any, n: int) -> Any:
         ts, metrics = step(ts, hparams, n, env_params)

@@ -179,3 +179,68 @@ def test_online_training_resumes_exactly_and_keeps_the_budget(setup, tmp_path):
     assert [m["budget"] for m in members] == [1, 2]
     with pytest.raises(LondiError, match="give one seed per member"):
         train_online(env, params, cfg, hp, [0], tmp_path / "c", every_updates=1, progress=False)
+
+
+def _one_switch_on_16_envs(mesh=None):
+    """One online switch (fewer members than devices) over 16 envs: trained params, DEEPTHINK rows
+    served, and the env (for its trainer)."""
+    import tempfile
+
+    from londi_jax.agents.online import train_online
+    from londi_jax.switcher.config import SwitcherConfig
+    from londi_jax.switcher.sweep import stack_hparams
+
+    quick = _lm(train_word_tokenizer(phrases.PIECES[1:], vocab_size=400), 16, 0, "quick")
+    deep = _lm(train_word_tokenizer(phrases.PIECES[1:], vocab_size=300), 24, 1, "deep")
+    env = LondiEnv(quick, deep, capacity=8, resets=2, sample_actions=False, max_len=MAX_LEN)
+    params = env.params(levels.make_params(kinds=("goto", "pickup"), room_size=6, num_dists=2,
+                                           phrase_filter="train"), quick, deep)
+    cfg = SwitcherConfig(obs_dim=env.obs_dim, hidden=(8,), learner="pqn", num_envs=16, rollout_len=3, num_updates=2,
+                         num_minibatches=2, num_epochs=1)
+    hp = stack_hparams([{"c": 0.05, "eps_start": 1.0}], {})
+    res = train_online(env, params, cfg, hp, [0], tempfile.mkdtemp(), every_updates=1, progress=False, mesh=mesh)
+    return res, env, (cfg, hp, params)
+
+
+ROWS_SCRIPT = """
+import json, re, sys
+sys.path.insert(0, sys.argv[1])
+import jax, numpy as np
+from test_online import _one_switch_on_16_envs
+from londi_jax.switcher.checkpoint import _jitted
+from londi_jax.utils.mesh import make_mesh, replicate
+mesh = make_mesh("data=8")
+res, env, (cfg, hp, params) = _one_switch_on_16_envs(mesh)
+init, step = _jitted(env._trainers[(cfg, env.row_sharding)], True)
+k, h, p = replicate((jax.vmap(jax.random.key)(jax.numpy.asarray([0], jax.numpy.uint32)), hp, params), mesh)
+hlo = step.lower(init(k, h, p), h, 1, p).as_text()
+print("RESULT " + json.dumps({
+    "params": [np.asarray(x, np.float64).tolist() for x in jax.tree.leaves(res.params)],
+    "deep_rows": int(res.metrics["deep_rows"].sum()), "split": env.row_sharding is not None,
+    "devices": len(jax.tree.leaves(res.params)[0].sharding.device_set),
+    "row_constraints": len(re.findall(r'sharding_constraint [^<]*<@mesh, \\[\\{\\?\\}, \\{"data"\\}', hlo))}))
+"""
+
+
+@pytest.mark.slow
+def test_one_switch_splits_its_envs_over_the_data_axis(tmp_path):
+    """With fewer members than data devices (one switch on 8 virtual devices), each member's env rows
+    (prompts, QUICK's and DEEPTHINK's batches) are split over data; training gives the one-device
+    switch (to float32 rounding) and the same DEEPTHINK calls."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    r = subprocess.run([sys.executable, "-c", ROWS_SCRIPT, str(Path(__file__).parent)], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.split("RESULT ", 1)[1])
+    assert got["split"] and got["devices"] == 8 and got["row_constraints"] >= 2  # QUICK's and DEEPTHINK's rows
+    one, _, _ = _one_switch_on_16_envs()
+    assert got["deep_rows"] == int(one.metrics["deep_rows"].sum())
+    for a, b in zip(jax.tree.leaves(one.params), got["params"], strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a, np.float64), atol=1e-5)
