@@ -23,7 +23,9 @@ PYTHON_CURRENT ?= $(shell for p in python3.12 python3.13 $$(ls -d $$HOME/.pyenv/
 CURRENT_VENV ?= .venv-current-jax
 CURRENT_JAX_TESTS := tests/test_current_jax.py tests/experiments/test_pipeline_smoke.py \
 	tests/test_utils_mesh.py::test_two_processes_on_loopback_run_one_sweep_with_the_one_device_rows \
-	tests/lm/test_lm_sharding.py::test_two_processes_score_and_generate_with_one_model_split_over_both
+	tests/lm/test_lm_sharding.py::test_two_processes_score_and_generate_with_one_model_split_over_both \
+	tests/lm/test_lm_sharding.py::test_rules_name_every_role_and_refuse_nothing_they_cannot_split \
+	tests/lm/test_lm_sharding.py::test_a_one_device_mesh_runs_the_same_programs
 
 # $(call make-venv,DIR,PIP_TARGET[,PYTHON]): a venv in DIR with PIP_TARGET installed and the SmolLM2 weights.
 define make-venv
