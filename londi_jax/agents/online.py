@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from jax.sharding import NamedSharding, PartitionSpec
 
 from londi_jax.agents.device_scoring import candidate_block, compact_rows, score_actions, scatter_rows
 from londi_jax.agents.policy import feature_dim, state_features
@@ -45,6 +44,7 @@ from londi_jax.envs.babyai_jax.core import EnvState
 from londi_jax.envs.babyai_jax.levels import EnvParams
 from londi_jax.envs.babyai_text.prompt import ACTIONS
 from londi_jax.utils.errors import LondiError
+from londi_jax.utils.mesh import split_rows
 
 __all__ = ["LondiEnv", "LondiParams", "LondiState", "OnlineResult", "train_online"]
 
@@ -126,10 +126,10 @@ class LondiEnv:
         self.capacity, self.resets = int(capacity), int(resets)
         self.sample_actions = bool(sample_actions)
         self._shapes = tuple(jax.tree.map(np.shape, lm.state) for lm in (quick, deep))
-        self._trainers: dict[Any, Any] = {}  # (SwitcherConfig, row sharding) -> Trainer (train_online reuses them)
+        self._trainers: dict[Any, Any] = {}  # (SwitcherConfig, row mesh) -> Trainer (train_online reuses them)
         # set by train_online when members do not fill the mesh's data axis: the env rows (prompts,
         # QUICK's and DEEPTHINK's batches) are split over data instead, read at trace time
-        self.row_sharding: Any = None
+        self.row_mesh: Any = None
         self.hidden_size = int(quick.hidden_size)
         self.obs_dim = feature_dim(self.hidden_size)
         self.names = (quick.name, deep.name)
@@ -193,12 +193,9 @@ class LondiEnv:
         return scores, served, overflow, jnp.sum(used & (length > m.max_len))
 
     def _rows(self, *xs: jax.Array) -> tuple[jax.Array, ...]:
-        """Batches of env rows split over the mesh's data axis when ``row_sharding`` is set (and the
-        rows divide evenly): the LMs' work, which is the step's cost, runs data-parallel."""
-        if self.row_sharding is None:
-            return xs
-        n = self.row_sharding.mesh.shape["data"]
-        return tuple(jax.lax.with_sharding_constraint(x, self.row_sharding) if x.shape[0] % n == 0 else x for x in xs)
+        """Batches of env rows split over ``row_mesh``'s data axis when set: the LMs' work, which is
+        the step's cost, runs data-parallel."""
+        return split_rows(self.row_mesh, *xs)
 
     # ---- the batched env interface (switcher.train.Trainer) -----------------------------
     def _check_batch(self, n: int) -> None:
@@ -297,9 +294,9 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise LondiError(f"ckpt_dir must be a directory path, got {ckpt_dir!r}")
     # fewer members than data devices: the members are replicated and each one's envs split over data
-    split_rows = mesh is not None and len(seeds) < mesh.shape["data"] and config.num_envs % mesh.shape["data"] == 0
-    env.row_sharding = NamedSharding(mesh, PartitionSpec("data")) if split_rows else None
-    key = (config, env.row_sharding)
+    rows_on_data = mesh is not None and len(seeds) < mesh.shape["data"] and config.num_envs % mesh.shape["data"] == 0
+    env.row_mesh = mesh if rows_on_data else None
+    key = (config, env.row_mesh)
     trainer = env._trainers.get(key)
     if trainer is None:  # one trainer per config and layout: its compiled programs are reused by later calls
         trainer = env._trainers[key] = make_train(config, env, params)
@@ -307,7 +304,7 @@ def train_online(env: LondiEnv, params: LondiParams, config: Any, hparams: Any, 
     t0 = time.perf_counter()
     res = train_resumable(trainer, hparams, keys, ckpt_dir, every_updates=every_updates, total_updates=total_updates,
                           progress=progress, env_params=params, meta={"seeds": [int(k) for k in seeds]},
-                          mesh=mesh, shard_members=not split_rows)
+                          mesh=mesh, shard_members=not rows_on_data)
     jax.block_until_ready(res.train_state)
     seconds = time.perf_counter() - t0
     m = {k: np.asarray(v) for k, v in res.metrics.items()}

@@ -60,7 +60,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from londi_jax.lm.config import ModelConfig
@@ -74,7 +73,7 @@ from londi_jax.lm.interface import (
 )
 from londi_jax.lm.layers import CausalLM, KVCache, init_cache
 from londi_jax.lm.lora import adapter_bank_size, set_adapter_rows
-from londi_jax.utils.mesh import MEMBER_AXIS, host_to_global, mesh_spans_processes, replicated_constraint
+from londi_jax.utils.mesh import host_to_global, mesh_spans_processes, replicated_constraint, split_rows
 
 
 def bucket(n: int, granule: int = 1, steps: int = 1) -> int:
@@ -303,10 +302,9 @@ class MeshPlacement:
     mesh: Any = None
 
     def shard(self, mesh: Any) -> Any:
-        """Place the parameters over ``mesh`` (a ``Mesh`` or its shape, ``"fsdp=2,model=4"``;
-        ``lm.sharding``'s rules: ``fsdp`` / ``model`` axes;
-        LoRA factors and adapter banks follow their kernels) and run every program there; returns
-        self. Results equal the one-device ones to float rounding (the compiler inserts the
+        """Place the parameters over ``mesh`` (a ``Mesh`` or its shape, ``"fsdp=2,model=4"``) by
+        ``lm.sharding``'s rules (``fsdp`` / ``model`` axes; LoRA factors and adapter banks follow
+        their kernels) and run every program there; returns self. Results equal the one-device ones to float rounding (the compiler inserts the
         collectives). Outputs that come back to the host are gathered (replicated) in the program,
         so this works with the mesh spanning several processes; every process must make the same
         calls."""
@@ -322,16 +320,10 @@ class MeshPlacement:
         """Host-bound outputs, replicated over the mesh (every process can read them)."""
         return tree if self.mesh is None else replicated_constraint(tree, self.mesh)
 
-    def _rows(self, *xs: jax.Array) -> Any:
+    def _rows(self, *xs: jax.Array) -> tuple[jax.Array, ...]:
         """Inside a program: batch inputs with their rows split over the mesh's ``data`` axis (data-
-        parallel scoring / generation: each data slice runs its rows on its fsdp x model devices);
-        left as they are without a mesh, with ``data=1``, or when the rows do not divide evenly."""
-        n = 1 if self.mesh is None else self.mesh.shape.get(MEMBER_AXIS, 1)
-        if n == 1:
-            return xs if len(xs) > 1 else xs[0]
-        split = NamedSharding(self.mesh, PartitionSpec(MEMBER_AXIS))
-        out = tuple(jax.lax.with_sharding_constraint(x, split) if x.shape[0] % n == 0 else x for x in xs)
-        return out if len(out) > 1 else out[0]
+        parallel scoring / generation: each data slice runs its rows on its fsdp x model devices)."""
+        return split_rows(self.mesh, *xs)
 
     def _program(self, fn: Any, **jit_kwargs: Any) -> MeshProgram:
         return MeshProgram(self, fn, **jit_kwargs)
@@ -397,7 +389,6 @@ class LanguageModel(MeshPlacement):
     def model(self) -> CausalLM:
         """The NNX module (merged view of the current state)."""
         return nnx.merge(self.graphdef, self.state)
-
 
     # ------------------------------------------------------------------ pure programs
     def _bind(self, state, rows):

@@ -190,6 +190,17 @@ def replicated_constraint(tree: Any, mesh: Mesh) -> Any:
     return jax.lax.with_sharding_constraint(tree, replicated(mesh))
 
 
+def split_rows(mesh: Mesh | None, *xs: jax.Array) -> tuple[jax.Array, ...]:
+    """Inside a jitted program: arrays with their leading (row) axis split over ``mesh``'s
+    ``data`` axis (a sharding constraint; the compiler partitions the work that follows). Left
+    as they are without a mesh, with ``data`` of size 1, or where the rows do not divide evenly."""
+    n = 1 if mesh is None else mesh.shape.get(MEMBER_AXIS, 1)
+    if n == 1:
+        return xs
+    rows = member_sharding(mesh)
+    return tuple(jax.lax.with_sharding_constraint(x, rows) if x.shape[0] % n == 0 else x for x in xs)
+
+
 def host_to_global(tree: Any, mesh: Mesh) -> Any:
     """Host values (numpy, scalars, one-device arrays) placed replicated on ``mesh``; arrays
     already laid out on it pass through. A program over a mesh that spans processes takes only

@@ -211,12 +211,12 @@ from londi_jax.switcher.checkpoint import _jitted
 from londi_jax.utils.mesh import make_mesh, replicate
 mesh = make_mesh("data=8")
 res, env, (cfg, hp, params) = _one_switch_on_16_envs(mesh)
-init, step = _jitted(env._trainers[(cfg, env.row_sharding)], True)
+init, step = _jitted(env._trainers[(cfg, env.row_mesh)], True)
 k, h, p = replicate((jax.vmap(jax.random.key)(jax.numpy.asarray([0], jax.numpy.uint32)), hp, params), mesh)
 hlo = step.lower(init(k, h, p), h, 1, p).as_text()
 print("RESULT " + json.dumps({
     "params": [np.asarray(x, np.float64).tolist() for x in jax.tree.leaves(res.params)],
-    "deep_rows": int(res.metrics["deep_rows"].sum()), "split": env.row_sharding is not None,
+    "deep_rows": int(res.metrics["deep_rows"].sum()), "split": env.row_mesh is not None,
     "devices": len(jax.tree.leaves(res.params)[0].sharding.device_set),
     "row_constraints": len(re.findall(r'sharding_constraint [^<]*<@mesh, \\[\\{\\?\\}, \\{"data"\\}', hlo))}))
 """
