@@ -289,8 +289,8 @@ class MeshProgram:
         self.jitted = jax.jit(fn, **jit_kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        mesh = self.owner.mesh
-        if mesh is not None and mesh_spans_processes(mesh):
+        if self.owner.global_inputs:
+            mesh = self.owner.mesh
             args = (args[0], *(host_to_global(a, mesh) for a in args[1:]))
         return self.jitted(*args, **kwargs)
 
@@ -300,6 +300,7 @@ class MeshPlacement:
     (None: one device), ``shard(mesh)`` and their programs as ``MeshProgram``s."""
 
     mesh: Any = None
+    global_inputs = False  # the mesh spans processes: host inputs are placed on it before a call
 
     def shard(self, mesh: Any) -> Any:
         """Place the parameters over ``mesh`` (a ``Mesh`` or its shape, ``"fsdp=2,model=4"``) by
@@ -313,7 +314,7 @@ class MeshPlacement:
 
         mesh = as_mesh(mesh)
         self.state = shard_state(self.state, mesh)
-        self.mesh = mesh
+        self.mesh, self.global_inputs = mesh, mesh_spans_processes(mesh)
         return self
 
     def _gathered(self, tree: Any) -> Any:

@@ -244,6 +244,10 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ConfigError(f"dtype {dtype!r} unsupported (use one of {', '.join(SUPPORTED_DTYPES)})")
+    if mesh is not None:  # a bad mesh fails before any tensor is read
+        from londi_jax.utils.mesh import as_mesh
+
+        mesh = as_mesh(mesh)
     config = config.replace(dtype=dtype)
     cls = model_class(config)
     abstract = nnx.eval_shape(lambda: cls(config, nnx.Rngs(0)))
@@ -293,10 +297,6 @@ def build_model(config: ModelConfig, tensors: Mapping[str, Any], dtype: str = "f
         raise CheckpointError(f"checkpoint does not match the {config.model_type or config.family} config "
                               f"({len(errors)} problem{'s' * (len(errors) > 1)}):\n  - " + "\n  - ".join(errors))
 
-    if mesh is not None:
-        from londi_jax.utils.mesh import as_mesh
-
-        mesh = as_mesh(mesh)
     target_dtype = jnp_dtype(dtype)
     values: dict[tuple, Any] = {}
     for name, rule, layer in tqdm(plan, desc="loading weights", disable=not progress, leave=False):

@@ -99,14 +99,6 @@ def _flat(state: Any) -> dict[tuple, Any]:
     return traverse_util.flatten_dict(nnx.to_pure_dict(state))
 
 
-def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
-    """A pytree like ``state`` (an ``nnx.split`` state) of ``NamedSharding``s per the rules."""
-    flat = {k: NamedSharding(mesh, partition_spec(k, tuple(v.shape), mesh)) for k, v in _flat(state).items()}
-    out = jax.tree.map(lambda x: x, state)  # a copy to fill
-    nnx.replace_by_pure_dict(out, traverse_util.unflatten_dict(flat))
-    return out
-
-
 def shard_state(state: nnx.State, mesh: Mesh) -> nnx.State:
     """``state``'s arrays placed per the rules on ``mesh`` (a no-op for arrays already there); works
     across processes (``utils.mesh.place``)."""
