@@ -13,6 +13,11 @@ Full fine-tuning or LoRA (``lm.lora``); one jitted step over ``(trainable, opt_s
 frozen part passed as an argument; length-bucketed batches in a seeded order that is a pure
 function of (seed, epoch), so a run resumed from an orbax checkpoint replays exactly the batches
 an uninterrupted run would.
+
+The step program depends on the model's structure alone (``_train_step``, one per graphdef): the
+loss, learning rate, weight decay and clipping norm are traced values, so trainers of equal
+structure and batch shapes (the stages of an FSLM stack, a sweep over learning rates) share one
+compiled program instead of compiling a minute each for a real model on a CPU.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import above, at_least, check_fields, one_of, within
 from londi_jax.utils.mesh import MEMBER_AXIS, member_sharding, place
+from londi_jax.utils.programs import program_cache
 
 __all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
            "bc_data_from_episodes", "bc_data_from_steps", "encode_candidates", "bc_loss", "epoch_batches", "pad_prompts"]
 
 LOSSES = ("choice", "tokens", "both")
+# each loss as weights of (choice cross-entropy, token NLL): traced, so one program serves all three
+LOSS_WEIGHTS = {"choice": (1.0, 0.0), "tokens": (0.0, 1.0), "both": (1.0, 1.0)}
 FINETUNE_MODES = ("full", "lora")
 
 
@@ -198,12 +206,13 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, pool_batches: int, seed:
 
 
 def bc_loss(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, labels: jax.Array,
-            row_valid: jax.Array, c_tok: jax.Array, c_valid: jax.Array, loss: str
+            row_valid: jax.Array, c_tok: jax.Array, c_valid: jax.Array, loss: str | jax.Array
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """BC loss of a batch (mean over ``row_valid`` rows) and metrics (choice CE, token NLL, accuracy).
 
     ``c_tok/c_valid``: the candidates, shared ``(K, L)`` or per row ``(B, K, L)`` (a candidate
-    with no valid token is padding and is never chosen)."""
+    with no valid token is padding and is never chosen). ``loss``: a name of ``LOSSES`` or its
+    weights ``(2,)`` on (choice CE, token NLL) as in ``LOSS_WEIGHTS``."""
     B = p_tok.shape[0]
     ct = c_tok if c_tok.ndim == 3 else jnp.broadcast_to(c_tok, (B, *c_tok.shape))
     cv = c_valid if c_valid.ndim == 3 else jnp.broadcast_to(c_valid, (B, *c_valid.shape))
@@ -213,7 +222,8 @@ def bc_loss(model: CausalLM, p_tok: jax.Array, p_valid: jax.Array, labels: jax.A
     picked = jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
     choice = jax.nn.logsumexp(scores, axis=-1) - picked
     tokens = -picked
-    per_row = {"choice": choice, "tokens": tokens, "both": choice + tokens}[loss]
+    w_choice, w_tokens = jnp.asarray(LOSS_WEIGHTS[loss] if isinstance(loss, str) else loss, jnp.float32)
+    per_row = w_choice * choice + w_tokens * tokens
     w = row_valid.astype(jnp.float32)
     n = jnp.maximum(w.sum(), 1.0)
     acc = (jnp.argmax(scores, -1) == labels).astype(jnp.float32)
@@ -239,6 +249,35 @@ def _host_metrics(metrics: Sequence[Mapping[str, jax.Array]]) -> list[dict[str, 
         return []
     stacked = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *metrics))
     return [{k: float(np.float32(v[i])) for k, v in stacked.items()} for i in range(len(metrics))]
+
+
+def _optimizer() -> optax.GradientTransformation:
+    """Clipping then AdamW, with the learning rate, weight decay and clipping norm held in the
+    optimizer state (``optax.inject_hyperparams``): values of the run, not of the program."""
+    return optax.inject_hyperparams(lambda learning_rate, weight_decay, max_grad_norm: optax.chain(
+        optax.clip_by_global_norm(max_grad_norm), optax.adamw(learning_rate, weight_decay=weight_decay)))(
+        learning_rate=0.0, weight_decay=0.0, max_grad_norm=1.0)
+
+
+@program_cache()
+def _train_step(graphdef: Any) -> Callable[..., Any]:
+    """The jitted BC step for models of structure ``graphdef``:
+    ``(trainable, opt_state, frozen, lr, loss_weights, p_tok, p_valid, labels, row_valid, c_tok, c_valid)
+    -> (trainable, opt_state, metrics)``; ``lr`` is this step's learning rate (the schedule is
+    evaluated on the host). Shared by every trainer of that structure."""
+    tx = _optimizer()
+
+    def step(trainable, opt_state, frozen, lr, loss_weights, p_tok, p_valid, labels, row_valid, c_tok, c_valid):
+        def loss_fn(tr):
+            model = merge_trainable(graphdef, tr, frozen)
+            return bc_loss(model, p_tok, p_valid, labels, row_valid, c_tok, c_valid, loss_weights)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, {"loss": loss, **metrics}
+
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
 class BCTrainer:
@@ -283,27 +322,20 @@ class BCTrainer:
         warmup = min(config.warmup_steps, self.total_steps // 4)
         schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
                                                       max(self.total_steps, warmup + 1))
-        self.tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                              optax.adamw(schedule, weight_decay=config.weight_decay))
-        self._step = jax.jit(self._step_impl, donate_argnums=(0, 1))
-
-    # ------------------------------------------------------------------ pure step
-    def _step_impl(self, trainable, opt_state, frozen, p_tok, p_valid, labels, row_valid, c_tok=None, c_valid=None):
-        c_tok = self.c_tok if c_tok is None else c_tok
-        c_valid = self.c_valid if c_valid is None else c_valid
-
-        def loss_fn(tr):
-            model = merge_trainable(self.graphdef, tr, frozen)
-            return bc_loss(model, p_tok, p_valid, labels, row_valid, c_tok, c_valid, self.config.loss)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-        updates, opt_state = self.tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, {"loss": loss, **metrics}
+        # every step's learning rate, float32 as optax computes it; fed to the shared program per step
+        self.learning_rates = np.asarray(jax.vmap(schedule)(jnp.arange(max(self.total_steps, 1))), np.float32)
+        self.loss_weights = np.asarray(LOSS_WEIGHTS[config.loss], np.float32)
+        self.tx = _optimizer()
+        self._step = _train_step(self.graphdef)
 
     def init_state(self) -> dict[str, Any]:
-        """Fresh ``{"trainable", "opt"}`` state."""
+        """Fresh ``{"trainable", "opt"}`` state (the optimizer's weight decay and clipping norm set
+        from the config)."""
         tr = jax.tree.map(jnp.copy, self._init_trainable)  # the step donates its inputs
-        return {"trainable": tr, "opt": self.tx.init(tr)}
+        opt = self.tx.init(tr)
+        hp = {**opt.hyperparams, "weight_decay": jnp.asarray(self.config.weight_decay, jnp.float32),
+              "max_grad_norm": jnp.asarray(self.config.max_grad_norm, jnp.float32)}
+        return {"trainable": tr, "opt": opt._replace(hyperparams=hp)}
 
     def model_from(self, trainable: Any) -> CausalLM:
         """The (possibly LoRA-adapted) model holding ``trainable``."""
@@ -316,7 +348,7 @@ class BCTrainer:
         labels[:len(idx)] = self.data.labels[idx]
         row_valid = np.arange(B) < len(idx)
         if self.data.candidate_ids is None:
-            return p_tok, p_valid, labels, row_valid
+            return p_tok, p_valid, labels, row_valid, self.c_tok, self.c_valid
         c_tok, c_valid = self._candidate_batch(idx, epoch, labels)  # sets labels to the expert's slot
         return p_tok, p_valid, labels, row_valid, c_tok, c_valid
 
@@ -400,6 +432,7 @@ class BCTrainer:
                     epoch_metrics: list[dict[str, jax.Array]] = []  # read back once per epoch, not per step
                     for b_idx in range(step - epoch * self.steps_per_epoch, len(batches)):
                         tr, opt, metrics = self._step(state["trainable"], state["opt"], self.frozen,
+                                                      self.learning_rates[step], self.loss_weights,
                                                       *self._placed(self._batch(batches[b_idx], epoch)))
                         state = {"trainable": tr, "opt": opt}
                         step += 1

@@ -189,13 +189,34 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
                                    f"candidates {list(cs)}")
 
     bases: dict[str, Any] = {}
+    for ref in refs:
+        if ref not in bases:
+            bases[ref] = load_lm(ref, dtype=dtype, progress=progress)
+    # every stage's candidates (its target alone, or the final stage's choices) and one candidate
+    # length L for them all: stages of one base then share one training program per prompt length
+    # and candidate count (each compile of a real model is a minute or more on a CPU). A stage that
+    # learns a text has the fewest candidate slots the trainer takes (2); a final stage choosing
+    # among given candidates has as many as the largest set (at least ``bc.candidates``).
+    plans = []
+    for k, (stage, ref) in enumerate(zip(stages, refs)):
+        if candidates is not None and k == len(stages) - 1:
+            cands = [list(cs) for cs in candidates]
+            plans.append((cands, [t[stage.name] for t in targets], config.final_loss,
+                          max(config.bc.candidates, max(map(len, cands)))))
+        else:
+            eos = getattr(bases[ref].tokenizer, "eos_token", None)
+            acts = [stage_target(stage, t[stage.name], eos) for t in targets]
+            plans.append(([[a] for a in acts], acts, "tokens", 2))
+    longest = max(len(ids) for (cs, _, _, _), ref in zip(plans, refs) for ids in bases[ref].tokenizer(
+        sorted({c for row in cs for c in row}), add_special_tokens=False)["input_ids"])
+    m = config.bc.candidate_length_multiple
+    length = m * -(-longest // m)
+
     trained: list[Stage] = []
     prompts_of: dict[str, list[str]] = {}
     history: dict[str, list[dict[str, float]]] = {}
     reused: list[str] = []
     for k, (stage, ref) in enumerate(zip(stages, refs)):
-        if ref not in bases:
-            bases[ref] = load_lm(ref, dtype=dtype, progress=progress)
         base = bases[ref]
         if config.stage_inputs == "teacher" or k == 0:
             rows = [{INPUT: x, **{n: t[n] for n in names[:k]}} for x, t in zip(inputs, targets)]
@@ -211,24 +232,10 @@ def distill(stack_file: str | os.PathLike, teacher: Any, inputs: Sequence[str], 
         if (out_dir / ("config.json" if full else "adapter_config.json")).exists():
             reused.append(stage.name)
         else:
-            final_choice = candidates is not None and k == len(stages) - 1
             tok = base.tokenizer
-            eos = getattr(tok, "eos_token", None)
-            if final_choice:
-                cands = [list(cs) for cs in candidates]
-                acts = [t[stage.name] for t in targets]
-                bc = dataclasses.replace(config.bc, loss=config.final_loss,
-                                         candidates=max(config.bc.candidates, max(map(len, cands))))
-            else:
-                acts = [stage_target(stage, t[stage.name], eos) for t in targets]
-                # one candidate (the target): the fewest slots the trainer takes, not config.bc's
-                cands, bc = [[a] for a in acts], dataclasses.replace(config.bc, candidates=2, loss="tokens")
+            cands, acts, loss, K = plans[k]
             data = bc_data_from_steps(prompts, cands, acts, [stage.name] * len(prompts), tok)
-            # one candidate length for the whole stage (its longest, to a multiple of 8): one program
-            # per prompt length, not one per batch's longest target (each compile of a real model is
-            # a minute on a CPU)
-            longest = max(len(c) for row in data.candidate_ids for c in row)
-            bc = dataclasses.replace(bc, candidate_length_multiple=8 * -(-longest // 8))
+            bc = dataclasses.replace(config.bc, loss=loss, candidates=K, candidate_length_multiple=length)
             trainer = BCTrainer(base.model, tok, data, bc)
             res = trainer.train(checkpoint_dir=work / "checkpoints" / stage.name, progress=progress,
                                 desc=f"distill {stage.name} ({k + 1}/{len(stages)})")

@@ -66,8 +66,10 @@ class FSLMConfig:
     train_questions: int = 24
     max_train_tokens: int = 160
     stage_inputs: str = "teacher"
+    # candidate_length_multiple 40: the stack's hand-offs (<= 32 generated tokens) and the single
+    # adapter's answers pad to one length, so all five trainings share their step programs
     bc: BCConfig = BCConfig(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=4, loss="both",
-                            finetune="lora", candidates=4, length_multiple=128,
+                            finetune="lora", candidates=4, length_multiple=128, candidate_length_multiple=40,
                             lora=LoRAConfig(rank=8, alpha=16.0, targets=ALL_LINEAR))
     tasks: tuple[str, ...] = ("tinymmlu", "arc_challenge")
     eval_limit: int = 32

@@ -65,6 +65,52 @@ def test_training_fits_the_demos(demos):
     assert res.steps == tr.total_steps == 6 * tr.steps_per_epoch
 
 
+def test_trainers_of_one_structure_share_one_program_and_follow_optax(demos):
+    """The step program depends on the model's structure alone: trainers with other learning
+    rates, losses, weight decay and clipping reuse it without compiling again (an FSLM stack's
+    stages, a learning-rate sweep); each still trains exactly as optax's own clipped AdamW on the
+    warmup-cosine schedule does, computed here by a plain reference loop."""
+    import optax
+
+    from londi_jax.agents.bc import epoch_batches
+    from londi_jax.lm.lora import merge_trainable, split_trainable
+
+    eps, tok = demos
+    data = bc_data_from_episodes(eps, tok)
+    one = BCConfig(epochs=1, batch_size=8, learning_rate=1e-2, warmup_steps=2, loss="choice", length_multiple=256)
+    two = BCConfig(epochs=2, batch_size=8, learning_rate=3e-3, warmup_steps=3, loss="both", weight_decay=0.3,
+                   max_grad_norm=0.05, length_multiple=256)
+    a, b = BCTrainer(tiny_model(tok), tok, data, one), BCTrainer(tiny_model(tok, seed=1), tok, data, two)
+    assert a._step is b._step
+    a.train(progress=False)
+    compiled = a._step._cache_size()
+    res = b.train(progress=False)
+    assert b._step._cache_size() == compiled  # the second trainer compiled nothing
+
+    graphdef, trainable, frozen = split_trainable(tiny_model(tok, seed=1), "full")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, two.learning_rate, two.warmup_steps, b.total_steps)
+    tx = optax.chain(optax.clip_by_global_norm(two.max_grad_norm), optax.adamw(schedule, weight_decay=two.weight_decay))
+    c_tok, c_valid = encode_candidates(tok)
+
+    @jax.jit
+    def step(tr, opt, p_tok, p_valid, labels, row_valid):
+        grads = jax.grad(lambda t: bc_loss(merge_trainable(graphdef, t, frozen), p_tok, p_valid, labels, row_valid,
+                                           c_tok, c_valid, "both")[0])(tr)
+        updates, opt = tx.update(grads, opt, tr)
+        return optax.apply_updates(tr, updates), opt
+
+    opt = tx.init(trainable)
+    for epoch in range(two.epochs):
+        for idx in epoch_batches(b.lengths, 8, two.pool_batches, two.seed, epoch):
+            p_tok, p_valid = pad_prompts([data.prompt_ids[i] for i in idx], 8, 256)
+            trainable, opt = step(trainable, opt, p_tok, p_valid, data.labels[idx], np.ones(8, bool))
+    ours = jax.tree.leaves(nnx.state(res.model, nnx.Param))
+    ref = jax.tree.leaves(nnx.state(merge_trainable(graphdef, trainable, frozen), nnx.Param))
+    assert len(ours) == len(ref)
+    for x, y in zip(ours, ref):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
 class Stop(Exception):
     pass
 

@@ -58,9 +58,12 @@ def stack_run(spec, tmp_path_factory):
 def test_stages_learn_their_targets_and_the_stack_file_loads(stack_run):
     work, res = stack_run
     assert res.targets == [oracle(x) for x in INPUTS] and res.reused == []
-    for name in ("facts", "answer"):
+    # 40 -> 28 nats in 40 LoRA steps. The answer stage reads the facts stage's own generations
+    # (stack mode), which change with rounding (other XLA optimisation levels): its last/first
+    # ratio was 0.63-0.81 across them, so it is held to a fall of 15%
+    for name, ratio in (("facts", 0.8), ("answer", 0.85)):
         nll = [row["train_token_nll"] for row in res.history[name]]
-        assert len(nll) == 10 and nll[-1] < 0.8 * nll[0], (name, nll)  # 40 -> 28 nats in 40 LoRA steps
+        assert len(nll) == 10 and nll[-1] < ratio * nll[0], (name, nll)
     stack = load_stack(res.stack_path)
     assert [st.name for st in stack.stages] == ["facts", "answer"]
     assert stack.stages[0].model.bank is stack.stages[1].model.bank  # one base, two adapters
@@ -138,19 +141,35 @@ def test_targets_and_bad_input(spec, tmp_path):
         teacher_texts([st], 5, ["x"])
 
 
-def test_given_answers_train_the_final_stage_and_the_teacher_writes_the_rest(spec, tmp_path):
+def test_given_answers_train_the_final_stage_and_the_teacher_writes_the_rest(spec, tmp_path, monkeypatch):
     """``answers``: the final stage's targets are given (gold answers); the teacher is asked only
-    for the earlier stages, and a one-stage stack needs no teacher."""
+    for the earlier stages, and a one-stage stack needs no teacher. Every stage's candidates have
+    one length (the stages share their training programs): 2 slots for a stage learning a text, the
+    choices' count for the final one."""
+    from londi_jax.agents import bc
     from londi_jax.fslm import save_stack_spec
+
+    shapes: dict[str, set] = {}
+    real_batch = bc.BCTrainer._batch
+
+    def batch(self, idx, epoch=0):
+        out = real_batch(self, idx, epoch)
+        shapes.setdefault(self.data.kinds[0], set()).add(out[-2].shape[1:])  # (K, L) of the candidates
+        return out
+    monkeypatch.setattr(bc.BCTrainer, "_batch", batch)
 
     answers = [" " + x.split()[-2] for x in INPUTS]  # the colour named in the input
     cands = [[" " + c for c in COLORS]] * len(INPUTS)
     # bc.loss is not what a stage learns: the earlier stage learns its text's token NLL whatever it says
     cfg = DistillConfig(bc=BCConfig(**{**CONFIG.bc.__dict__, "candidates": 4, "learning_rate": 3e-3, "loss": "choice"}),
                         final_loss="both")
-    res = distill(spec, lambda x: {"facts": oracle(x)["facts"]}, INPUTS, tmp_path / "two", cfg, candidates=cands,
-                  answers=answers, progress=False)
-    assert res.targets == [{"facts": oracle(x)["facts"], "answer": a} for x, a in zip(INPUTS, answers)]
+    # facts longer than the answers: without one shared length the stages' candidates would differ
+    def facts(x):
+        return {"facts": oracle(x)["facts"] + " is in the room"}
+    res = distill(spec, facts, INPUTS, tmp_path / "two", cfg, candidates=cands, answers=answers, progress=False)
+    assert res.targets == [{**facts(x), "answer": a} for x, a in zip(INPUTS, answers)]
+    (facts_shape,), (answer_shape,) = shapes["facts"], shapes["answer"]
+    assert facts_shape[0] == 2 and answer_shape[0] == 4 and facts_shape[1] == answer_shape[1]
     nll = [row["train_token_nll"] for row in res.history["facts"]]
     assert nll[-1] < 0.8 * nll[0], nll
     stack = load_stack(res.stack_path)
