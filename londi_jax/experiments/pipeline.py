@@ -20,6 +20,7 @@ switchers, the report, calibration) writes nothing: a run on read-only storage c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -344,8 +345,18 @@ class Pipeline:
 
     def _preflight(self, to_run: Sequence[str]) -> None:
         """Fail before any work: an unwritable --out, a model source or level that does not exist, a
-        mesh the visible devices cannot hold."""
+        mesh the visible devices cannot hold. A refused run leaves no --out directory it created."""
+        created = not self.out.exists()
         check_writable_dir(self.out, "output directory (--out)")
+        try:
+            self._preflight_checks(to_run)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):  # only while still empty: never anyone's files
+                    self.out.rmdir()
+            raise
+
+    def _preflight_checks(self, to_run: Sequence[str]) -> None:
         if {"switchers", "online"} & set(to_run):
             self.mesh  # noqa: B018 (built now: a bad config.mesh fails here, not stages later)
         if "models" in to_run:
