@@ -44,7 +44,7 @@ from londi_jax.lm.sharding import shard_state
 from londi_jax.utils.checkpoint import CheckpointStore
 from londi_jax.utils.errors import LondiError
 from londi_jax.utils.fields import above, at_least, check_fields, one_of, within
-from londi_jax.utils.mesh import MEMBER_AXIS, member_sharding, place
+from londi_jax.utils.mesh import MEMBER_AXIS, member_sharding, place, replicated
 from londi_jax.utils.programs import program_cache
 
 __all__ = ["BCConfig", "BCData", "BCError", "BCResult", "BCTrainer", "LOSSES", "FINETUNE_MODES",
@@ -354,10 +354,19 @@ class BCTrainer:
 
     def _placed(self, batch: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
         """A batch's rows split over the mesh's ``data`` axis (as is without a mesh): each device
-        computes its rows' gradients and the compiler reduces them."""
+        computes its rows' gradients and the compiler reduces them. A candidate list shared by
+        every row ``(K, L)`` is replicated (K need not split over ``data``)."""
         if self.mesh is None:
             return batch
-        return tuple(place(b, member_sharding(self.mesh)) for b in batch)
+        *rows, c_tok, c_valid = batch
+        cands = (c_tok, c_valid) if c_tok.ndim == 3 else place((c_tok, c_valid), replicated(self.mesh))
+        return (*place(tuple(rows), member_sharding(self.mesh)), *cands)
+
+    def _scalars(self, step: int) -> tuple[Any, Any]:
+        """This step's learning rate and the loss weights, replicated on the mesh if any (a mesh
+        that spans processes takes global arrays only)."""
+        values = (self.learning_rates[step], self.loss_weights)
+        return values if self.mesh is None else place(values, replicated(self.mesh))
 
     def _candidate_batch(self, idx: np.ndarray, epoch: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row candidates ``(B, K, L)``: the expert's action first, then up to K - 1 others of
@@ -432,7 +441,7 @@ class BCTrainer:
                     epoch_metrics: list[dict[str, jax.Array]] = []  # read back once per epoch, not per step
                     for b_idx in range(step - epoch * self.steps_per_epoch, len(batches)):
                         tr, opt, metrics = self._step(state["trainable"], state["opt"], self.frozen,
-                                                      self.learning_rates[step], self.loss_weights,
+                                                      *self._scalars(step),
                                                       *self._placed(self._batch(batches[b_idx], epoch)))
                         state = {"trainable": tr, "opt": opt}
                         step += 1

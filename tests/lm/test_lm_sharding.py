@@ -191,6 +191,14 @@ SCRIPT = textwrap.dedent('''
                  "opt_follows": all(m.sharding.spec == lora_a.sharding.spec for m in mu) and len(mu) >= 2,
                  "resumed_from": BCTrainer(lm.model, lm.tokenizer, data, cfg, mesh=make_mesh("data=2,model=4"))
                                  .train(checkpoint_dir=ckpt, progress=False).resumed_from}
+    # one action list shared by every row (BabyAI-Text's six): replicated, whatever the data axis
+    from londi_jax.agents.bc import BCData
+    acts = [c for cs in cands for c in cs]  # 6
+    shared = BCData([np.asarray(lm.tokenizer(prompts[i % 3] + f" step {i}")["input_ids"], np.int32) for i in range(n)],
+                    np.arange(n, dtype=np.int32) % 6, ["k"] * n)
+    out["bc"]["shared_loss"] = [[h["train_loss"] for h in BCTrainer(lm.model, lm.tokenizer, shared, cfg, actions=acts,
+                                                                    mesh=m).train(progress=False).history]
+                                for m in (None, make_mesh("data=4,model=2"))]
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -229,6 +237,7 @@ def test_sharded_lms_equal_the_one_device_model_on_8_devices(tmp_path):
     assert bc["params"] < 5e-4  # Adam steps amplify the rounding of sharded sums a little
     assert bc["lora_a_spec"] == ["fsdp"] and bc["opt_follows"]
     assert bc["resumed_from"] == 4  # restored onto another mesh shape, nothing left to run
+    assert bc["shared_loss"][0] == pytest.approx(bc["shared_loss"][1], rel=1e-4)  # 6 actions over data=4
 
 
 def test_bc_refuses_a_batch_the_data_axis_does_not_split(tmp_path):
